@@ -1,0 +1,45 @@
+"""tempo_jax: TEMPO test-time training for reasoning LLMs in JAX / Flax NNX."""
+
+from setuptools import find_packages, setup
+
+# Ranges are the ones tested on this project's CI machine (2026-11); widen only after testing.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "sentencepiece>=0.2.0,<0.3",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "ml-collections>=1.1.0,<2",
+    "numpy>=2.0,<3",
+    "safetensors>=0.6,<1",
+    "importlib_resources>=6.0",
+    "tokenizers>=0.22,<1",
+    "jinja2>=3.1,<4",
+    "grain>=0.2.18,<0.3",
+    "math-verify>=0.9.0,<0.10",
+    "sympy>=1.13,<2",
+    "absl-py>=2.1,<3",
+    "tqdm>=4.66,<5",
+    "matplotlib>=3.9,<4",
+    "tensorboardX>=2.6,<3",
+    "pyarrow>=16",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8,<10",
+    # Parity stack. torch is pinned: an unpinned torch pulls a multi-GB CUDA build.
+    "torch==2.13.0",
+    "transformers>=5.0,<6",
+]
+
+setup(
+    name="tempo_jax",
+    version="0.1.0",
+    description="TEMPO test-time training for reasoning LLMs in JAX / Flax NNX",
+    packages=find_packages(include=["tempo_jax", "tempo_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["tempo-jax=tempo_jax.cli:run"]},
+)

@@ -1,0 +1,1 @@
+"""tempo_jax.parallel."""

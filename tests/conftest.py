@@ -1,0 +1,36 @@
+"""Suite-wide setup: 8 fake CPU devices and a persistent compilation cache.
+
+Both must be in the environment before JAX is imported anywhere, and environment variables (not
+`jax.config`) so that subprocesses started by tests (multi-host, kill -9 resume) inherit them.
+"""
+
+import os
+import pathlib
+
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_ROOT / ".jax_cache"))
+# Cache every compile: most of ours are sub-second on tiny configs but repeat across tests.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# Tests must never reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TFDS_DATA_DIR", str(_ROOT / ".tfds_never_used"))
+
+import jax  # noqa: E402  (after the environment is set)
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def devices():
+    """The 8 fake CPU devices."""
+    devs = jax.devices()
+    assert len(devs) == 8, f"expected 8 fake CPU devices, got {len(devs)}"
+    return devs
