@@ -1,0 +1,262 @@
+"""Multi-host setup: `jax.distributed` from config or environment, and per-process batches.
+
+Every process runs the same program (multi-controller JAX). Each one loads only the batch rows its
+own devices hold (`process_batch_slice`) and `global_batch_from_local` stitches the local pieces
+into global arrays sharded over the mesh, without any host ever holding the full batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from tempo_jax.parallel.rules import Rules
+from tempo_jax.parallel.shardings import batch_sharding as default_batch_sharding
+
+logger = logging.getLogger(__name__)
+
+# Environment variables read when the config leaves a field unset. JAX itself also reads
+# JAX_COORDINATOR_ADDRESS and JAX_LOCAL_DEVICE_IDS; the other two are this project's.
+ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAX_PROCESS_ID"
+ENV_LOCAL_DEVICE_IDS = "JAX_LOCAL_DEVICE_IDS"
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """Resolved `jax.distributed` settings (config first, then environment)."""
+
+    coordinator_address: str | None = None  # 'host:port' of process 0's coordinator service
+    num_processes: int | None = None  # total processes; None = unknown (auto-detect or single)
+    process_id: int | None = None  # this process's rank in [0, num_processes)
+    local_device_ids: tuple[int, ...] | None = None  # restrict visible local devices
+    cluster_detection: bool = False  # let JAX detect unset fields (Cloud TPU, Slurm, Open MPI)
+    initialization_timeout_s: int = 300  # how long to wait for the other processes
+    cpu_collectives: str | None = None  # 'gloo' / 'mpi' for CPU; None keeps JAX's default (gloo)
+
+
+def _get(config: Any, name: str, default: Any) -> Any:
+    if config is None:
+        return default
+    if isinstance(config, dict):
+        return config.get(name, default)
+    return getattr(config, name, default)
+
+
+def _int_or_none(value: Any, field: str, unset: int) -> int | None:
+    if value is None or value == "" or value == unset:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"distributed.{field} must be an int, got {value!r}") from None
+
+
+def _device_ids(value: Any) -> tuple[int, ...] | None:
+    if value is None or value == "" or value == ():
+        return None
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    try:
+        return tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"distributed.local_device_ids must be ints like '0,1', got {value!r}"
+        ) from None
+
+
+def resolve_distributed_config(config: Any = None) -> DistributedConfig:
+    """Fills unset config fields from the environment.
+
+    Args:
+      config: ConfigDict / dataclass / dict with the fields of `DistributedConfig`; unset means
+        '' / None for strings, 0 for `num_processes`, -1 for `process_id`. None reads only the
+        environment (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`,
+        `JAX_LOCAL_DEVICE_IDS`).
+    """
+    env = os.environ
+    coordinator = _get(config, "coordinator_address", None) or env.get(ENV_COORDINATOR) or None
+    num = _int_or_none(_get(config, "num_processes", None), "num_processes", 0)
+    if num is None:
+        num = _int_or_none(env.get(ENV_NUM_PROCESSES), "num_processes", 0)
+    pid = _int_or_none(_get(config, "process_id", None), "process_id", -1)
+    if pid is None:
+        pid = _int_or_none(env.get(ENV_PROCESS_ID), "process_id", -1)
+    ids = _device_ids(_get(config, "local_device_ids", None)) or _device_ids(
+        env.get(ENV_LOCAL_DEVICE_IDS)
+    )
+    if num is not None and num < 1:
+        raise ValueError(f"distributed.num_processes must be >= 1, got {num}")
+    if pid is not None and num is not None and not 0 <= pid < num:
+        raise ValueError(
+            f"distributed.process_id must be in [0, {num}) for num_processes={num}, got {pid}"
+        )
+    return DistributedConfig(
+        coordinator_address=coordinator,
+        num_processes=num,
+        process_id=pid,
+        local_device_ids=ids,
+        cluster_detection=bool(_get(config, "cluster_detection", False)),
+        initialization_timeout_s=int(_get(config, "initialization_timeout_s", 300)),
+        cpu_collectives=_get(config, "cpu_collectives", None) or None,
+    )
+
+
+def initialize_distributed(config: Any = None) -> bool:
+    """Calls `jax.distributed.initialize` when the config / environment asks for several processes.
+
+    Must run before anything touches a JAX backend (`jax.devices()`, any computation). Idempotent:
+    a second call after a successful one does nothing. Single-process runs (no process count, or
+    a count of 1, and no cluster detection) are a no-op.
+
+    Args:
+      config: see `resolve_distributed_config`.
+
+    Returns:
+      True if JAX runs distributed after the call, False for a single process.
+
+    Raises:
+      ValueError: naming the missing field when a multi-process run lacks the coordinator
+        address or the process id (and cluster detection is off).
+    """
+    if jax.distributed.is_initialized():
+        return True
+    cfg = resolve_distributed_config(config)
+    if not cfg.cluster_detection and (cfg.num_processes is None or cfg.num_processes == 1):
+        return False
+    if not cfg.cluster_detection:
+        if cfg.coordinator_address is None:
+            raise ValueError(
+                f"distributed.coordinator_address is unset (nor is ${ENV_COORDINATOR}) for "
+                f"num_processes={cfg.num_processes}"
+            )
+        if cfg.process_id is None:
+            raise ValueError(
+                f"distributed.process_id is unset (nor is ${ENV_PROCESS_ID}) for "
+                f"num_processes={cfg.num_processes}"
+            )
+    if cfg.cpu_collectives:
+        jax.config.update("jax_cpu_collectives_implementation", cfg.cpu_collectives)
+    jax.distributed.initialize(
+        coordinator_address=cfg.coordinator_address,
+        num_processes=cfg.num_processes,
+        process_id=cfg.process_id,
+        local_device_ids=list(cfg.local_device_ids) if cfg.local_device_ids else None,
+        cluster_detection_method=None if cfg.cluster_detection else "deactivate",
+        initialization_timeout=cfg.initialization_timeout_s,
+    )
+    logger.info(
+        "jax.distributed initialized: process %d of %d", jax.process_index(), jax.process_count()
+    )
+    return True
+
+
+def _batch_dim_sharding(sharding: NamedSharding) -> NamedSharding:
+    """The 1-D sharding of dim 0 alone (rows), from an array sharding."""
+    if not isinstance(sharding, NamedSharding):
+        raise TypeError(f"expected a NamedSharding for the batch, got {type(sharding).__name__}")
+    first = sharding.spec[0] if len(sharding.spec) else None
+    return NamedSharding(sharding.mesh, PartitionSpec(first))
+
+
+def _row_blocks(sharding: NamedSharding) -> int:
+    """How many blocks dim 0 is split into."""
+    first = _batch_dim_sharding(sharding).spec[0]
+    axes = () if first is None else (first,) if isinstance(first, str) else tuple(first)
+    return math.prod(sharding.mesh.shape[a] for a in axes)
+
+
+def process_batch_rows(global_batch_size: int, sharding: NamedSharding) -> np.ndarray:
+    """Global row indices `[n]` (sorted) that this process's devices hold under `sharding`.
+
+    When the batch is replicated over processes (e.g. a tensor-only mesh) this is every row.
+    """
+    blocks = _row_blocks(sharding)
+    if global_batch_size % blocks:
+        raise ValueError(
+            f"global batch size {global_batch_size} is not divisible by the {blocks} batch shards "
+            f"of {sharding.spec} on mesh {dict(sharding.mesh.shape)}"
+        )
+    index_map = _batch_dim_sharding(sharding).addressable_devices_indices_map(
+        (global_batch_size,)
+    )
+    rows: set[int] = set()
+    for (rows_slice,) in index_map.values():
+        rows.update(range(*rows_slice.indices(global_batch_size)))
+    return np.array(sorted(rows), dtype=np.int64)
+
+
+def process_batch_slice(global_batch_size: int, sharding: NamedSharding) -> slice:
+    """The contiguous range `[start, stop)` of global batch rows this process must load.
+
+    With meshes from `make_mesh` each process's devices are contiguous along the batch axes, so
+    the rows are one range; a custom device order that breaks that raises (use
+    `process_batch_rows`).
+    """
+    rows = process_batch_rows(global_batch_size, sharding)
+    start, stop = int(rows[0]), int(rows[-1]) + 1
+    if stop - start != len(rows):
+        raise ValueError(
+            f"process {jax.process_index()} holds non-contiguous batch rows under {sharding.spec}; "
+            "use process_batch_rows"
+        )
+    return slice(start, stop)
+
+
+def global_batch_from_local(
+    local_batch: Any,
+    mesh: jax.sharding.Mesh,
+    batch_sharding: NamedSharding | Any | None = None,
+    *,
+    rules: Rules | None = None,
+) -> Any:
+    """Builds global arrays from each process's share of a batch.
+
+    Args:
+      local_batch: pytree of host arrays `[B_local, ...]`: the rows `process_batch_slice` gives
+        this process, in order. Scalar leaves must be equal on every process.
+      mesh: the global mesh.
+      batch_sharding: one NamedSharding for every leaf, or a tree of them matching `local_batch`;
+        default dim 0 over the `batch` rule's mesh axes.
+      rules: rules table used for the default sharding.
+
+    Returns:
+      Pytree of global `jax.Array`s `[B, ...]`, B = B_local x (number of processes the batch is
+      split over).
+    """
+    if batch_sharding is None:
+        batch_sharding = default_batch_sharding(mesh, rules)
+    if isinstance(batch_sharding, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: batch_sharding, local_batch)
+    else:
+        shardings = batch_sharding
+
+    def one(path: Sequence[Any], local: Any, sharding: NamedSharding) -> jax.Array:
+        local = np.asarray(local)
+        if local.ndim == 0:
+            replicated = NamedSharding(mesh, PartitionSpec())
+            return jax.make_array_from_process_local_data(replicated, local, local.shape)
+        blocks = _row_blocks(sharding)
+        index_map = _batch_dim_sharding(sharding).addressable_devices_indices_map((blocks,))
+        local_blocks = len({rows.start for (rows,) in index_map.values()})
+        if local.shape[0] % local_blocks:
+            where = jax.tree_util.keystr(tuple(path), simple=True, separator=".")
+            raise ValueError(
+                f"{where}: local batch of {local.shape[0]} rows cannot be split into the "
+                f"{local_blocks} batch shards this process holds"
+            )
+        global_rows = local.shape[0] // local_blocks * blocks
+        return jax.make_array_from_process_local_data(
+            sharding, local, (global_rows,) + local.shape[1:]
+        )
+
+    return jax.tree_util.tree_map_with_path(one, local_batch, shardings)
