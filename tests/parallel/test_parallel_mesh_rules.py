@@ -76,7 +76,8 @@ def test_rules_override_from_config(devices):
     assert rules["embed"] == () and rules["mlp"] == ("fsdp", "tensor")
     assert rules["heads"] == ("tensor",)  # untouched names keep their default
     mesh = parallel.make_mesh((2, 2, 2))
-    placed = parallel.place(toy_params(), parallel.state_shardings(toy_params(), mesh, rules))
+    params = toy_params()
+    placed = parallel.place(params, parallel.state_shardings(params, mesh, rules))
     assert placed["embedding"][...].addressable_shards[0].data.shape == (16, 16)
     assert placed["up"]["kernel"][...].addressable_shards[0].data.shape == (2, 16, 4)
     assert parallel.make_rules({"embed": None, "batch": ("data",)})["batch"] == ("data",)

@@ -121,7 +121,7 @@ def test_shardings_drive_jit_and_abstract_state(devices, params):
 
 def test_abstract_state_carries_shardings(devices):
     mesh = parallel.make_mesh((1, 8, 1))
-    abstract_params = nnx.state(nnx.eval_shape(lambda: Toy(rngs=nnx.Rngs(0))), nnx.Param)
+    abstract_params = nnx.state(nnx.eval_shape(lambda: Toy()), nnx.Param)
     shardings = parallel.state_shardings(abstract_params, mesh)
     abstract = parallel.abstract_state(abstract_params, shardings)
     leaf = abstract["up"]["kernel"].get_value()
