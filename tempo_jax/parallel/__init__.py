@@ -1,4 +1,22 @@
-"""Mesh, logical-axis rules, shardings of states and batches, multi-host setup."""
+"""Mesh, logical-axis rules, shardings of states and batches, multi-host setup.
+
+Public API (all sharding trees mirror their input's structure; Variables stay Variables):
+
+  get_config() -> ConfigDict for `config.parallel` (mesh, rules, on_indivisible, distributed)
+  make_mesh(mesh_config | (data, fsdp, tensor), devices=None) -> Mesh, Auto axis types, -1 = rest
+  make_rules(overrides=None) -> {logical name: mesh axes}; logical_to_spec(names, rules) -> P
+  state_shardings(params, mesh, rules=None, on_indivisible="error") -> NamedSharding tree
+  optimizer_shardings(opt_state, params, mesh, rules=None, ...) -> NamedSharding tree
+  batch_sharding(mesh, rules=None) -> NamedSharding P(batch axes)
+  batch_shardings(batch, mesh, rules=None) -> NamedSharding tree (dim 0 checked)
+  place(tree, shardings) -> tree on the mesh; abstract_state(tree, shardings) -> ShapeDtypeStructs
+  with_logical_constraint(x, names, mesh, rules=None) -> x constrained (inside jit)
+  initialize_distributed(config=None) -> bool; process_batch_slice(B, sharding) -> slice;
+  process_batch_rows(B, sharding) -> rows [n]; global_batch_from_local(local, mesh, sharding=None)
+
+Divisibility is checked in Python before anything is lowered: one ValueError names every
+offending parameter path, logical axis, dimension, size and mesh axes.
+"""
 
 from tempo_jax.parallel.config import get_config
 from tempo_jax.parallel.mesh import MESH_AXES, make_mesh, resolve_mesh_shape

@@ -129,7 +129,8 @@ def mesh_axes_for(
                 f"{where}: logical axis {name!r} (dim {dim}) has no sharding rule; "
                 f"known names: {sorted(rules)}"
             )
-        axes = tuple(a for a in rules[name] if a not in used)
+        # Parsing here accepts un-normalised tables too ({'embed': 'fsdp'}, not only tuples).
+        axes = tuple(a for a in parse_rule_value(name, rules[name]) if a not in used)
         used.update(axes)
         out.append(axes)
     return tuple(out)
