@@ -22,7 +22,6 @@ from tempo_jax.data.sentencepiece_tokenizer import (
 )
 from tempo_jax.data.tokenizer import Tokenizer
 from tempo_jax.data.train_tokenizer import main as train_tokenizer_main
-from tempo_jax.data.train_tokenizer import train_task_tokenizer
 
 ROUND_TRIP_TEXTS = [
     "55+19=74\n74-67=7\n\\boxed{7}",
@@ -35,9 +34,8 @@ ROUND_TRIP_TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def sp_tokenizer():
-    return train_task_tokenizer(arithmetic.ArithmeticTaskConfig(), vocab_size=320,
-                                num_problems=300, extra_lines=["Question: Answer: the"])
+def sp_tokenizer(task_tokenizer_path):
+    return SentencePieceTokenizer.from_file(task_tokenizer_path)
 
 
 def test_sentencepiece_round_trips_and_splits_digits(sp_tokenizer, tmp_path):
