@@ -1,0 +1,634 @@
+"""Checkpoints of the training state on Orbax: async saves, keep-N, verified restore, preemption.
+
+This is the only module that imports Orbax, so an Orbax API change touches only this file.
+
+On-disk layout of `Checkpointer(directory)`::
+
+    directory/
+      <step>/                          one finalized checkpoint (a plain integer name, no padding)
+        _CHECKPOINT_METADATA           Orbax step metadata (save timestamps)
+        commit_success.txt             Orbax commit marker
+        tempo_manifest.json            ours: {"files": {path: {"size", "crc32"}}}, see below
+        run_metadata/metadata          the JSON metadata dict given to `save` (EM counters, phase,
+                                       iterator positions, RNG key data, config)
+        <item>/                        one Orbax PyTree (OCDBT + zarr3) per key of `items`,
+                                       e.g. policy/, critic/, policy_opt/, critic_opt/
+      <step>.orbax-checkpoint-tmp/     a save in flight, or one interrupted by a crash; never read,
+                                       reported and removed when the next `Checkpointer` starts
+
+Atomicity is Orbax's: every file is written under the `.orbax-checkpoint-tmp` name, which is
+renamed to `<step>` only after all items are written (on POSIX; on GCS Orbax writes in place and
+marks completion with `commit_success.txt`). A crash during a save therefore leaves only a tmp
+directory, and old checkpoints are deleted (keep-N) only after the new one is finalized.
+
+Directory names alone do not prove a checkpoint is intact (a later truncation, a half-finished
+keep-N deletion, a partial copy). So just before Orbax's commit we write `tempo_manifest.json` into
+the tmp directory, listing every file below the item directories with its size, and a CRC-32 for
+files up to 1 MiB (all metadata, JSON and OCDBT manifests; big array chunks get the size only, so
+that verifying an 8B-parameter checkpoint costs a directory walk, not a full read). Because the
+manifest is written inside the tmp directory it is part of the atomic commit. A checkpoint is
+"good" when every listed file exists with its recorded size and CRC and its metadata JSON parses.
+One without a manifest (written by other code, or by an Orbax whose commit hook moved) is verified
+by actually reading every array to host memory instead. `restore(step=None)` additionally falls
+back past a checkpoint whose restore raises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any, Self
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "tempo_manifest.json"
+METADATA_ITEM = "run_metadata"
+_MANIFEST_FORMAT = 1
+_CRC_MAX_BYTES = 1 << 20
+_ITEM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+DEFAULT_MIN_FREE_BYTES = 256 << 20
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be saved or restored."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A finalized checkpoint failed verification."""
+
+
+class CheckpointDirectoryError(OSError):
+    """The checkpoint directory is unwritable or nearly full."""
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_writable(
+    directory: str | os.PathLike, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
+) -> int:
+    """Fails early if `directory` cannot hold checkpoints; creates it if missing.
+
+    Args:
+      directory: the checkpoint directory (local or a remote epath such as gs://).
+      min_free_bytes: required free space in bytes, e.g. twice `pytree_nbytes(state)`. Only checked
+        on local filesystems (remote object stores have no meaningful free space).
+
+    Returns:
+      Free bytes on the filesystem (-1 for remote paths).
+
+    Raises:
+      CheckpointDirectoryError: naming the directory and the reason (cannot create, cannot write,
+        or the free space against `min_free_bytes`).
+    """
+    path = epath.Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointDirectoryError(
+            f"checkpoint directory {directory} cannot be created: {e}"
+        ) from e
+    probe = path / f".write_probe_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"tempo_jax write probe\n")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointDirectoryError(
+            f"checkpoint directory {directory} is not writable: {e}"
+        ) from e
+    if "://" in os.fspath(directory):
+        return -1
+    free = shutil.disk_usage(os.fspath(path)).free
+    if free < min_free_bytes:
+        raise CheckpointDirectoryError(
+            f"checkpoint directory {directory} is nearly full: {_format_bytes(free)} "
+            f"({free} bytes) free, need at least {_format_bytes(min_free_bytes)} "
+            f"({min_free_bytes} bytes)"
+        )
+    return free
+
+
+def pytree_nbytes(tree: Any) -> int:
+    """Total bytes of the array leaves of `tree` (global shapes), for sizing `min_free_bytes`."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
+        if shape is None or dtype is None:
+            continue
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            total += math.prod(shape) * 8
+        else:
+            total += math.prod(shape) * np.dtype(dtype).itemsize
+    return total
+
+
+def _validate_metadata(value: Any, where: str = "metadata") -> None:
+    """Rejects anything that would not come back from JSON as the identical Python value."""
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, int):
+        if type(value) is not int:  # IntEnum etc. would come back as a plain int.
+            raise TypeError(f"{where}: {type(value).__name__} is not a plain int")
+        return
+    if isinstance(value, float):
+        if type(value) is not float:
+            raise TypeError(f"{where}: {type(value).__name__} is not a plain float")
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: non-finite float {value} cannot be stored in JSON")
+        return
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            _validate_metadata(v, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: key {k!r} is not a str (JSON would turn it into one)")
+            _validate_metadata(v, f"{where}[{k!r}]")
+        return
+    raise TypeError(
+        f"{where}: {type(value).__name__} is not JSON-exact (use int/float/str/bool/None/list/"
+        "dict; convert numpy scalars with int()/float(), tuples to lists, RNG keys with "
+        "jax.random.key_data(key).tolist())"
+    )
+
+
+def _validate_abstract(item: str, tree: Any) -> None:
+    def check(path, leaf):
+        if isinstance(leaf, jax.ShapeDtypeStruct) and leaf.sharding is None:
+            raise ValueError(
+                f"abstract_items[{item!r}]{jax.tree_util.keystr(path)}: ShapeDtypeStruct has no "
+                "sharding; pass sharding=NamedSharding(mesh, spec) (or SingleDeviceSharding)"
+            )
+
+    jax.tree_util.tree_map_with_path(check, tree)
+
+
+class Checkpointer:
+    """Saves and restores `{item name: pytree of arrays}` plus a JSON metadata dict per step.
+
+    Not thread-safe; call from the training loop only. In multi-process runs every process calls
+    every method (Orbax synchronizes them); only process 0 writes the manifest.
+
+    Args:
+      directory: where checkpoints live (see the module docstring for the layout).
+      keep: how many of the newest finalized checkpoints to keep.
+      async_save: if True, `save` returns after the device-to-host copy and the write continues
+        in the background; if False, `save` returns once the checkpoint is finalized.
+      read_only: never write or delete (e.g. for export from someone else's run).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep: int = 3,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self._directory = epath.Path(directory)
+        self._async = async_save
+        self._read_only = read_only
+        self._pending_step: int | None = None
+        self._reported: set[tuple[int, str]] = set()
+        self._bad_steps: dict[int, str] = {}
+        self._read_verified: set[int] = set()
+        self._closed = False
+        self.restored_step: int | None = None
+        self.last_save_blocking_seconds: float | None = None
+        if read_only:
+            if not self._directory.exists():
+                raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+        else:
+            check_writable(directory, min_free_bytes=0)
+            self._report_unfinished_saves()
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+            enable_async_checkpointing=True,  # Sync mode is async + wait: one code path.
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifest),
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
+            create=not read_only,
+        )
+        self._mgr = ocp.CheckpointManager(self._directory, options=options)
+
+    # ------------------------------------------------------------------ paths and listing
+
+    @property
+    def directory(self) -> str:
+        return os.fspath(self._directory)
+
+    def step_path(self, step: int) -> str:
+        """The directory a finalized checkpoint of `step` lives in."""
+        return os.fspath(self._directory / str(step))
+
+    def _finalized_steps(self) -> list[int]:
+        if not self._directory.exists():
+            return []
+        return sorted(ocp.utils.checkpoint_steps(self._directory))
+
+    def _report_unfinished_saves(self) -> None:
+        if not self._directory.exists():
+            return
+        for path in self._directory.iterdir():
+            if ocp.utils.TMP_DIR_SUFFIX in path.name:
+                logger.warning(
+                    "checkpoint directory %s: found unfinished save %s (interrupted by a crash or "
+                    "kill); ignoring it, it will be removed",
+                    self.directory,
+                    os.fspath(path),
+                )
+
+    def _report(self, step: int, reason: str) -> None:
+        self._bad_steps[step] = reason
+        if (step, reason) not in self._reported:
+            self._reported.add((step, reason))
+            logger.warning(
+                "checkpoint %s is corrupt or incomplete, skipping it: %s",
+                self.step_path(step),
+                reason,
+            )
+
+    def all_steps(self) -> list[int]:
+        """Finalized steps that pass verification, ascending; waits for an in-flight save."""
+        self._mgr.wait_until_finished()
+        good = []
+        for step in self._finalized_steps():
+            reason = self.verify(step)
+            if reason is None:
+                good.append(step)
+            else:
+                self._report(step, reason)
+        return good
+
+    def latest_good_step(self) -> int | None:
+        """Newest finalized step that passes verification (older corrupt ones are not checked)."""
+        self._mgr.wait_until_finished()
+        for step in reversed(self._finalized_steps()):
+            reason = self.verify(step)
+            if reason is None:
+                return step
+            self._report(step, reason)
+        return None
+
+    # ------------------------------------------------------------------ integrity
+
+    def _write_manifest(self) -> None:
+        """Orbax's post-finalization hook: runs in the save thread just before the commit."""
+        step = self._pending_step
+        if step is None or jax.process_index() != 0:
+            return
+        candidates = sorted(self._directory.glob(f"{step}{ocp.utils.TMP_DIR_SUFFIX}*"))
+        step_dir = candidates[-1] if candidates else self._directory / str(step)
+        files = {}
+        for root, _, names in step_dir.walk():
+            root = epath.Path(root)
+            if root == step_dir:
+                continue  # Top-level files belong to Orbax's commit protocol and change at commit.
+            for name in names:
+                path = root / name
+                size = path.stat().length
+                crc = zlib.crc32(path.read_bytes()) if size <= _CRC_MAX_BYTES else None
+                files[os.fspath(path.relative_to(step_dir))] = {"size": size, "crc32": crc}
+        manifest = {"format": _MANIFEST_FORMAT, "step": step, "files": files}
+        (step_dir / MANIFEST_NAME).write_text(json.dumps(manifest, sort_keys=True))
+
+    def _item_names(self, step: int) -> list[str]:
+        step_dir = self._directory / str(step)
+        return sorted(p.name for p in step_dir.iterdir() if p.is_dir() and p.name != METADATA_ITEM)
+
+    def verify(self, step: int) -> str | None:
+        """Checks a finalized checkpoint; returns None if good, else the reason it is not."""
+        step_dir = self._directory / str(step)
+        if not step_dir.is_dir():
+            return f"{step_dir} does not exist"
+        manifest_path = step_dir / MANIFEST_NAME
+        if manifest_path.exists():
+            reason = self._verify_manifest(step_dir, manifest_path)
+        elif step in self._read_verified:
+            reason = None
+        else:
+            reason = self._verify_by_reading(step)
+        if reason is not None:
+            return reason
+        try:
+            self._read_metadata(step)
+        except Exception as e:  # noqa: BLE001  (any failure to parse means unusable)
+            return f"metadata JSON unreadable: {type(e).__name__}: {e}"
+        return None
+
+    @staticmethod
+    def _verify_manifest(step_dir: epath.Path, manifest_path: epath.Path) -> str | None:
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            files = manifest["files"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"{MANIFEST_NAME} unreadable: {type(e).__name__}: {e}"
+        if not files:
+            return f"{MANIFEST_NAME} lists no files"
+        for rel, expected in sorted(files.items()):
+            path = step_dir / rel
+            if not path.exists():
+                return f"missing file {rel}"
+            size = path.stat().length
+            if size != expected["size"]:
+                return f"file {rel} is {size} bytes, expected {expected['size']} (truncated?)"
+            if expected["crc32"] is not None and zlib.crc32(path.read_bytes()) != expected["crc32"]:
+                return f"file {rel} has the wrong CRC-32 (overwritten or bit rot)"
+        return None
+
+    def _verify_by_reading(self, step: int) -> str | None:
+        logger.info(
+            "checkpoint %s has no %s; verifying it by reading every array",
+            self.step_path(step),
+            MANIFEST_NAME,
+        )
+        try:
+            for item in self._item_names(step):
+                self._restore_item_to_host(step, item)
+        except Exception as e:  # noqa: BLE001
+            return f"reading arrays failed: {type(e).__name__}: {e}"
+        self._read_verified.add(step)
+        return None
+
+    # ------------------------------------------------------------------ save
+
+    def save(self, step: int, items: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
+        """Starts saving `items` and `metadata` as checkpoint `step`; returns its final directory.
+
+        Blocks for the device-to-host copy of `items` (and, if the previous save is still being
+        written, until it finishes); the write itself continues in the background unless
+        `async_save=False`. Call `wait()` before relying on the files.
+
+        Args:
+          step: the training step, >= 0, larger than every good checkpoint in the directory.
+          items: {name: pytree of jax/numpy arrays}, e.g. {"policy": ..., "policy_opt": ...}.
+            Names are directory names ([A-Za-z0-9_.-], not "run_metadata").
+          metadata: JSON-exact dict (int/float/str/bool/None/list/str-keyed dict); it comes back
+            from `restore` equal, ints as ints.
+        """
+        if self._read_only:
+            raise CheckpointError(f"checkpointer for {self.directory} is read-only")
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        step = int(step)
+        if not items:
+            raise ValueError("items is empty; nothing to checkpoint")
+        for name in items:
+            if not isinstance(name, str) or not _ITEM_NAME.match(name) or name == METADATA_ITEM:
+                raise ValueError(
+                    f"item name {name!r} is not allowed (use [A-Za-z0-9_.-], not {METADATA_ITEM!r})"
+                )
+        metadata = dict(metadata)
+        _validate_metadata(metadata)
+        self._mgr.wait_until_finished()  # So that the manifest hook of the last save is done.
+        self._clear_from(step)
+        self._pending_step = step
+        start = time.perf_counter()
+        args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
+        args[METADATA_ITEM] = ocp.args.JsonSave(metadata)
+        if not self._mgr.save(step, args=ocp.args.Composite(**args), force=True):
+            raise CheckpointError(f"Orbax declined to save step {step} in {self.directory}")
+        self.last_save_blocking_seconds = time.perf_counter() - start
+        if not self._async:
+            self.wait()
+        return self.step_path(step)
+
+    def _clear_from(self, step: int) -> None:
+        """Deletes corrupt checkpoints at or after `step`; refuses to shadow a good one."""
+        for existing in self._finalized_steps():
+            if existing < step:
+                continue
+            reason = self._bad_steps.get(existing) or self.verify(existing)
+            if reason is None:
+                raise CheckpointError(
+                    f"{self.step_path(existing)} is a good checkpoint at step {existing} "
+                    f">= {step}; resume from it (restore()) or use a fresh directory"
+                )
+            logger.warning(
+                "deleting corrupt checkpoint %s before saving step %d: %s",
+                self.step_path(existing),
+                step,
+                reason,
+            )
+            if existing in self._mgr.all_steps():
+                self._mgr.delete(existing)
+            elif jax.process_index() == 0:
+                (self._directory / str(existing)).rmtree()
+            self._bad_steps.pop(existing, None)
+
+    def wait(self) -> None:
+        """Blocks until the last save is finalized; raises if it failed."""
+        self._mgr.wait_until_finished()
+        self._mgr.check_for_errors()
+
+    def close(self) -> None:
+        """Waits for the last save and releases Orbax's threads. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._mgr.wait_until_finished()
+        finally:
+            self._mgr.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ restore
+
+    def _read_metadata(self, step: int) -> dict[str, Any]:
+        restored = self._mgr.restore(
+            step, args=ocp.args.Composite(**{METADATA_ITEM: ocp.args.JsonRestore()})
+        )
+        metadata = restored[METADATA_ITEM]
+        if not isinstance(metadata, dict):
+            raise TypeError(f"expected a JSON object, got {type(metadata).__name__}")
+        return metadata
+
+    def _restore_item_to_host(self, step: int, item: str) -> Any:
+        path = self._directory / str(step) / item
+        handler = ocp.PyTreeCheckpointHandler()
+        tree = handler.metadata(path).tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        return handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+    def _restore_step(
+        self, step: int, abstract_items: Mapping[str, Any] | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        available = self._item_names(step)
+        if abstract_items is None:
+            items = {name: self._restore_item_to_host(step, name) for name in available}
+            return items, self._read_metadata(step)
+        missing = sorted(set(abstract_items) - set(available))
+        if missing:
+            raise KeyError(
+                f"checkpoint {self.step_path(step)} has no item(s) {missing}; it holds {available}"
+            )
+        args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract_items.items()}
+        args[METADATA_ITEM] = ocp.args.JsonRestore()
+        restored = self._mgr.restore(step, args=ocp.args.Composite(**args))
+        items = {name: restored[name] for name in abstract_items}
+        return items, restored[METADATA_ITEM]
+
+    def restore(
+        self, step: int | None = None, abstract_items: Mapping[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Restores a checkpoint; sets `self.restored_step`.
+
+        Args:
+          step: the step to restore; None means the newest good one, falling back past
+            checkpoints that fail verification or whose restore raises (each reported with a
+            warning naming its directory and the reason).
+          abstract_items: {name: pytree of jax.ShapeDtypeStruct with `sharding`} (e.g. from
+            `jax.eval_shape` plus the target mesh's shardings; the mesh may differ from the one
+            that saved). Only these items are restored. None restores every item as numpy arrays on
+            host, with the nesting Orbax stored (dicts and lists; for export and inspection).
+
+        Returns:
+          (items, metadata): items with the structure and shardings of `abstract_items`, and the
+          metadata dict given to `save`.
+
+        Raises:
+          FileNotFoundError: no checkpoint (no good one, for step=None) in the directory.
+          CorruptCheckpointError: the requested `step` fails verification.
+          KeyError: an item of `abstract_items` is not in the checkpoint.
+        """
+        self._mgr.wait_until_finished()
+        if abstract_items is not None:
+            for name, tree in abstract_items.items():
+                _validate_abstract(name, tree)
+        finalized = self._finalized_steps()
+        if step is not None:
+            if step not in finalized:
+                raise FileNotFoundError(
+                    f"no finalized checkpoint for step {step} in {self.directory}; "
+                    f"finalized steps: {finalized}"
+                )
+            reason = self.verify(step)
+            if reason is not None:
+                self._report(step, reason)
+                raise CorruptCheckpointError(f"checkpoint {self.step_path(step)}: {reason}")
+            out = self._restore_step(step, abstract_items)
+            self.restored_step = step
+            return out
+        failures = []
+        for candidate in reversed(finalized):
+            reason = self.verify(candidate)
+            if reason is None:
+                try:
+                    out = self._restore_step(candidate, abstract_items)
+                except KeyError:
+                    raise
+                except Exception as e:  # noqa: BLE001  (fall back to the previous checkpoint)
+                    reason = f"restore failed: {type(e).__name__}: {e}"
+                else:
+                    self.restored_step = candidate
+                    return out
+            self._report(candidate, reason)
+            failures.append(f"step {candidate}: {reason}")
+        detail = ("; ".join(failures)) if failures else "no finalized checkpoints"
+        raise FileNotFoundError(f"no good checkpoint in {self.directory} ({detail})")
+
+
+class PreemptionGuard:
+    """Turns SIGTERM / SIGINT into a flag so the loop can finish its step, save and exit 0.
+
+    Single process: installs handlers for `signals` on `__enter__` and restores the previous ones
+    on `__exit__`. A second SIGINT raises KeyboardInterrupt (an impatient Ctrl-C still works).
+
+    Multi-process (jax.process_count() > 1): JAX's preemption service owns SIGTERM and agrees on a
+    common step across hosts, so no handlers are installed and `should_stop(step)` asks
+    `jax.experimental.multihost_utils.reached_preemption_sync_point(step)`, which every process
+    must call at every step. A local flag would let one host leave a collective the others enter.
+
+    Usage::
+
+        with PreemptionGuard() as guard:
+            for step in range(start, num_steps):
+                state = train_step(state)
+                if guard.should_stop(step):
+                    path = ckpt.save(step, items, metadata); ckpt.wait()
+                    print(guard.exit_message(step, path)); break
+    """
+
+    def __init__(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)):
+        self._signals = tuple(signals)
+        self._previous: dict[int, Any] = {}
+        self._received: int | None = None
+        self._multiprocess = jax.process_count() > 1
+
+    def __enter__(self) -> Self:
+        if self._multiprocess:
+            if not jax.config.jax_enable_preemption_service:
+                raise RuntimeError(
+                    "multi-process runs rely on JAX's preemption service for a common stop step, "
+                    "but jax_enable_preemption_service is False"
+                )
+            return self
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("PreemptionGuard must be entered on the main thread")
+        for sig in self._signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        if self._received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._received = signum
+        logger.warning(
+            "received %s: finishing the current step, then saving a checkpoint and exiting",
+            signal.Signals(signum).name,
+        )
+
+    @property
+    def signal_name(self) -> str | None:
+        """Name of the signal received ("SIGTERM"), or None."""
+        return None if self._received is None else signal.Signals(self._received).name
+
+    def should_stop(self, step: int | None = None) -> bool:
+        """True once a stop was requested; multi-process runs must pass the current `step`."""
+        if self._received is not None:
+            return True
+        if self._multiprocess:
+            if step is None:
+                raise ValueError("should_stop(step) needs the step in multi-process runs")
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        return False
+
+    def exit_message(self, step: int, path: str) -> str:
+        """The line to print before exiting 0."""
+        cause = self.signal_name or "preemption notice"
+        return f"Stopped on {cause} after step {step}; checkpoint saved to {path}"
