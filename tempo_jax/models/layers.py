@@ -1,0 +1,158 @@
+"""Pure building blocks of the decoder: RMSNorm, rotary embeddings, masked GQA attention, SwiGLU.
+
+Each function computes exactly what transformers' Qwen3 / OLMo3 modules compute in float32; in
+bfloat16 they keep the numerically sensitive parts (norm statistics, rotary angles, softmax,
+matmul accumulation) in float32 and round once at the end.
+
+Shapes: B batch, T query length, S key length (T, or the cache length), H query heads,
+K key/value heads, G = H // K query heads per key/value head, Dh head dim, D model width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tempo_jax.models.config import RopeConfig
+
+# Finite rather than -inf so that a query with no visible key (a padding position) gets a
+# uniform softmax instead of NaN, which would poison masked sums downstream.
+_MASKED_SCORE = float(np.finfo(np.float32).min)
+
+
+def rms_norm(
+    x: jax.Array, weight: jax.Array, eps: float, *, axes: int | tuple[int, ...] = -1
+) -> jax.Array:
+    """RMSNorm over `axes` (statistics in float32), scaled by `weight`; returns x.dtype.
+
+    Args:
+      x: [..., *normed] activations.
+      weight: broadcastable to the normed trailing dims (e.g. [D], or [H, Dh] for OLMo3's q_norm
+        over a whole projection viewed per head).
+      eps: added to the mean square.
+      axes: the axes whose mean square is taken.
+    """
+    x32 = x.astype(jnp.float32)
+    variance = jnp.mean(jnp.square(x32), axis=axes, keepdims=True)
+    normed = x32 * jax.lax.rsqrt(variance + eps)
+    return (normed * weight.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_inv_freq(rope: RopeConfig, head_dim: int) -> tuple[np.ndarray, float]:
+    """Inverse frequencies [Dh/2] (float32) and the cos/sin scale, as transformers computes them.
+
+    "default" is plain RoPE; "yarn" blends interpolated and extrapolated frequencies with a
+    linear ramp over the correction range (transformers' `_compute_yarn_parameters`).
+    """
+    exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    pos_freqs = np.float32(rope.theta) ** exponents
+    inv_freq = (np.float32(1.0) / pos_freqs).astype(np.float32)
+    if rope.kind == "default":
+        return inv_freq, 1.0
+
+    factor = rope.factor
+    attention_factor = rope.attention_factor
+    if attention_factor is None:
+        attention_factor = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+    def correction_dim(num_rotations: float) -> float:
+        return (
+            head_dim
+            * math.log(rope.original_max_position_embeddings / (num_rotations * 2 * math.pi))
+        ) / (2 * math.log(rope.theta))
+
+    low, high = correction_dim(rope.beta_fast), correction_dim(rope.beta_slow)
+    if rope.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # transformers' guard against a zero-width ramp
+    ramp = np.clip((np.arange(head_dim // 2, dtype=np.float32) - low) / (high - low), 0, 1)
+    extrapolation_weight = (1 - ramp).astype(np.float32)
+    interpolated = (np.float32(1.0) / (np.float32(factor) * pos_freqs)).astype(np.float32)
+    inv_freq = interpolated * (1 - extrapolation_weight) + inv_freq * extrapolation_weight
+    return inv_freq.astype(np.float32), float(attention_factor)
+
+
+def rope_cos_sin(
+    positions: jax.Array, rope: RopeConfig, head_dim: int
+) -> tuple[jax.Array, jax.Array]:
+    """cos, sin tables [B, T, Dh] (float32) for integer positions [B, T]."""
+    inv_freq, scale = rope_inv_freq(rope, head_dim)
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles) * scale, jnp.sin(angles) * scale
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates x [B, T, N, Dh] by the tables [B, T, Dh] (half-split layout); returns x.dtype."""
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+def attention_mask(
+    query_slots: jax.Array, key_slots: jax.Array, key_valid: jax.Array, window: jax.Array
+) -> jax.Array:
+    """Which keys each query sees: valid, causal and inside the window. Returns [B, T, S] bool.
+
+    Slots are sequence (or cache) indices, not rotary positions: transformers' causal and
+    sliding-window masks compare indices, which for left-padded rows differ from positions
+    only by a per-row constant.
+
+    Args:
+      query_slots: [T] int, the slot of each query.
+      key_slots: [S] int, the slot of each key.
+      key_valid: [B, S] bool, False for padding / empty cache slots.
+      window: int scalar; a query at slot i sees key slots j with i - window < j <= i. Full
+        attention passes a window larger than any slot distance.
+    """
+    distance = query_slots[:, None] - key_slots[None, :]
+    visible = (distance >= 0) & (distance < window)
+    return visible[None, :, :] & key_valid[:, None, :]
+
+
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, dtype: jnp.dtype
+) -> jax.Array:
+    """Scaled dot-product attention with grouped key/value heads.
+
+    Query head n uses key/value head n // G, as transformers' `repeat_kv` does.
+
+    Args:
+      q: [B, T, H, Dh] queries.
+      k: [B, S, K, Dh] keys.
+      v: [B, S, K, Dh] values.
+      mask: [B, T, S] bool, True where the query may attend the key.
+      dtype: compute dtype of the probability-weighted sum.
+
+    Returns:
+      [B, T, H, Dh] in `dtype`.
+    """
+    batch, length, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[2]
+    q = q.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    scores = jnp.einsum(
+        "btkgh,bskh->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32
+    )
+    scores = scores * (head_dim**-0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED_SCORE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    out = jnp.einsum(
+        "bkgts,bskh->btkgh", probs, v.astype(dtype), preferred_element_type=jnp.float32
+    )
+    return out.reshape(batch, length, num_heads, head_dim).astype(dtype)
+
+
+def swiglu(
+    x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array, *, dtype: jnp.dtype
+) -> jax.Array:
+    """down(silu(x @ gate) * (x @ up)) for x [B, T, D], gate/up [D, F], down [F, D]."""
+    x = x.astype(dtype)
+    hidden = jax.nn.silu(x @ gate.astype(dtype)) * (x @ up.astype(dtype))
+    return hidden @ down.astype(dtype)
