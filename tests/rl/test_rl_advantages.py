@@ -10,6 +10,13 @@ from tempo_jax import rl
 TOL = dict(rtol=1e-5, atol=1e-5)
 SEEDS = range(4)
 
+# Jitted once per module: eager calls would compile op by op, which is slower on CPU.
+masked_whiten = jax.jit(rl.masked_whiten)
+em_token_advantage = jax.jit(rl.em_token_advantage)
+em_outcome_advantage = jax.jit(rl.em_outcome_advantage, static_argnames="norm_by_std")
+grpo_advantage = jax.jit(rl.grpo_advantage, static_argnames="norm_by_std")
+gae_advantage = jax.jit(rl.gae_advantage, static_argnames="whiten")
+
 
 # ----------------------------------------------------------------------------- references (f64)
 def ref_whiten(raw, mask):
@@ -172,12 +179,12 @@ def test_padding_with_garbage_changes_nothing(name):
 def test_keep_none_equals_all_kept():
     b = make_batch(5)
     ones = np.ones_like(b.keep)
-    default = rl.em_token_advantage(b.values, b.scores, b.is_labeled, b.mask)
-    all_kept = rl.em_token_advantage(b.values, b.scores, b.is_labeled, b.mask, keep=ones)
+    default = em_token_advantage(b.values, b.scores, b.is_labeled, b.mask)
+    all_kept = em_token_advantage(b.values, b.scores, b.is_labeled, b.mask, keep=ones)
     assert_tree_close(default, jax.tree.map(np.asarray, all_kept))
     np.testing.assert_allclose(
-        rl.grpo_advantage(b.scores, b.mask, b.group_ids),
-        rl.grpo_advantage(b.scores, b.mask, b.group_ids, keep=ones),
+        grpo_advantage(b.scores, b.mask, b.group_ids),
+        grpo_advantage(b.scores, b.mask, b.group_ids, keep=ones),
     )
 
 
@@ -188,15 +195,15 @@ def test_dropped_row_is_as_if_absent():
     keep[3] = False
     rest = np.flatnonzero(keep)
     sub = {f: getattr(b, f)[rest] for f in ("values", "scores", "is_labeled", "mask")}
-    adv, ret = rl.em_token_advantage(sub["values"], sub["scores"], sub["is_labeled"], sub["mask"])
-    adv_k, ret_k = rl.em_token_advantage(b.values, b.scores, b.is_labeled, b.mask, keep=keep)
+    adv, ret = em_token_advantage(sub["values"], sub["scores"], sub["is_labeled"], sub["mask"])
+    adv_k, ret_k = em_token_advantage(b.values, b.scores, b.is_labeled, b.mask, keep=keep)
     np.testing.assert_allclose(adv_k[rest], adv, **TOL)
     np.testing.assert_array_equal(adv_k[3], 0.0)
     np.testing.assert_array_equal(ret_k[3], 0.0)
     # Group ids of the remaining rows must stay in [0, N-1): remap them densely.
     _, dense = np.unique(b.group_ids[rest], return_inverse=True)
-    grpo_sub = rl.grpo_advantage(sub["scores"], sub["mask"], dense.astype(np.int32))
-    grpo_k = rl.grpo_advantage(b.scores, b.mask, b.group_ids, keep=keep)
+    grpo_sub = grpo_advantage(sub["scores"], sub["mask"], dense.astype(np.int32))
+    grpo_k = grpo_advantage(b.scores, b.mask, b.group_ids, keep=keep)
     np.testing.assert_allclose(grpo_k[rest], grpo_sub, **TOL)
 
 
@@ -205,13 +212,13 @@ def test_masked_whiten_by_hand():
     values = np.array([[1.0, 2.0, 3.0], [4.0, np.nan, 1e30]], np.float32)
     mask = np.array([[1, 1, 1], [1, 0, 0]], bool)
     # tokens 1,2,3,4: mean 2.5, population var 1.25, Bessel 4/3 -> 5/3, std 1.2909944
-    got = rl.masked_whiten(values, mask)
+    got = masked_whiten(values, mask)
     want = [[-1.1618950, -0.3872983, 0.3872983], [1.1618950, 0.0, 0.0]]
     np.testing.assert_allclose(got, want, **TOL)
 
 
 def test_masked_whiten_single_token_gives_zero():
-    got = rl.masked_whiten(np.array([[5.0, np.inf]]), np.array([[True, False]]))
+    got = masked_whiten(np.array([[5.0, np.inf]]), np.array([[True, False]]))
     np.testing.assert_array_equal(got, [[0.0, 0.0]])
 
 
@@ -222,7 +229,7 @@ def test_em_token_by_hand():
     is_labeled = np.array([True, False])
     # R = (1, V[1,1] = 0.4); raw = (0.5, 0.8, 0.2 | 0.3, 0.0), mean 0.36,
     # var = 0.372 / 5 * 5/4 = 0.093, std 0.3049590
-    adv, ret = rl.em_token_advantage(values, scores, is_labeled, mask)
+    adv, ret = em_token_advantage(values, scores, is_labeled, mask)
     want = [[0.4590780, 1.4428166, -0.5246606], [-0.1967477, -1.1804863, 0.0]]
     np.testing.assert_allclose(adv, want, **TOL)
     np.testing.assert_allclose(ret, [[1.0, 1.0, 1.0], [0.4, 0.4, 0.0]], **TOL)
@@ -236,11 +243,11 @@ def test_em_outcome_by_hand():
     is_labeled = np.array([True, True, False, False])
     group_ids = np.array([2, 2, 2, 0], np.int32)
     # mean 1/3, unbiased std sqrt(4/3) = 1.1547005
-    adv, ret = rl.em_outcome_advantage(values, scores, is_labeled, mask, group_ids)
+    adv, ret = em_outcome_advantage(values, scores, is_labeled, mask, group_ids)
     want = np.array([0.5773500, -1.1547000, 0.5773500, 0.0])
     np.testing.assert_allclose(adv, want[:, None] * mask, **TOL)
     np.testing.assert_allclose(ret, [[1, 1], [-1, -1], [2, 2], [0.3, 0]], **TOL)  # unclipped R
-    adv, _ = rl.em_outcome_advantage(values, scores, is_labeled, mask, group_ids, False)
+    adv, _ = em_outcome_advantage(values, scores, is_labeled, mask, group_ids, False)
     np.testing.assert_allclose(adv[:, 0], [2 / 3, -4 / 3, 2 / 3, 0.0], **TOL)
 
 
@@ -249,10 +256,10 @@ def test_grpo_by_hand():
     mask = np.array([[1, 1], [1, 0], [1, 1], [1, 1]], bool)
     group_ids = np.array([1, 1, 1, 3], np.int32)
     # group: mean -1/3, std sqrt(4/3); singleton: mean 0, std 1 -> 1 / (1 + 1e-6)
-    got = rl.grpo_advantage(scores, mask, group_ids)
+    got = grpo_advantage(scores, mask, group_ids)
     want = np.array([1.1547000, -0.5773500, -0.5773500, 0.999999])
     np.testing.assert_allclose(got, want[:, None] * mask, rtol=1e-6, atol=1e-6)
-    got = rl.grpo_advantage(scores, mask, group_ids, norm_by_std=False)
+    got = grpo_advantage(scores, mask, group_ids, norm_by_std=False)
     np.testing.assert_allclose(got[:, 0], [4 / 3, -2 / 3, -2 / 3, 1.0], **TOL)
 
 
@@ -260,7 +267,7 @@ def test_gae_by_hand():
     rewards = np.array([[0.0, 0.0, 1.0], [0.0, np.nan, 1.0]], np.float32)
     values = np.array([[0.5, 0.6, 0.7], [0.5, np.inf, 0.7]], np.float32)
     mask = np.array([[1, 1, 1], [1, 0, 1]], bool)  # row 1 has a masked gap (skipped)
-    adv, ret = rl.gae_advantage(rewards, values, mask, gamma=0.9, lam=0.8, whiten=False)
+    adv, ret = gae_advantage(rewards, values, mask, gamma=0.9, lam=0.8, whiten=False)
     # row 0: gae_2 = 0.3, gae_1 = 0.03 + 0.72 * 0.3 = 0.246, gae_0 = 0.04 + 0.72 * 0.246
     # row 1: gae_2 = 0.3, gae_0 = (0.9 * 0.7 - 0.5) + 0.72 * 0.3 = 0.346
     np.testing.assert_allclose(adv, [[0.21712, 0.246, 0.3], [0.346, 0.0, 0.3]], **TOL)
@@ -269,8 +276,8 @@ def test_gae_by_hand():
 
 def test_gae_with_gamma_lam_one_equals_em_token():
     b = make_batch(7)
-    em_adv, em_ret = rl.em_token_advantage(b.values, b.scores, np.ones_like(b.is_labeled), b.mask)
-    gae_adv, gae_ret = rl.gae_advantage(token_rewards(b), b.values, b.mask, 1.0, 1.0)
+    em_adv, em_ret = em_token_advantage(b.values, b.scores, np.ones_like(b.is_labeled), b.mask)
+    gae_adv, gae_ret = gae_advantage(token_rewards(b), b.values, b.mask, 1.0, 1.0)
     np.testing.assert_allclose(gae_adv, em_adv, **TOL)
     np.testing.assert_allclose(gae_ret, em_ret, **TOL)
 

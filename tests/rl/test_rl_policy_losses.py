@@ -8,6 +8,8 @@ from rl_batches import make_batch, pad
 from tempo_jax import rl
 
 TOL = dict(rtol=1e-5, atol=1e-5)
+gspo_policy_loss = jax.jit(rl.gspo_policy_loss)
+ppo_policy_loss = jax.jit(rl.ppo_policy_loss, static_argnames="dual_clip")
 
 
 @jax.jit
@@ -153,7 +155,7 @@ def test_gspo_by_hand():
     mask = np.array([[1, 1], [1, 0]], bool)
     # row 0: s = e^0.1 = 1.10517 > 1 + 5e-4 with A = 1: clipped, -1.0005 per token
     # row 1: s = 1, A = -3: 3.  loss = (-1.0005 + 3) / 2
-    loss, metrics = rl.gspo_policy_loss(lp, old, adv, mask)
+    loss, metrics = gspo_policy_loss(lp, old, adv, mask)
     np.testing.assert_allclose(loss, 0.99975, **TOL)
     np.testing.assert_allclose(metrics["clipfrac"], 2 / 3, **TOL)
     np.testing.assert_allclose(metrics["approx_kl"], -0.2 / 3, **TOL)
@@ -181,7 +183,7 @@ def test_ppo_by_hand():
     adv = np.array([[1.0, -1.0], [2.0, 0.0]], np.float32)
     mask = np.array([[1, 1], [1, 0]], bool)
     # tokens: max(-1.5, -1.2) = -1.2 (clipped), max(0.5, 0.8) = 0.8 (clipped), -2
-    loss, metrics = rl.ppo_policy_loss(lp, old, adv, mask, 0.2, 0.2)
+    loss, metrics = ppo_policy_loss(lp, old, adv, mask, 0.2, 0.2)
     np.testing.assert_allclose(loss, -0.8, **TOL)
     np.testing.assert_allclose(metrics["clipfrac"], 2 / 3, **TOL)
 
@@ -192,7 +194,7 @@ def test_ppo_dual_clip_by_hand():
     adv = -np.ones((1, 2), np.float32)
     mask = np.ones((1, 2), bool)
     # max(5, 1.2) = 5 capped at -A * 3 = 3; max(2, 1.2) = 2 below the cap
-    loss, metrics = rl.ppo_policy_loss(lp, old, adv, mask, 0.2, 0.2, dual_clip=3.0)
+    loss, metrics = ppo_policy_loss(lp, old, adv, mask, 0.2, 0.2, dual_clip=3.0)
     np.testing.assert_allclose(loss, 2.5, **TOL)
     np.testing.assert_allclose(metrics["clipfrac_lower"], 0.5, **TOL)
     with pytest.raises(ValueError, match="dual_clip"):
