@@ -10,7 +10,8 @@ On-disk layout of `Checkpointer(directory)`::
         commit_success.txt             Orbax commit marker
         tempo_manifest.json            ours: {"files": {path: {"size", "crc32"}}}, see below
         run_metadata/metadata          the JSON metadata dict given to `save` (EM counters, phase,
-                                       iterator positions, RNG key data, config)
+                                       iterator positions, RNG key data, config); tuples are
+                                       stored as {"__tuple__": [...]} so they come back as tuples
         <item>/                        one Orbax PyTree (OCDBT + zarr3) per key of `items`,
                                        e.g. policy/, critic/, policy_opt/, critic_opt/
       <step>.orbax-checkpoint-tmp/     a save in flight, or one interrupted by a crash; never read,
@@ -71,6 +72,10 @@ class CheckpointError(RuntimeError):
 
 class CorruptCheckpointError(CheckpointError):
     """A finalized checkpoint failed verification."""
+
+
+class MissingItemError(CheckpointError):
+    """`restore` asked for an item the checkpoint does not hold (a caller error, not corruption)."""
 
 
 class CheckpointDirectoryError(OSError):
@@ -143,35 +148,57 @@ def pytree_nbytes(tree: Any) -> int:
     return total
 
 
-def _validate_metadata(value: Any, where: str = "metadata") -> None:
-    """Rejects anything that would not come back from JSON as the identical Python value."""
+_TUPLE_KEY = "__tuple__"
+
+
+def _encode_metadata(value: Any, where: str = "metadata") -> Any:
+    """Checks that `value` comes back from JSON identical; tuples become {"__tuple__": [...]}.
+
+    Tuples are kept (configs hold them, e.g. `eval.ks = (1, 2, 4, 8)`); anything else JSON would
+    silently change (numpy scalars, int subclasses, non-str keys, NaN) is rejected naming its path.
+    """
     if value is None or isinstance(value, (bool, str)):
-        return
+        return value
     if isinstance(value, int):
-        if type(value) is not int:  # IntEnum etc. would come back as a plain int.
+        if type(value) is not int:  # IntEnum, np.int64 (not an int subclass) etc.
             raise TypeError(f"{where}: {type(value).__name__} is not a plain int")
-        return
+        return value
     if isinstance(value, float):
         if type(value) is not float:
             raise TypeError(f"{where}: {type(value).__name__} is not a plain float")
         if not math.isfinite(value):
             raise ValueError(f"{where}: non-finite float {value} cannot be stored in JSON")
-        return
-    if isinstance(value, list):
-        for i, v in enumerate(value):
-            _validate_metadata(v, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
+        return value
+    if isinstance(value, (list, tuple)):
+        encoded = [_encode_metadata(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if type(value) is tuple:
+            return {_TUPLE_KEY: encoded}
+        if type(value) is list:
+            return encoded
+    if type(value) is dict:
+        out = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise TypeError(f"{where}: key {k!r} is not a str (JSON would turn it into one)")
-            _validate_metadata(v, f"{where}[{k!r}]")
-        return
+            if k == _TUPLE_KEY:
+                raise ValueError(f"{where}: key {_TUPLE_KEY!r} is reserved for tuples")
+            out[k] = _encode_metadata(v, f"{where}[{k!r}]")
+        return out
     raise TypeError(
         f"{where}: {type(value).__name__} is not JSON-exact (use int/float/str/bool/None/list/"
-        "dict; convert numpy scalars with int()/float(), tuples to lists, RNG keys with "
-        "jax.random.key_data(key).tolist())"
+        "tuple/dict; convert numpy scalars with int()/float(), RNG keys with "
+        "jax.random.key_data(key).tolist(), a ConfigDict with .to_dict())"
     )
+
+
+def _decode_metadata(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode_metadata(v) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {_TUPLE_KEY}:
+            return tuple(_decode_metadata(v) for v in value[_TUPLE_KEY])
+        return {k: _decode_metadata(v) for k, v in value.items()}
+    return value
 
 
 def _validate_abstract(item: str, tree: Any) -> None:
@@ -387,8 +414,9 @@ class Checkpointer:
           step: the training step, >= 0, larger than every good checkpoint in the directory.
           items: {name: pytree of jax/numpy arrays}, e.g. {"policy": ..., "policy_opt": ...}.
             Names are directory names ([A-Za-z0-9_.-], not "run_metadata").
-          metadata: JSON-exact dict (int/float/str/bool/None/list/str-keyed dict); it comes back
-            from `restore` equal, ints as ints.
+          metadata: dict of int/float/str/bool/None/list/tuple/str-keyed dict (e.g. EM counters,
+            phase, iterator positions, `jax.random.key_data(key).tolist()`, `config.to_dict()`);
+            `restore` returns it equal, with the same types (ints stay ints, tuples tuples).
         """
         if self._read_only:
             raise CheckpointError(f"checkpointer for {self.directory} is read-only")
@@ -402,14 +430,13 @@ class Checkpointer:
                 raise ValueError(
                     f"item name {name!r} is not allowed (use [A-Za-z0-9_.-], not {METADATA_ITEM!r})"
                 )
-        metadata = dict(metadata)
-        _validate_metadata(metadata)
+        encoded_metadata = _encode_metadata(dict(metadata))
         self._mgr.wait_until_finished()  # So that the manifest hook of the last save is done.
         self._clear_from(step)
         self._pending_step = step
         start = time.perf_counter()
         args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
-        args[METADATA_ITEM] = ocp.args.JsonSave(metadata)
+        args[METADATA_ITEM] = ocp.args.JsonSave(encoded_metadata)
         if not self._mgr.save(step, args=ocp.args.Composite(**args), force=True):
             raise CheckpointError(f"Orbax declined to save step {step} in {self.directory}")
         self.last_save_blocking_seconds = time.perf_counter() - start
@@ -470,7 +497,7 @@ class Checkpointer:
         metadata = restored[METADATA_ITEM]
         if not isinstance(metadata, dict):
             raise TypeError(f"expected a JSON object, got {type(metadata).__name__}")
-        return metadata
+        return _decode_metadata(metadata)
 
     def _restore_item_to_host(self, step: int, item: str) -> Any:
         path = self._directory / str(step) / item
@@ -488,14 +515,14 @@ class Checkpointer:
             return items, self._read_metadata(step)
         missing = sorted(set(abstract_items) - set(available))
         if missing:
-            raise KeyError(
+            raise MissingItemError(
                 f"checkpoint {self.step_path(step)} has no item(s) {missing}; it holds {available}"
             )
         args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract_items.items()}
         args[METADATA_ITEM] = ocp.args.JsonRestore()
         restored = self._mgr.restore(step, args=ocp.args.Composite(**args))
         items = {name: restored[name] for name in abstract_items}
-        return items, restored[METADATA_ITEM]
+        return items, _decode_metadata(restored[METADATA_ITEM])
 
     def restore(
         self, step: int | None = None, abstract_items: Mapping[str, Any] | None = None
@@ -518,7 +545,7 @@ class Checkpointer:
         Raises:
           FileNotFoundError: no checkpoint (no good one, for step=None) in the directory.
           CorruptCheckpointError: the requested `step` fails verification.
-          KeyError: an item of `abstract_items` is not in the checkpoint.
+          MissingItemError: an item of `abstract_items` is not in the checkpoint.
         """
         self._mgr.wait_until_finished()
         if abstract_items is not None:
@@ -544,7 +571,7 @@ class Checkpointer:
             if reason is None:
                 try:
                     out = self._restore_step(candidate, abstract_items)
-                except KeyError:
+                except MissingItemError:
                     raise
                 except Exception as e:  # noqa: BLE001  (fall back to the previous checkpoint)
                     reason = f"restore failed: {type(e).__name__}: {e}"

@@ -9,6 +9,10 @@
         Runs steps under a PreemptionGuard; prints "READY" after step 2. On SIGTERM it finishes
         the current step, saves, prints the exit message and exits 0.
 
+    python checkpoint_worker.py multiprocess PROCESS_ID PORT
+        One of two jax.distributed processes stepping at different speeds under a PreemptionGuard;
+        prints "READY", then "STOP <step>" once JAX's preemption sync point is reached.
+
 The environment (8 fake CPU devices, compilation cache) comes from tests/conftest.py via os.environ.
 """
 
@@ -83,11 +87,35 @@ def _sigterm(directory: str) -> None:
     print(f"HANDLER_RESTORED {signal.getsignal(signal.SIGTERM) is previous}", flush=True)
 
 
+def _multiprocess(process_id: int, port: int) -> None:
+    import jax
+
+    jax.distributed.initialize(
+        coordinator_address=f"localhost:{port}", num_processes=2, process_id=process_id
+    )
+    from tempo_jax.train.checkpointing import PreemptionGuard
+
+    before = signal.getsignal(signal.SIGTERM)
+    with PreemptionGuard() as guard:
+        # JAX's preemption notifier owns SIGTERM here; the guard must not replace it.
+        print(f"HANDLER_UNTOUCHED {signal.getsignal(signal.SIGTERM) is before}", flush=True)
+        for step in range(100_000):
+            time.sleep(0.005 * (1 + process_id))  # Hosts at different speeds.
+            if step == 5:
+                print("READY", flush=True)
+            if guard.should_stop(step):
+                print(f"STOP {step}", flush=True)
+                break
+    jax.distributed.shutdown()
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "loop":
         _loop(sys.argv[2], int(sys.argv[3]))
     elif mode == "sigterm":
         _sigterm(sys.argv[2])
+    elif mode == "multiprocess":
+        _multiprocess(int(sys.argv[2]), int(sys.argv[3]))
     else:
         raise SystemExit(f"unknown mode {mode!r}")

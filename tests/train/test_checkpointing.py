@@ -10,6 +10,7 @@ import pathlib
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +29,7 @@ from tempo_jax.train.checkpointing import (
     Checkpointer,
     CheckpointError,
     CorruptCheckpointError,
+    MissingItemError,
     PreemptionGuard,
     check_writable,
     pytree_nbytes,
@@ -93,7 +95,8 @@ _METADATA = {
     "phase": "m_step",
     "iterators": {"labeled": [0, 17, 2], "unlabeled": [1, 5, 0]},
     "rng_key_data": [0, 4294967295],
-    "config": {"lr": 1e-6, "beta": 0.04, "use_kl": False, "name": None, "big": 2**62},
+    "config": {"lr": 1e-6, "use_kl": False, "name": None, "big": 2**62, "ks": (1, 2, 4, 8)},
+    "history": [(0, "sft"), (10, "tempo")],
 }
 
 
@@ -122,6 +125,9 @@ def test_round_trip_bitwise_and_metadata_exact(tmp_path, mesh222):
     assert metadata == _METADATA
     assert type(metadata["em"]["m_steps"]) is int and metadata["config"]["big"] == 2**62
     assert type(metadata["config"]["lr"]) is float and metadata["config"]["use_kl"] is False
+    assert (
+        type(metadata["config"]["ks"]) is tuple and type(metadata["iterators"]["labeled"]) is list
+    )
     assert sorted(os.listdir(path)) == sorted(
         ["_CHECKPOINT_METADATA", "commit_success.txt", MANIFEST_NAME, METADATA_ITEM]
         + ["params", "rng", "opt"]
@@ -252,8 +258,10 @@ def test_half_written_tmp_dir_and_manifestless_checkpoint(tmp_path, mesh222, cap
 def test_bad_inputs_fail_clearly(tmp_path, mesh222):
     with Checkpointer(tmp_path) as ckpt:
         x = {"x": jnp.zeros((2,))}
-        with pytest.raises(TypeError, match=r"metadata\['pos'\]: tuple"):
-            ckpt.save(0, {"s": x}, {"pos": (1, 2)})
+        with pytest.raises(TypeError, match=r"metadata\['pos'\]\[1\]: float32"):
+            ckpt.save(0, {"s": x}, {"pos": (1, np.float32(2))})
+        with pytest.raises(TypeError, match=r"metadata: key 3 is not a str"):
+            ckpt.save(0, {"s": x}, {3: "x"})
         with pytest.raises(TypeError, match=r"metadata\['n'\]: int64"):
             ckpt.save(0, {"s": x}, {"n": np.int64(3)})
         with pytest.raises(ValueError, match="non-finite"):
@@ -266,7 +274,7 @@ def test_bad_inputs_fail_clearly(tmp_path, mesh222):
         with pytest.raises(ValueError, match=r"abstract_items\['s'\]\['x'\].*no sharding"):
             ckpt.restore(0, {"s": {"x": jax.ShapeDtypeStruct((2,), jnp.float32)}})
         sds = jax.ShapeDtypeStruct((2,), jnp.float32, sharding=x["x"].sharding)
-        with pytest.raises(KeyError, match="no item"):
+        with pytest.raises(MissingItemError, match="no item"):
             ckpt.restore(0, {"policy": {"x": sds}})
         with pytest.raises(FileNotFoundError, match="finalized steps: \\[0\\]"):
             ckpt.restore(5, {"s": {"x": sds}})
@@ -412,7 +420,8 @@ def test_kill9_during_async_saves(tmp_path, caplog):
             items, metadata = ckpt.restore(None, abstract)
         step = ckpt.restored_step
         # save(s) returning means save s-1 was finalized (Orbax waits for the previous one).
-        assert saved[-1] - 1 <= step <= saved[-1], (step, saved)
+        # (+1: the kill may land between a save finishing and its "SAVED" line being printed.)
+        assert saved[-1] - 1 <= step <= saved[-1] + 1, (step, saved)
         assert metadata == {"step": step, "phase": "tempo", "em": {"m_steps": step * 2}}
         _assert_bitwise_equal(items["state"], worker.step_content(step, num_elements))
     assert saw_unfinished >= 1, "no kill landed during a save; the test proved nothing"
@@ -446,3 +455,30 @@ def test_sigterm_finishes_step_saves_and_exits_zero(tmp_path):
     # The interrupted step was finished: both halves applied, step + 1 times.
     assert np.asarray(items["state"]["a"]).tolist() == [step + 1] * 8
     assert np.asarray(items["state"]["b"]).tolist() == [step + 1] * 8
+
+
+@pytest.mark.slow
+def test_multiprocess_stop_uses_jax_preemption_sync():
+    """Two jax.distributed processes; SIGTERM to one: both stop at the same step and exit 0."""
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    procs = [_spawn("multiprocess", str(i), str(port)) for i in range(2)]
+    readers = [_LineReader(p) for p in procs]
+    try:
+        readers[1].wait_for("READY", timeout=60)
+        readers[0].wait_for("READY", timeout=60)
+        procs[1].send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
+    for r in readers:
+        r.join()
+    assert codes == [0, 0], [r.lines for r in readers]
+    stops = [r.wait_for("STOP", timeout=1) for r in readers]
+    assert stops[0] == stops[1], stops
+    for r in readers:
+        assert r.wait_for("HANDLER_UNTOUCHED", timeout=1) == "HANDLER_UNTOUCHED True"
