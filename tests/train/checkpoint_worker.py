@@ -60,7 +60,8 @@ def _sigterm(directory: str) -> None:
     import jax
     import jax.numpy as jnp
 
-    from tempo_jax.train.checkpointing import Checkpointer, PreemptionGuard
+    from tempo_jax.train.checkpointing import Checkpointer
+    from tempo_jax.train.preemption import PreemptionGuard
 
     sharding = jax.NamedSharding(_mesh(), jax.P("data"))
     state = {"a": jnp.zeros((8,), jnp.int32), "b": jnp.zeros((8,), jnp.int32)}
@@ -93,7 +94,7 @@ def _multiprocess(process_id: int, port: int) -> None:
     jax.distributed.initialize(
         coordinator_address=f"localhost:{port}", num_processes=2, process_id=process_id
     )
-    from tempo_jax.train.checkpointing import PreemptionGuard
+    from tempo_jax.train.preemption import PreemptionGuard
 
     before = signal.getsignal(signal.SIGTERM)
     with PreemptionGuard() as guard:

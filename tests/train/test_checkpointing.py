@@ -30,10 +30,10 @@ from tempo_jax.train.checkpointing import (
     CheckpointError,
     CorruptCheckpointError,
     MissingItemError,
-    PreemptionGuard,
     check_writable,
     pytree_nbytes,
 )
+from tempo_jax.train.preemption import PreemptionGuard
 
 _HERE = pathlib.Path(__file__).resolve().parent
 _ROOT = _HERE.parent.parent
