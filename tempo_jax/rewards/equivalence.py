@@ -32,7 +32,7 @@ import logging
 import sympy
 
 from tempo_jax.rewards import expression_parser, latex_normalize
-from tempo_jax.rewards.expression_parser import ParseError, Parsed, TooLargeError
+from tempo_jax.rewards.expression_parser import Parsed, ParseError, TooLargeError
 from tempo_jax.rewards.quick_match import REL_TOL, is_parseable_size, is_word_answer, quick_match
 
 # "Exact" comparisons go through 40-digit numerics; distinct exact answers differ far more.
@@ -291,17 +291,15 @@ logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 @functools.lru_cache(maxsize=1024)
 def _math_verify_parse(text: str) -> tuple:
-    from math_verify import LatexExtractionConfig, parse  # noqa: PLC0415 (heavy, worker-only)
+    from math_verify import LatexExtractionConfig, parse
 
     # LaTeX extraction only, timeouts off (signal.alarm is not ours to use).
-    return tuple(
-        parse("\\boxed{" + text + "}", [LatexExtractionConfig()], parsing_timeout=None)
-    )
+    return tuple(parse("\\boxed{" + text + "}", [LatexExtractionConfig()], parsing_timeout=None))
 
 
 def math_verify_matches(ground_truth: str, answer: str) -> bool:
     """math-verify's verdict on (gold, prediction); any error counts as no match."""
-    from math_verify import verify  # noqa: PLC0415
+    from math_verify import verify
 
     if not (is_parseable_size(answer) and is_parseable_size(ground_truth)):
         return False

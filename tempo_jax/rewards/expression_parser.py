@@ -60,9 +60,42 @@ _TOKEN = re.compile(
     r"\s*(?:(?P<number>\d+\.\d*|\.\d+|\d+)|(?P<command>\\[A-Za-z]+|\\[{}|])|(?P<char>\S))"
 )
 _GREEK = frozenset(
-    "alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi"
-    " rho sigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Sigma Phi Psi"
-    " Omega".split()
+    [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "epsilon",
+        "varepsilon",
+        "zeta",
+        "eta",
+        "theta",
+        "vartheta",
+        "iota",
+        "kappa",
+        "lambda",
+        "mu",
+        "nu",
+        "xi",
+        "rho",
+        "sigma",
+        "tau",
+        "upsilon",
+        "phi",
+        "varphi",
+        "chi",
+        "psi",
+        "omega",
+        "Gamma",
+        "Delta",
+        "Theta",
+        "Lambda",
+        "Xi",
+        "Sigma",
+        "Phi",
+        "Psi",
+        "Omega",
+    ]
 )
 _FUNCTIONS = {
     "sin": sympy.sin,
@@ -121,9 +154,10 @@ def _safe_pow(base: sympy.Basic, exponent: sympy.Basic) -> sympy.Basic:
             exp_magnitude = abs(complex(exponent))
         except (TypeError, ValueError, OverflowError) as err:
             raise TooLargeError("exponent not a finite number") from err
-        if exp_magnitude > 1 and exp_magnitude * max(_bits(base), 1.0) > MAX_EXACT_BITS:
-            if base not in (sympy.Integer(0), sympy.Integer(1), sympy.Integer(-1)):
-                raise TooLargeError("power too large to evaluate exactly")
+        trivial_base = base in (sympy.Integer(0), sympy.Integer(1), sympy.Integer(-1))
+        bits = exp_magnitude * max(_bits(base), 1.0)
+        if exp_magnitude > 1 and bits > MAX_EXACT_BITS and not trivial_base:
+            raise TooLargeError("power too large to evaluate exactly")
     return sympy.Pow(base, exponent)
 
 
@@ -190,8 +224,10 @@ class _Parser:
             return self.abs_depth == 0
         if tok.startswith("\\") and len(tok) > 2:
             name = tok[1:]
-            return name in _GREEK or name in _FUNCTIONS or name in (
-                "frac", "sqrt", "binom", "pi", "infty"
+            return (
+                name in _GREEK
+                or name in _FUNCTIONS
+                or name in ("frac", "sqrt", "binom", "pi", "infty")
             )
         return False
 

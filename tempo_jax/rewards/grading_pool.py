@@ -26,12 +26,13 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Self
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MEMORY_LIMIT_MB = 1024
 # A worker that does not finish importing in this long is a broken environment, not an answer.
 _STARTUP_TIMEOUT_S = 120.0
+_MAX_STARTUP_FAILURES = 3
 # The directory holding the `tempo_jax` package, so workers import this very copy.
 _PACKAGE_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
@@ -197,6 +198,7 @@ class GradingPool:
         self.enable_test_hooks = enable_test_hooks
         self.counters = GradingCounters()
         self.restarts = 0
+        self._startup_failures = 0
         self._lock = threading.Lock()
         self._next_id = 0
         self._workers = [self._new_worker() for _ in range(num_workers)]
@@ -222,7 +224,7 @@ class GradingPool:
         """Stops the workers (idempotent)."""
         self._finalizer()
 
-    def __enter__(self) -> "GradingPool":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -258,7 +260,10 @@ class GradingPool:
         pending = collections.deque(range(len(tasks)))
         remaining = len(tasks)
         status_counter = {
-            "timeout": "timeouts", "crash": "crashes", "error": "errors", "memory": "memory_errors"
+            "timeout": "timeouts",
+            "crash": "crashes",
+            "error": "errors",
+            "memory": "memory_errors",
         }
 
         def finish(worker: _Worker, outcome: TaskOutcome) -> None:
@@ -299,17 +304,22 @@ class GradingPool:
                     for message in worker.read_messages():
                         if "ready" in message:
                             worker.ready = True
+                            self._startup_failures = 0
                         elif worker.task is not None and message.get("id") == worker.message_id:
                             finish(worker, TaskOutcome(message["status"], message["result"]))
                     if worker.eof:
                         if worker.task is not None:
                             finish(worker, TaskOutcome("crash"))
                         elif not worker.ready:
-                            raise RuntimeError(
-                                "grading worker died during start-up (exit code "
-                                f"{worker.process.wait()}); check that `python -m "
-                                "tempo_jax.rewards.grading_worker` runs in this environment"
-                            )
+                            # One death in start-up may be a stray signal; a run of them is a
+                            # broken environment, and restarting forever would hide it.
+                            self._startup_failures += 1
+                            if self._startup_failures > _MAX_STARTUP_FAILURES:
+                                raise RuntimeError(
+                                    "grading workers keep dying during start-up (last exit "
+                                    f"code {worker.process.wait()}); check that `python -m "
+                                    "tempo_jax.rewards.grading_worker` runs in this environment"
+                                )
                         self._replace(index)
                 elif worker.task is not None and now >= worker.deadline:
                     finish(worker, TaskOutcome("timeout"))

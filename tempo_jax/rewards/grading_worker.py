@@ -35,7 +35,7 @@ def _limit_memory(memory_limit_mb: int) -> None:
 
 def run_task(kind: str, payload, enable_test_hooks: bool = False):
     """Runs one task in this process (no limits here: the pool enforces them from outside)."""
-    from tempo_jax.rewards import equivalence  # noqa: PLC0415 (heavy: sympy, math-verify)
+    from tempo_jax.rewards import equivalence
 
     if kind == "grade":
         answer = payload["answer"]
@@ -62,9 +62,9 @@ def serve(memory_limit_mb: int, enable_test_hooks: bool) -> None:
     # The protocol owns the real stdout; a stray print from a library goes to stderr instead.
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
-    import math_verify  # noqa: F401, PLC0415 (import before "ready": tasks then run warm)
+    import math_verify  # noqa: F401 (import before "ready": tasks then run warm)
 
-    from tempo_jax.rewards import equivalence  # noqa: F401, PLC0415
+    from tempo_jax.rewards import equivalence  # noqa: F401
 
     _limit_memory(memory_limit_mb)
 

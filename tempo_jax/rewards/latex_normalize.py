@@ -192,10 +192,29 @@ def _canonical_decimal(m: re.Match) -> str:
 
 
 def strip_outer_braces(s: str) -> str:
-    """`{{5}}` -> `5`: braces that wrap the whole string carry no meaning."""
-    while len(s) >= 2 and s[0] == "{" and _match_group(s, 0) == len(s):
-        s = s[1:-1]
-    return s
+    """`{{5}}` -> `5`: braces that wrap the whole string carry no meaning. One pass."""
+    n = len(s)
+    k = min(n - len(s.lstrip("{")), n - len(s.rstrip("}")), n // 2)
+    if k == 0:
+        return s
+    depth = 0
+    lowest = k
+    i = 0
+    while i < n:
+        ch = s[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        if k <= i < n - k:
+            lowest = min(lowest, depth)
+        i += 1
+    if depth != 0:
+        return s
+    return s[lowest : n - lowest] if lowest > 0 else s
 
 
 def normalize_answer(answer: str) -> str:
@@ -252,4 +271,3 @@ def after_last_equals(answer: str) -> str | None:
         return None
     rhs = answer[index + 1 :].strip()
     return rhs or None
-

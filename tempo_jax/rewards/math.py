@@ -191,9 +191,7 @@ def grade(response_text: str, ground_truth: GroundTruth, pool: GradingPool | Non
     return bool(grade_batch([response_text], [ground_truth], pool=pool).correct[0])
 
 
-def answers_equivalent(
-    a: str | None, b: str | None, pool: GradingPool | None = None
-) -> bool:
+def answers_equivalent(a: str | None, b: str | None, pool: GradingPool | None = None) -> bool:
     """Symmetric equivalence of two already-extracted answers (None matches nothing)."""
     if a is None or b is None:
         return False
