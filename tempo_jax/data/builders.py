@@ -45,7 +45,9 @@ def _file_sha256(path: str) -> str:
 class ArithmeticBuilderConfig(tfds.core.BuilderConfig):
     """tfds config carrying the task knobs."""
 
-    task: arithmetic.ArithmeticTaskConfig = arithmetic.ArithmeticTaskConfig()
+    task: arithmetic.ArithmeticTaskConfig = dataclasses.field(
+        default_factory=arithmetic.ArithmeticTaskConfig
+    )
 
 
 class TempoArithmetic(tfds.core.GeneratorBasedBuilder):

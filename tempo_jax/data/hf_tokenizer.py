@@ -26,7 +26,7 @@ def _read_json(path: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: unreadable JSON: {e}") from e
     if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")  # noqa: TRY004
     return value
 
 
@@ -68,7 +68,7 @@ def _chat_template_source(directory: str, config: dict[str, Any]) -> tuple[str, 
             )
         template = named["default"]
     if not isinstance(template, str):
-        raise ValueError(f"{config_path}: 'chat_template' must be a string")
+        raise ValueError(f"{config_path}: 'chat_template' must be a string")  # noqa: TRY004
     return template, config_path
 
 
@@ -127,7 +127,11 @@ class HFTokenizer:
             pad = generation_pad_id
         self.pad_id = int(pad) if pad is not None else self.eos_id
         # As transformers does: the template sees the tokens the config names, nothing inferred.
-        self._special_text = {"bos_token": bos_token, "eos_token": eos_token, "pad_token": pad_token}
+        self._special_text = {
+            "bos_token": bos_token,
+            "eos_token": eos_token,
+            "pad_token": pad_token,
+        }
 
     @classmethod
     def from_directory(cls, directory: str | os.PathLike) -> HFTokenizer:
@@ -135,7 +139,9 @@ class HFTokenizer:
         directory = os.fspath(directory)
         tok_path = os.path.join(directory, "tokenizer.json")
         if not os.path.exists(tok_path):
-            raise ValueError(f"{directory}: no tokenizer.json (only tokenizer.json checkpoints load)")
+            raise ValueError(
+                f"{directory}: no tokenizer.json (only tokenizer.json checkpoints load)"
+            )
         try:
             tok = tokenizers.Tokenizer.from_file(tok_path)
         except Exception as e:  # the Rust side raises its own exception type

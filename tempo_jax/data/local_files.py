@@ -59,7 +59,9 @@ class LocalSource:
                 f"LocalSource({self.path}): give a split, or an is_labeled_field to route rows by"
             )
         if not self.question_field or not self.answer_field:
-            raise ValueError(f"LocalSource({self.path}): question_field and answer_field are needed")
+            raise ValueError(
+                f"LocalSource({self.path}): question_field and answer_field are needed"
+            )
         if self.format not in ("", "jsonl", "parquet"):
             raise ValueError(
                 f"LocalSource({self.path}).format must be 'jsonl' or 'parquet', got {self.format!r}"
@@ -133,13 +135,13 @@ def _row(source: LocalSource, obj: Any, number: int, limits: rv.RowLimits) -> tu
 
 
 def read_source(
-    source: LocalSource, limits: rv.RowLimits = rv.RowLimits(), strict: bool = False
+    source: LocalSource, limits: rv.RowLimits | None = None, strict: bool = False
 ) -> tuple[list[tuple[str, Row]], rv.SkipLog]:
     """Reads and validates every row of one file.
 
     Args:
       source: the file and its field names.
-      limits: longest accepted fields.
+      limits: longest accepted fields (None = `RowLimits()` defaults).
       strict: raise `DataError` (naming file, row and field) on the first bad row.
 
     Returns:
@@ -148,6 +150,7 @@ def read_source(
     Raises:
       DataError: the file is missing or unreadable, has no valid rows, or (strict) a bad row.
     """
+    limits = limits if limits is not None else rv.RowLimits()
     path = source.path
     if not os.path.isfile(path):
         raise rv.DataError(f"{path}: no such file")
@@ -179,7 +182,7 @@ class LocalFilesConfig:
     """
 
     sources: tuple[LocalSource, ...]
-    limits: rv.RowLimits = rv.RowLimits()
+    limits: rv.RowLimits = dataclasses.field(default_factory=rv.RowLimits)
     strict: bool = False
 
     def __post_init__(self):

@@ -86,7 +86,7 @@ class SkipLog:
         self.counts[err.reason] += 1
 
     def summary(self) -> str:
-        """"reason=count, ..." for messages."""
+        """ "reason=count, ..." for messages."""
         return ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "none"
 
 
@@ -95,8 +95,11 @@ def get_field(row: Mapping[str, Any], name: str) -> Any:
     value: Any = row
     for i, part in enumerate(name.split(".")):
         if not isinstance(value, Mapping):
-            raise RowSkipped(WRONG_TYPE, f"field {name!r}: {'.'.join(name.split('.')[:i])!r} "
-                             f"is {type(value).__name__}, not an object")
+            raise RowSkipped(
+                WRONG_TYPE,
+                f"field {name!r}: {'.'.join(name.split('.')[:i])!r} "
+                f"is {type(value).__name__}, not an object",
+            )
         if part not in value or value[part] is None:
             raise RowSkipped(MISSING_FIELD, f"field {name!r} is missing")
         value = value[part]
@@ -155,8 +158,9 @@ def coerce_answers(value: Any, field: str, limits: RowLimits) -> tuple[str, ...]
     if not items:
         raise RowSkipped(EMPTY_FIELD, f"field {field!r} is an empty list")
     if len(items) > limits.max_answers:
-        raise RowSkipped(TOO_LONG, f"field {field!r} has {len(items)} answers "
-                         f"(limit {limits.max_answers})")
+        raise RowSkipped(
+            TOO_LONG, f"field {field!r} has {len(items)} answers (limit {limits.max_answers})"
+        )
     answers = []
     for item in items:
         if isinstance(item, (list, tuple, Mapping)):

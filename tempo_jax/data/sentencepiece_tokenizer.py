@@ -88,7 +88,10 @@ class SentencePieceTokenizer:
 
     def special_tokens(self) -> dict[str, str]:
         """bos_token / eos_token / pad_token as piece text, for chat templates."""
-        out = {"eos_token": self.id_to_piece(self.eos_id), "pad_token": self.id_to_piece(self.pad_id)}
+        out = {
+            "eos_token": self.id_to_piece(self.eos_id),
+            "pad_token": self.id_to_piece(self.pad_id),
+        }
         if self.bos_id is not None:
             out["bos_token"] = self.id_to_piece(self.bos_id)
         return out

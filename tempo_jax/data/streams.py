@@ -64,7 +64,7 @@ class StreamConfig:
 
     def labeled_rows_per_batch(self) -> int:
         """Rows of D_L in each mixed batch."""
-        k = int(round(self.batch_size * self.labeled_fraction))
+        k = round(self.batch_size * self.labeled_fraction)
         if 0.0 < self.labeled_fraction < 1.0 and k in (0, self.batch_size):
             raise ValueError(
                 f"StreamConfig.labeled_fraction={self.labeled_fraction} with batch_size="
@@ -259,4 +259,41 @@ def mixed_batches(
         ],
         formatter,
         config,
+    )
+
+
+def one_pass_batches(
+    source, formatter: PromptFormatter, config: StreamConfig, *, name: str = "eval"
+) -> Iterator[PromptBatch]:
+    """Every row of a split once, in stored order, as unlabeled batches (for evaluation).
+
+    The overlong policy applies as in training streams (dropped rows are not evaluated); the last
+    batch holds the remainder and may be smaller than `batch_size`.
+    """
+    rows = RowStream(source, seed=0, shuffle=False, name=name)
+    pending_rows, pending_ids = [], []
+    for _ in range(rows.num_records):
+        row = next(rows)
+        ids, _ = fit_prompt(
+            formatter.encode(row.question), config.max_prompt_length, config.overlong
+        )
+        if ids is None:
+            continue
+        pending_rows.append(row)
+        pending_ids.append(ids)
+        if len(pending_rows) == config.batch_size:
+            yield _unlabeled_batch(pending_rows, pending_ids, formatter, config)
+            pending_rows, pending_ids = [], []
+    if pending_rows:
+        yield _unlabeled_batch(pending_rows, pending_ids, formatter, config)
+
+
+def _unlabeled_batch(rows, ids, formatter: PromptFormatter, config: StreamConfig) -> PromptBatch:
+    return collate(
+        rows,
+        ids,
+        is_labeled=[False] * len(rows),
+        max_prompt_length=config.max_prompt_length,
+        pad_id=formatter.tokenizer.pad_id,
+        pad_multiple=config.pad_multiple,
     )

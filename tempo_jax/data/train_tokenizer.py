@@ -19,13 +19,14 @@ from tempo_jax.data.sentencepiece_tokenizer import SentencePieceTokenizer, train
 
 
 def train_task_tokenizer(
-    task: ArithmeticTaskConfig = ArithmeticTaskConfig(),
+    task: ArithmeticTaskConfig | None = None,
     *,
     vocab_size: int = 320,
     num_problems: int = 2000,
     extra_lines: Sequence[str] = (),
 ) -> SentencePieceTokenizer:
-    """A tokenizer for the built-in task, trained on `num_problems` problems per split."""
+    """A tokenizer for `task` (None = the default task), trained on `num_problems` per split."""
+    task = task if task is not None else ArithmeticTaskConfig()
     if num_problems < 1:
         raise ValueError(f"num_problems must be >= 1, got {num_problems}")
     lines = list(corpus_lines(task, num_problems))

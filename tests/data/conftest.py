@@ -12,8 +12,12 @@ SMALL_TASK = arithmetic.ArithmeticTaskConfig(seed=5, num_labeled=10, num_unlabel
 @pytest.fixture(scope="session")
 def task_tokenizer_path(tmp_path_factory):
     """A SentencePiece model for the built-in task, trained here and saved as a .model file."""
-    tok = train_task_tokenizer(arithmetic.ArithmeticTaskConfig(), vocab_size=320, num_problems=300,
-                               extra_lines=["Question: Answer: the"])
+    tok = train_task_tokenizer(
+        arithmetic.ArithmeticTaskConfig(),
+        vocab_size=320,
+        num_problems=300,
+        extra_lines=["Question: Answer: the"],
+    )
     path = tmp_path_factory.mktemp("tok") / "arith.model"
     tok.save(path)
     return path

@@ -67,8 +67,9 @@ def test_rows_are_deterministic_by_seed_split_and_index():
     again_cfg = ArithmeticTaskConfig(seed=3, num_labeled=7, num_unlabeled=9)
     again = [problem_at(again_cfg, s, i) for s in arithmetic.SPLITS for i in range(50)][::-1]
     assert first == again[::-1]
-    other_seed = [problem_at(ArithmeticTaskConfig(seed=4), s, i) for s in arithmetic.SPLITS
-                  for i in range(50)]
+    other_seed = [
+        problem_at(ArithmeticTaskConfig(seed=4), s, i) for s in arithmetic.SPLITS for i in range(50)
+    ]
     assert sum(a == b for a, b in zip(first, other_seed)) <= 2
     # Splits are distinct streams even where their difficulty is the same.
     unl = [problem_at(cfg, "unlabeled", i).question for i in range(200)]
@@ -89,10 +90,17 @@ def test_rows_are_deterministic_by_seed_split_and_index():
     [
         ArithmeticTaskConfig().labeled,
         ArithmeticTaskConfig().unlabeled,
-        Difficulty(min_steps=1, max_steps=6, min_digits=1, max_digits=3, operations="+-*",
-                   max_multiplier=5),
-        Difficulty(min_steps=4, max_steps=5, min_digits=2, max_digits=2, operations="-+",
-                   allow_negative=True),
+        Difficulty(
+            min_steps=1, max_steps=6, min_digits=1, max_digits=3, operations="+-*", max_multiplier=5
+        ),
+        Difficulty(
+            min_steps=4,
+            max_steps=5,
+            min_digits=2,
+            max_digits=2,
+            operations="-+",
+            allow_negative=True,
+        ),
         Difficulty(min_steps=2, max_steps=2, operations="*", max_multiplier=3),
     ],
 )
@@ -114,8 +122,9 @@ def test_default_splits_verify_and_saw_every_operation():
 
 
 def _stats(difficulty, n=400):
-    problems = [arithmetic.generate_problem(difficulty, arithmetic.row_rng(1, "k", i))
-                for i in range(n)]
+    problems = [
+        arithmetic.generate_problem(difficulty, arithmetic.row_rng(1, "k", i)) for i in range(n)
+    ]
     return (
         float(np.mean([p.num_steps for p in problems])),
         float(np.mean([len(p.solution) for p in problems])),
@@ -144,12 +153,12 @@ def test_difficulty_knobs_change_measured_difficulty():
 @pytest.mark.parametrize(
     "kwargs, field",
     [
-        (dict(min_steps=0), "min_steps"),
-        (dict(min_steps=3, max_steps=2), "max_steps"),
-        (dict(min_digits=0), "min_digits"),
-        (dict(operations="+/"), "operations"),
-        (dict(operations="++"), "operations"),
-        (dict(max_multiplier=1), "max_multiplier"),
+        ({"min_steps": 0}, "min_steps"),
+        ({"min_steps": 3, "max_steps": 2}, "max_steps"),
+        ({"min_digits": 0}, "min_digits"),
+        ({"operations": "+/"}, "operations"),
+        ({"operations": "++"}, "operations"),
+        ({"max_multiplier": 1}, "max_multiplier"),
     ],
 )
 def test_bad_difficulty_names_the_field(kwargs, field):

@@ -64,8 +64,9 @@ def test_sentencepiece_round_trips_and_splits_digits(sp_tokenizer, tmp_path):
     assert loaded.vocab_size == tok.vocab_size
     # The built-in task's solutions stay short with this tokenizer (measured, see arithmetic.py).
     cfg = arithmetic.ArithmeticTaskConfig()
-    lengths = [len(tok.encode(arithmetic.problem_at(cfg, "unlabeled", i).solution))
-               for i in range(200)]
+    lengths = [
+        len(tok.encode(arithmetic.problem_at(cfg, "unlabeled", i).solution)) for i in range(200)
+    ]
     assert sum(lengths) / len(lengths) < 40 and max(lengths) <= 52
 
 
@@ -84,15 +85,28 @@ def test_train_tokenizer_command(tmp_path):
     out = tmp_path / "cmd.model"
     corpus = tmp_path / "extra.txt"
     corpus.write_text("Solve carefully.\n", encoding="utf-8")
-    assert train_tokenizer_main(["--out", str(out), "--num_problems", "100",
-                                 "--corpus", str(corpus)]) == 0
+    assert (
+        train_tokenizer_main(["--out", str(out), "--num_problems", "100", "--corpus", str(corpus)])
+        == 0
+    )
     tok = SentencePieceTokenizer.from_file(out)
     assert tok.decode(tok.encode("Solve carefully. 12+3=15")) == "Solve carefully. 12+3=15"
     # The module is runnable as documented.
     out2 = tmp_path / "cmd2.model"
     proc = subprocess.run(
-        [sys.executable, "-m", "tempo_jax.data.train_tokenizer", "--out", str(out2),
-         "--num_problems", "100"], capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "tempo_jax.data.train_tokenizer",
+            "--out",
+            str(out2),
+            "--num_problems",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "vocab_size=" in proc.stdout and out2.stat().st_size > 1000
@@ -140,24 +154,50 @@ def hf_dir(tmp_path_factory):
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    corpus = [p.question + "\n" + p.solution for _, p in arithmetic.iter_split(
-        arithmetic.ArithmeticTaskConfig(num_labeled=300), "labeled")]
+    corpus = [
+        p.question + "\n" + p.solution
+        for _, p in arithmetic.iter_split(
+            arithmetic.ArithmeticTaskConfig(num_labeled=300), "labeled"
+        )
+    ]
     corpus += ["The answer is the value. Think step by step about fractions \\frac{a}{b}."] * 20
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=SPECIALS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     tok.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>",
-        "eos_token": {"__type": "AddedToken", "content": "<|im_end|>", "lstrip": False,
-                      "normalized": False, "rstrip": False, "single_word": False},
-        "pad_token": "<|endoftext|>",
-        "chat_template": CHAT_TEMPLATE,
-    }), encoding="utf-8")
-    (directory / "generation_config.json").write_text(json.dumps({
-        "eos_token_id": [tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")],
-    }), encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<s>",
+                "eos_token": {
+                    "__type": "AddedToken",
+                    "content": "<|im_end|>",
+                    "lstrip": False,
+                    "normalized": False,
+                    "rstrip": False,
+                    "single_word": False,
+                },
+                "pad_token": "<|endoftext|>",
+                "chat_template": CHAT_TEMPLATE,
+            }
+        ),
+        encoding="utf-8",
+    )
+    (directory / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "eos_token_id": [tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")],
+            }
+        ),
+        encoding="utf-8",
+    )
     return directory
 
 
@@ -165,7 +205,8 @@ def hf_dir(tmp_path_factory):
 def hf_pair(hf_dir):
     transformers = pytest.importorskip("transformers")
     return HFTokenizer.from_directory(hf_dir), transformers.AutoTokenizer.from_pretrained(
-        str(hf_dir), local_files_only=True)
+        str(hf_dir), local_files_only=True
+    )
 
 
 def test_hf_tokenizer_encodes_like_transformers(hf_pair):
@@ -187,24 +228,40 @@ def test_hf_tokenizer_encodes_like_transformers(hf_pair):
     "messages, kwargs",
     [
         ([{"role": "user", "content": "What is 2+2?"}], {}),
-        ([{"role": "system", "content": "Be brief & exact <ok>."},
-          {"role": "user", "content": "  ünïcödé \\boxed{1}  "}], {}),
-        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-          {"role": "user", "content": "again"}], {"meta": {"k": "é<&>", "n": [1, 2]}}),
+        (
+            [
+                {"role": "system", "content": "Be brief & exact <ok>."},
+                {"role": "user", "content": "  ünïcödé \\boxed{1}  "},
+            ],
+            {},
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "again"},
+            ],
+            {"meta": {"k": "é<&>", "n": [1, 2]}},
+        ),
         ([{"role": "user", "content": "no think"}], {"enable_thinking": False}),
     ],
 )
 def test_chat_template_matches_transformers(hf_pair, messages, kwargs):
     ours, theirs = hf_pair
-    expected = theirs.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                          **kwargs)
-    got = ours.chat_template.render(messages, add_generation_prompt=True,
-                                    special_tokens=ours.special_tokens(), **kwargs)
+    expected = theirs.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, **kwargs
+    )
+    got = ours.chat_template.render(
+        messages, add_generation_prompt=True, special_tokens=ours.special_tokens(), **kwargs
+    )
     assert got == expected
-    assert got.startswith("<s>") and got.endswith("<|im_start|>assistant\n" + (
-        "<think>\n\n</think>\n\n" if kwargs.get("enable_thinking") is False else ""))
-    expected_ids = theirs.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
-                                              **kwargs)
+    assert got.startswith("<s>") and got.endswith(
+        "<|im_start|>assistant\n"
+        + ("<think>\n\n</think>\n\n" if kwargs.get("enable_thinking") is False else "")
+    )
+    expected_ids = theirs.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=True, **kwargs
+    )
     if isinstance(expected_ids, dict) or hasattr(expected_ids, "keys"):
         expected_ids = expected_ids["input_ids"]
     assert ours.encode(got) == list(expected_ids)
@@ -212,13 +269,20 @@ def test_chat_template_matches_transformers(hf_pair, messages, kwargs):
 
 def test_chat_prompt_formatter_and_template_errors(hf_dir, hf_pair, tmp_path):
     ours, theirs = hf_pair
-    cfg = PromptConfig(kind="chat", template="Solve: {question} Put the answer in \\boxed{}.",
-                       system="sys", chat_template_kwargs={"enable_thinking": False})
+    cfg = PromptConfig(
+        kind="chat",
+        template="Solve: {question} Put the answer in \\boxed{}.",
+        system="sys",
+        chat_template_kwargs={"enable_thinking": False},
+    )
     fmt = PromptFormatter(ours, cfg)
-    messages = [{"role": "system", "content": "sys"},
-                {"role": "user", "content": "Solve: 1+1? Put the answer in \\boxed{}."}]
+    messages = [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "Solve: 1+1? Put the answer in \\boxed{}."},
+    ]
     assert fmt.text("1+1?") == theirs.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
     assert fmt.encode("1+1?") == ours.encode(fmt.text("1+1?"))  # the template writes its own BOS
     with pytest.raises(ValueError, match="bad role"):
         ours.chat_template.render([{"role": "tool", "content": "x"}])
@@ -230,11 +294,14 @@ def test_chat_prompt_formatter_and_template_errors(hf_dir, hf_pair, tmp_path):
         ChatTemplate("{% for %}")
     # chat_template.jinja wins over the config entry, as in transformers.
     import shutil
+
     other = tmp_path / "ckpt"
     shutil.copytree(hf_dir, other)
     (other / "chat_template.jinja").write_text("J:{{ messages[0]['content'] }}", encoding="utf-8")
-    assert HFTokenizer.from_directory(other).chat_template.render(
-        [{"role": "user", "content": "q"}]) == "J:q"
+    assert (
+        HFTokenizer.from_directory(other).chat_template.render([{"role": "user", "content": "q"}])
+        == "J:q"
+    )
     (other / "tokenizer.json").unlink()
     with pytest.raises(ValueError, match="no tokenizer.json"):
         HFTokenizer.from_directory(other)
@@ -254,8 +321,13 @@ def test_plain_prompt_formatter(sp_tokenizer):
     with pytest.raises(ValueError, match="kind"):
         PromptConfig(kind="xml")
     # A chat template given in config works with any tokenizer.
-    chat = PromptFormatter(sp_tokenizer, PromptConfig(
-        kind="chat", chat_template="{{ eos_token }}U:{{ messages[-1]['content'] }}"
-        "{% if add_generation_prompt %}\nA:{% endif %}"))
+    chat = PromptFormatter(
+        sp_tokenizer,
+        PromptConfig(
+            kind="chat",
+            chat_template="{{ eos_token }}U:{{ messages[-1]['content'] }}"
+            "{% if add_generation_prompt %}\nA:{% endif %}",
+        ),
+    )
     # trim_blocks eats the newline right after the if-tag, as HF templates expect.
     assert chat.text("7?") == "</s>U:7?\nA:"

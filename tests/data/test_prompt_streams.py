@@ -37,11 +37,17 @@ def _row(q, labeled=True, answers=("1",)):
 
 def test_collate_left_pads():
     rows = [_row("a"), _row("b", labeled=False, answers=("7", "seven")), _row("c")]
-    batch = collate(rows, [[5, 6, 7], [8], [9, 10, 11, 12, 13]], is_labeled=[True, False, True],
-                    max_prompt_length=6, pad_id=0)
+    batch = collate(
+        rows,
+        [[5, 6, 7], [8], [9, 10, 11, 12, 13]],
+        is_labeled=[True, False, True],
+        max_prompt_length=6,
+        pad_id=0,
+    )
     assert batch.prompt_tokens.dtype == np.int32 and batch.prompt_mask.dtype == np.int32
-    np.testing.assert_array_equal(batch.prompt_tokens, [[0, 0, 0, 5, 6, 7], [0, 0, 0, 0, 0, 8],
-                                                        [0, 9, 10, 11, 12, 13]])
+    np.testing.assert_array_equal(
+        batch.prompt_tokens, [[0, 0, 0, 5, 6, 7], [0, 0, 0, 0, 0, 8], [0, 9, 10, 11, 12, 13]]
+    )
     np.testing.assert_array_equal(batch.prompt_mask.sum(1), [3, 1, 5])
     np.testing.assert_array_equal(batch.prompt_mask[:, -1], [1, 1, 1])
     np.testing.assert_array_equal(batch.is_labeled, [True, False, True])
@@ -53,8 +59,14 @@ def test_collate_left_pads():
     leaves = jax.tree_util.tree_leaves(batch.arrays)
     assert len(leaves) == 3 and all(isinstance(x, np.ndarray) for x in leaves)
     # pad_multiple: pad to the longest prompt rounded up, capped at max_prompt_length.
-    short = collate(rows[:2], [[5, 6, 7], [8]], is_labeled=[True, True], max_prompt_length=16,
-                    pad_id=0, pad_multiple=4)
+    short = collate(
+        rows[:2],
+        [[5, 6, 7], [8]],
+        is_labeled=[True, True],
+        max_prompt_length=16,
+        pad_id=0,
+        pad_multiple=4,
+    )
     assert short.prompt_tokens.shape == (2, 4)
     with pytest.raises(ValueError, match="prompt lengths must be in"):
         collate(rows[:1], [[1] * 7], is_labeled=[True], max_prompt_length=6, pad_id=0)
@@ -79,8 +91,9 @@ def test_truncation_keeps_the_end_and_is_counted(formatter, small_task_dir):
     lengths = sorted(len(v) for v in ids.values())
     max_len = lengths[len(lengths) // 2]  # about half the prompts are longer
     cfg = streams.StreamConfig(batch_size=4, max_prompt_length=max_len, overlong="truncate")
-    stream = streams.unlabeled_batches(builders.open_split(small_task_dir, "unlabeled"),
-                                       formatter, cfg)
+    stream = streams.unlabeled_batches(
+        builders.open_split(small_task_dir, "unlabeled"), formatter, cfg
+    )
     expected_truncated = 0
     for _ in range(9):  # 36 rows: past one epoch of 24
         batch = next(stream)
@@ -101,33 +114,49 @@ def test_drop_skips_and_counts(formatter, small_task_dir):
     max_len = sorted(len(v) for v in ids.values())[len(ids) // 2]
     overlong = {rid for rid, v in ids.items() if len(v) > max_len}
     cfg = streams.StreamConfig(batch_size=3, max_prompt_length=max_len, overlong="drop")
-    stream = streams.unlabeled_batches(builders.open_split(small_task_dir, "unlabeled"),
-                                       formatter, cfg)
+    stream = streams.unlabeled_batches(
+        builders.open_split(small_task_dir, "unlabeled"), formatter, cfg
+    )
     seen = [rid for _ in range(8) for rid in next(stream).row_ids]
     assert not overlong & set(seen) and len(seen) == 24
     stats = stream.stats()
     # Rows read = rows kept + rows dropped, and the dropped ones are exactly the overlong ones
     # among the rows read (replayed from a fresh row stream with the same seed).
-    replay = RowStream(builders.open_split(small_task_dir, "unlabeled"),
-                       seed=streams.part_seed(0, "unlabeled"), name="replay")
+    replay = RowStream(
+        builders.open_split(small_task_dir, "unlabeled"),
+        seed=streams.part_seed(0, "unlabeled"),
+        name="replay",
+    )
     read = [next(replay).row_id for _ in range(stats["unlabeled/rows_read"])]
     assert [r for r in read if r not in overlong] == seen
     assert stats["unlabeled/dropped"] == sum(r in overlong for r in read) > 0
     # Nothing fits: a clear error instead of an endless loop.
     tiny = streams.StreamConfig(batch_size=2, max_prompt_length=2, overlong="drop")
     with pytest.raises(ValueError, match="prompts in a row are longer than max_prompt_length=2"):
-        next(streams.unlabeled_batches(builders.open_split(small_task_dir, "unlabeled"),
-                                       formatter, tiny))
+        next(
+            streams.unlabeled_batches(
+                builders.open_split(small_task_dir, "unlabeled"), formatter, tiny
+            )
+        )
 
 
 def test_mixed_stream_labeled_fraction_and_roles(formatter, small_task_dir):
-    for batch_size, fraction, k in [(8, 0.25, 2), (8, 0.5, 4), (6, 1 / 3, 2), (4, 1.0, 4),
-                                    (4, 0.0, 0)]:
-        cfg = streams.StreamConfig(batch_size=batch_size, max_prompt_length=40,
-                                   labeled_fraction=fraction)
-        stream = streams.mixed_batches(builders.open_split(small_task_dir, "labeled"),
-                                       builders.open_split(small_task_dir, "unlabeled"),
-                                       formatter, cfg)
+    for batch_size, fraction, k in [
+        (8, 0.25, 2),
+        (8, 0.5, 4),
+        (6, 1 / 3, 2),
+        (4, 1.0, 4),
+        (4, 0.0, 0),
+    ]:
+        cfg = streams.StreamConfig(
+            batch_size=batch_size, max_prompt_length=40, labeled_fraction=fraction
+        )
+        stream = streams.mixed_batches(
+            builders.open_split(small_task_dir, "labeled"),
+            builders.open_split(small_task_dir, "unlabeled"),
+            formatter,
+            cfg,
+        )
         for _ in range(5):
             batch = next(stream)
             assert int(batch.is_labeled.sum()) == k
@@ -138,8 +167,11 @@ def test_mixed_stream_labeled_fraction_and_roles(formatter, small_task_dir):
     with pytest.raises(ValueError, match="labeled_fraction=0.1 with batch_size=4"):
         streams.StreamConfig(batch_size=4, labeled_fraction=0.1).labeled_rows_per_batch()
     # A D_L stream refuses rows whose answers are evaluation-only.
-    wrong = streams.labeled_batches(builders.open_split(small_task_dir, "unlabeled"), formatter,
-                                    streams.StreamConfig(batch_size=2, max_prompt_length=40))
+    wrong = streams.labeled_batches(
+        builders.open_split(small_task_dir, "unlabeled"),
+        formatter,
+        streams.StreamConfig(batch_size=2, max_prompt_length=40),
+    )
     with pytest.raises(ValueError, match="is unlabeled but the part is D_L"):
         next(wrong)
 
@@ -155,7 +187,8 @@ def test_epochs_reshuffle_and_shards_partition(small_task_dir):
     assert [next(RowStream(source, seed=4)).row_id for _ in range(5)] != first[:5]
     shards = [RowStream(source, seed=3, shard_index=i, shard_count=3) for i in range(3)]
     taken = [[next(s).row_id for _ in range(8)] for s in shards]
-    assert sorted(sum(taken, [])) == sorted(first)  # one epoch split three ways, no overlap
+    # One epoch split three ways, no overlap.
+    assert sorted(r for shard in taken for r in shard) == sorted(first)
     with pytest.raises(ValueError, match="seed saved 3 vs now 4"):
         RowStream(source, seed=4).set_state(stream.get_state())
     with pytest.raises(ValueError, match="lacks"):
@@ -163,17 +196,28 @@ def test_epochs_reshuffle_and_shards_partition(small_task_dir):
 
 
 def test_resume_in_a_new_process_gives_the_identical_next_batch(
-        task_tokenizer_path, small_task_dir, tmp_path):
+    task_tokenizer_path, small_task_dir, tmp_path
+):
     tok = SentencePieceTokenizer.from_file(task_tokenizer_path)
-    lengths = sorted(len(v) for v in _prompt_lengths(prompt.PromptFormatter(
-        tok, prompt.PromptConfig(template="Question: {question}\n")), small_task_dir,
-        "unlabeled").values())
+    lengths = sorted(
+        len(v)
+        for v in _prompt_lengths(
+            prompt.PromptFormatter(tok, prompt.PromptConfig(template="Question: {question}\n")),
+            small_task_dir,
+            "unlabeled",
+        ).values()
+    )
     spec = {
         "dataset_dir": str(small_task_dir),
         "tokenizer_path": str(task_tokenizer_path),
         # Some unlabeled prompts are dropped, so the counters are part of what must resume.
-        "stream": {"batch_size": 4, "max_prompt_length": lengths[-4], "labeled_fraction": 0.5,
-                   "overlong": "drop", "seed": 11},
+        "stream": {
+            "batch_size": 4,
+            "max_prompt_length": lengths[-4],
+            "labeled_fraction": 0.5,
+            "overlong": "drop",
+            "seed": 11,
+        },
         "kind": "mixed",
     }
     stream = child.make_stream(spec)
@@ -184,8 +228,13 @@ def test_resume_in_a_new_process_gives_the_identical_next_batch(
     assert stream.stats()["labeled/rows_read"] > 10 and stream.stats()["unlabeled/dropped"] > 0
     spec.update(state=state, out=str(tmp_path / "out.json"))
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    proc = subprocess.run([sys.executable, str(_CHILD), str(tmp_path / "spec.json")],
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, str(_CHILD), str(tmp_path / "spec.json")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads((tmp_path / "out.json").read_text())
     assert got["batch"] == expected
@@ -195,8 +244,9 @@ def test_resume_in_a_new_process_gives_the_identical_next_batch(
     again.set_state(state)
     assert child.batch_to_json(next(again)) == expected
     with pytest.raises(ValueError, match="parts"):
-        child.make_stream({**spec, "kind": "labeled",
-                           "stream": {**spec["stream"], "labeled_fraction": 1.0}}).set_state(state)
+        child.make_stream(
+            {**spec, "kind": "labeled", "stream": {**spec["stream"], "labeled_fraction": 1.0}}
+        ).set_state(state)
 
 
 def test_unlabeled_answers_cannot_change_what_training_sees(formatter, tmp_path):
@@ -207,16 +257,24 @@ def test_unlabeled_answers_cannot_change_what_training_sees(formatter, tmp_path)
     def build(answer_of, name):
         (tmp_path / name).mkdir()
         path = tmp_path / name / "test.jsonl"  # same file name: same row ids
-        path.write_text("\n".join(json.dumps({"question": q, "answer": answer_of(i)})
-                                  for i, q in enumerate(questions)))
+        path.write_text(
+            "\n".join(
+                json.dumps({"question": q, "answer": answer_of(i)}) for i, q in enumerate(questions)
+            )
+        )
         labeled = tmp_path / name / "train.jsonl"
         labeled.write_text(json.dumps({"question": "What is 1+1?", "answer": "2"}))
-        files = LocalFilesConfig(sources=(LocalSource(str(path), split="unlabeled"),
-                                          LocalSource(str(labeled), split="labeled")))
+        files = LocalFilesConfig(
+            sources=(
+                LocalSource(str(path), split="unlabeled"),
+                LocalSource(str(labeled), split="labeled"),
+            )
+        )
         d = builders.prepare_local_files(files, tmp_path / "tfds")
         cfg = streams.StreamConfig(batch_size=4, max_prompt_length=24, labeled_fraction=0.25)
-        return streams.mixed_batches(builders.open_split(d, "labeled"),
-                                     builders.open_split(d, "unlabeled"), formatter, cfg)
+        return streams.mixed_batches(
+            builders.open_split(d, "labeled"), builders.open_split(d, "unlabeled"), formatter, cfg
+        )
 
     honest = build(lambda i: str(2 * i), "honest")
     corrupt = build(lambda i: "corrupted", "corrupt")
@@ -224,7 +282,10 @@ def test_unlabeled_answers_cannot_change_what_training_sees(formatter, tmp_path)
         a, b = next(honest), next(corrupt)
         jax.tree_util.tree_map(np.testing.assert_array_equal, a.arrays, b.arrays)
         assert (a.questions, a.row_ids, a.labeled_answers) == (
-            b.questions, b.row_ids, b.labeled_answers)
+            b.questions,
+            b.row_ids,
+            b.labeled_answers,
+        )
         assert a.evaluation_answers() != b.evaluation_answers()
         assert collections.Counter(x[0] for x in b.evaluation_answers())["corrupted"] == 3
     # Swapping the box in place is equally invisible to everything but evaluation.

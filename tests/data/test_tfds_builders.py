@@ -27,11 +27,15 @@ def test_task_builds_offline_with_every_row_reproducible(small_task, small_task_
         rows = _all_rows(small_task_dir, split)
         assert len(rows) == small_task.size(split)
         assert sorted(r.row_id for r in rows) == sorted(
-            f"{split}/{i}" for i in range(small_task.size(split)))
+            f"{split}/{i}" for i in range(small_task.size(split))
+        )
         for row in rows:
             problem = arithmetic.problem_at(small_task, split, int(row.row_id.split("/")[1]))
             assert (row.question, row.answers, row.solution) == (
-                problem.question, (problem.answer,), problem.solution)
+                problem.question,
+                (problem.answer,),
+                problem.solution,
+            )
             assert row.is_labeled == (split == "labeled")
     # The default tfds directory is never touched; a rebuild reuses; other knobs build afresh.
     assert not os.path.exists(os.environ["TFDS_DATA_DIR"])
@@ -56,43 +60,82 @@ def _write_jsonl(path, rows):
 
 def test_local_files_jsonl_and_parquet_with_configured_fields(tmp_path):
     # AIME-style JSONL: problem / answer (an int), D_U.
-    aime = _write_jsonl(tmp_path / "aime24.jsonl", [
-        {"id": 1, "problem": "Find $x$ if $x+1=3$.", "answer": 2},
-        {"id": 2, "problem": "Compute \\frac{1}{2}+\\frac{1}{3}.", "answer": "\\frac{5}{6}"},
-    ])
+    aime = _write_jsonl(
+        tmp_path / "aime24.jsonl",
+        [
+            {"id": 1, "problem": "Find $x$ if $x+1=3$.", "answer": 2},
+            {"id": 2, "problem": "Compute \\frac{1}{2}+\\frac{1}{3}.", "answer": "\\frac{5}{6}"},
+        ],
+    )
     # DAPO-style Parquet (original layout): chat-message prompt, nested ground truth, D_L.
     dapo = str(tmp_path / "dapo.parquet")
-    pq.write_table(pa.Table.from_pylist([
-        {"prompt": [{"role": "user", "content": "What is 6*7?"}],
-         "reward_model": {"ground_truth": "42", "style": "rule"}},
-        {"prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": "2^10?"}],
-         "reward_model": {"ground_truth": "1024", "style": "rule"}},
-    ]), dapo)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "prompt": [{"role": "user", "content": "What is 6*7?"}],
+                    "reward_model": {"ground_truth": "42", "style": "rule"},
+                },
+                {
+                    "prompt": [
+                        {"role": "system", "content": "sys"},
+                        {"role": "user", "content": "2^10?"},
+                    ],
+                    "reward_model": {"ground_truth": "1024", "style": "rule"},
+                },
+            ]
+        ),
+        dapo,
+    )
     # DAPO processed layout: prompt / solution strings; answers as a list.
     processed = str(tmp_path / "dapo_processed.parquet")
-    pq.write_table(pa.Table.from_pylist([
-        {"prompt": "How many primes below 10?", "solution": ["4", "four"]},
-    ]), processed)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {"prompt": "How many primes below 10?", "solution": ["4", "four"]},
+            ]
+        ),
+        processed,
+    )
     # One mixed file routed by its flag, with a worked solution.
-    mixed = _write_jsonl(tmp_path / "mixed.jsonl", [
-        {"q": "1+1?", "a": "2", "lab": True, "sol": "1+1=2 \\boxed{2}"},
-        {"q": "2+2?", "a": "4", "lab": 0, "sol": "2+2=4 \\boxed{4}"},
-    ])
-    files = LocalFilesConfig(sources=(
-        LocalSource(aime, split="unlabeled", question_field="problem", answer_field="answer"),
-        LocalSource(dapo, split="labeled", question_field="prompt",
-                    answer_field="reward_model.ground_truth"),
-        LocalSource(processed, split="labeled", question_field="prompt",
-                    answer_field="solution"),
-        LocalSource(mixed, question_field="q", answer_field="a", is_labeled_field="lab",
-                    solution_field="sol"),
-    ))
+    mixed = _write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"q": "1+1?", "a": "2", "lab": True, "sol": "1+1=2 \\boxed{2}"},
+            {"q": "2+2?", "a": "4", "lab": 0, "sol": "2+2=4 \\boxed{4}"},
+        ],
+    )
+    files = LocalFilesConfig(
+        sources=(
+            LocalSource(aime, split="unlabeled", question_field="problem", answer_field="answer"),
+            LocalSource(
+                dapo,
+                split="labeled",
+                question_field="prompt",
+                answer_field="reward_model.ground_truth",
+            ),
+            LocalSource(
+                processed, split="labeled", question_field="prompt", answer_field="solution"
+            ),
+            LocalSource(
+                mixed,
+                question_field="q",
+                answer_field="a",
+                is_labeled_field="lab",
+                solution_field="sol",
+            ),
+        )
+    )
     dataset_dir = builders.prepare_local_files(files, tmp_path / "tfds")
     assert builders.split_names(dataset_dir) == ("labeled", "unlabeled")
     labeled = {r.row_id: r for r in _all_rows(dataset_dir, "labeled")}
     unlabeled = {r.row_id: r for r in _all_rows(dataset_dir, "unlabeled")}
-    assert set(labeled) == {"dapo.parquet:1", "dapo.parquet:2", "dapo_processed.parquet:1",
-                            "mixed.jsonl:1"}
+    assert set(labeled) == {
+        "dapo.parquet:1",
+        "dapo.parquet:2",
+        "dapo_processed.parquet:1",
+        "mixed.jsonl:1",
+    }
     assert set(unlabeled) == {"aime24.jsonl:1", "aime24.jsonl:2", "mixed.jsonl:2"}
     assert labeled["dapo.parquet:2"].question == "2^10?"
     assert labeled["dapo.parquet:2"].answers == ("1024",)
@@ -108,7 +151,8 @@ def test_local_files_jsonl_and_parquet_with_configured_fields(tmp_path):
     new_dir = builders.prepare_local_files(files, tmp_path / "tfds")
     assert new_dir != dataset_dir
     assert [r.question for r in _all_rows(new_dir, "unlabeled")] != [
-        r.question for r in _all_rows(dataset_dir, "unlabeled")]
+        r.question for r in _all_rows(dataset_dir, "unlabeled")
+    ]
 
 
 BAD_ROWS = [
@@ -127,8 +171,15 @@ BAD_ROWS = [
     {"question": "ok 2", "answer": ["8", 9]},  # 13: kept
     {"question": "q", "answer": None},  # 14: missing_field
 ]
-EXPECTED_SKIPS = {"missing_field": 2, "empty_field": 2, "wrong_type": 3, "non_utf8": 2,
-                  "too_long": 1, "bad_json": 1, "not_an_object": 1}
+EXPECTED_SKIPS = {
+    "missing_field": 2,
+    "empty_field": 2,
+    "wrong_type": 3,
+    "non_utf8": 2,
+    "too_long": 1,
+    "bad_json": 1,
+    "not_an_object": 1,
+}
 
 
 def test_bad_rows_are_counted_per_reason(tmp_path, caplog):
@@ -144,18 +195,24 @@ def test_bad_rows_are_counted_per_reason(tmp_path, caplog):
     assert "bad.jsonl: row 10: too_long" in caplog.text
     # The same counts reach the built dataset's metadata.
     dataset_dir = builders.prepare_local_files(
-        LocalFilesConfig(sources=(source,), limits=limits), tmp_path / "tfds")
+        LocalFilesConfig(sources=(source,), limits=limits), tmp_path / "tfds"
+    )
     assert builders.skipped_rows(dataset_dir) == {path: EXPECTED_SKIPS}
     assert len(builders.open_split(dataset_dir, "unlabeled")) == 2
 
 
 def test_bad_parquet_rows(tmp_path):
     path = str(tmp_path / "bad.parquet")
-    pq.write_table(pa.table({
-        "question": pa.array([b"fine", b"\xff\xfe", b"", None], type=pa.binary()),
-        "answer": pa.array(["1", "2", "3", "4"]),
-        "flag": pa.array([1, 1, 1, 2]),
-    }), path)
+    pq.write_table(
+        pa.table(
+            {
+                "question": pa.array([b"fine", b"\xff\xfe", b"", None], type=pa.binary()),
+                "answer": pa.array(["1", "2", "3", "4"]),
+                "flag": pa.array([1, 1, 1, 2]),
+            }
+        ),
+        path,
+    )
     rows, skips = read_source(LocalSource(path, is_labeled_field="flag"))
     assert [(s, r.question, r.is_labeled) for s, r in rows] == [("labeled", "fine", True)]
     assert dict(skips.counts) == {"non_utf8": 1, "empty_field": 1, "missing_field": 1}
@@ -168,19 +225,27 @@ def test_strict_mode_names_file_row_and_field(tmp_path):
     with pytest.raises(DataError, match=r"strict\.jsonl: row 2"):
         builders.prepare_local_files(
             LocalFilesConfig(sources=(LocalSource(path, split="labeled"),), strict=True),
-            tmp_path / "tfds")
+            tmp_path / "tfds",
+        )
 
 
 def test_file_errors_name_the_file(tmp_path):
     empty = _write_jsonl(tmp_path / "allbad.jsonl", BAD_ROWS[1:3] + [b""])
-    with pytest.raises(DataError, match=r"allbad\.jsonl: no valid rows \(skipped: "
-                                        r"empty_field=1, missing_field=1\)"):
+    with pytest.raises(
+        DataError,
+        match=r"allbad\.jsonl: no valid rows \(skipped: "
+        r"empty_field=1, missing_field=1\)",
+    ):
         builders.prepare_local_files(
-            LocalFilesConfig(sources=(LocalSource(empty, split="labeled"),)), tmp_path / "tfds")
+            LocalFilesConfig(sources=(LocalSource(empty, split="labeled"),)), tmp_path / "tfds"
+        )
     with pytest.raises(DataError, match="nothere.jsonl: no such file"):
         builders.prepare_local_files(
-            LocalFilesConfig(sources=(LocalSource(str(tmp_path / "nothere.jsonl"),
-                                                  split="labeled"),)), tmp_path / "tfds")
+            LocalFilesConfig(
+                sources=(LocalSource(str(tmp_path / "nothere.jsonl"), split="labeled"),)
+            ),
+            tmp_path / "tfds",
+        )
     notparquet = tmp_path / "x.parquet"
     notparquet.write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"x\.parquet: not a readable Parquet file"):
