@@ -33,7 +33,8 @@ DEFAULT_MEMORY_LIMIT_MB = 1024
 # A worker that does not finish importing in this long is a broken environment, not an answer.
 _STARTUP_TIMEOUT_S = 120.0
 _MAX_STARTUP_FAILURES = 3
-# The directory holding the `tempo_jax` package, so workers import this very copy.
+# The directory holding the `tempo_jax` package: the workers' cwd and first PYTHONPATH entry, so
+# they import this very copy whatever the caller's working directory holds.
 _PACKAGE_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
 
@@ -97,7 +98,7 @@ class _Worker:
             p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p
         )
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=_PACKAGE_ROOT
         )
         self.pid = self.process.pid
         self.out_fd = self.process.stdout.fileno()
@@ -112,7 +113,9 @@ class _Worker:
     def send(self, message: dict) -> bool:
         """Writes one task line; False if the worker is gone."""
         try:
+            # Buffered write + flush: a raw pipe write may be partial for long lines.
             self.process.stdin.write(json.dumps(message).encode() + b"\n")
+            self.process.stdin.flush()
             return True
         except (BrokenPipeError, OSError, ValueError):
             return False
