@@ -23,7 +23,7 @@ from typing import Any
 from tempo_jax.data import row_validation as rv
 from tempo_jax.data.records import Row, check_split_name
 
-_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+_FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,8 @@ class LocalSource:
       answer_field: the ground truth (text, a number, or a list of them).
       is_labeled_field: a per-row boolean flag ('' = rows are labeled iff split == "labeled").
       solution_field: a worked solution for SFT ('' = none).
-      format: "jsonl" | "parquet" ('' = from the file extension).
+      format: "jsonl" | "json" (one array of objects, or JSON lines) | "parquet" ('' = from the
+        file extension: .jsonl, .json, .parquet).
     """
 
     path: str
@@ -62,9 +63,10 @@ class LocalSource:
             raise ValueError(
                 f"LocalSource({self.path}): question_field and answer_field are needed"
             )
-        if self.format not in ("", "jsonl", "parquet"):
+        if self.format not in ("", *_FORMATS.values()):
             raise ValueError(
-                f"LocalSource({self.path}).format must be 'jsonl' or 'parquet', got {self.format!r}"
+                f"LocalSource({self.path}).format must be one of {sorted(set(_FORMATS.values()))}, "
+                f"got {self.format!r}"
             )
 
     def file_format(self) -> str:
@@ -75,7 +77,7 @@ class LocalSource:
         if ext not in _FORMATS:
             raise ValueError(
                 f"{self.path}: cannot tell the format from extension {ext!r}; "
-                "set LocalSource.format to 'jsonl' or 'parquet'"
+                "set LocalSource.format to 'jsonl', 'json' or 'parquet'"
             )
         return _FORMATS[ext]
 
@@ -95,6 +97,22 @@ def _jsonl_rows(path: str) -> Iterator[tuple[int, Any]]:
                 yield number, json.loads(line)
             except json.JSONDecodeError as e:
                 yield number, rv.RowSkipped(rv.BAD_JSON, str(e))
+
+
+def _json_rows(path: str) -> Iterator[tuple[int, Any]]:
+    """A .json file: one array of objects (rows numbered from 1), else read as JSON lines."""
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+    if not head.startswith(b"["):
+        yield from _jsonl_rows(path)
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            items = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        # One document: a bad byte or bracket spoils the whole file, not one row.
+        raise rv.DataError(f"{path}: not a readable JSON array: {e}") from e
+    yield from enumerate(items, start=1)
 
 
 def _parquet_rows(path: str) -> Iterator[tuple[int, Any]]:
@@ -154,7 +172,9 @@ def read_source(
     path = source.path
     if not os.path.isfile(path):
         raise rv.DataError(f"{path}: no such file")
-    reader = _jsonl_rows if source.file_format() == "jsonl" else _parquet_rows
+    reader = {"jsonl": _jsonl_rows, "json": _json_rows, "parquet": _parquet_rows}[
+        source.file_format()
+    ]
     skips = rv.SkipLog(path, strict=strict)
     rows = []
     for number, obj in reader(path):

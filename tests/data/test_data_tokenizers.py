@@ -209,10 +209,14 @@ def hf_pair(hf_dir):
     )
 
 
-def test_hf_tokenizer_encodes_like_transformers(hf_pair):
+def test_hf_tokenizer_encodes_like_transformers(hf_pair, hf_dir):
     ours, theirs = hf_pair
     assert isinstance(ours, Tokenizer)
+    fast = pytest.importorskip("transformers").PreTrainedTokenizerFast(
+        tokenizer_file=str(hf_dir / "tokenizer.json")
+    )
     for text in HF_TEXTS:
+        assert ours.encode(text) == fast.encode(text, add_special_tokens=False), text
         ids = ours.encode(text)
         assert ids == theirs.encode(text, add_special_tokens=False), text
         assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True)

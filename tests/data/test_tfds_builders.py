@@ -97,6 +97,9 @@ def test_local_files_jsonl_and_parquet_with_configured_fields(tmp_path):
         ),
         processed,
     )
+    # A .json file holding one array (AIME as some downloads ship it).
+    aime25 = tmp_path / "aime25.json"
+    aime25.write_text(json.dumps([{"problem": "Find y.", "answer": "7"}, {"problem": None}]))
     # One mixed file routed by its flag, with a worked solution.
     mixed = _write_jsonl(
         tmp_path / "mixed.jsonl",
@@ -117,6 +120,7 @@ def test_local_files_jsonl_and_parquet_with_configured_fields(tmp_path):
             LocalSource(
                 processed, split="labeled", question_field="prompt", answer_field="solution"
             ),
+            LocalSource(str(aime25), split="unlabeled", question_field="problem"),
             LocalSource(
                 mixed,
                 question_field="q",
@@ -136,7 +140,7 @@ def test_local_files_jsonl_and_parquet_with_configured_fields(tmp_path):
         "dapo_processed.parquet:1",
         "mixed.jsonl:1",
     }
-    assert set(unlabeled) == {"aime24.jsonl:1", "aime24.jsonl:2", "mixed.jsonl:2"}
+    assert set(unlabeled) == {"aime24.jsonl:1", "aime24.jsonl:2", "aime25.json:1", "mixed.jsonl:2"}
     assert labeled["dapo.parquet:2"].question == "2^10?"
     assert labeled["dapo.parquet:2"].answers == ("1024",)
     assert labeled["dapo_processed.parquet:1"].answers == ("4", "four")
@@ -145,7 +149,13 @@ def test_local_files_jsonl_and_parquet_with_configured_fields(tmp_path):
     assert unlabeled["aime24.jsonl:2"].question == "Compute \\frac{1}{2}+\\frac{1}{3}."
     assert all(r.is_labeled for r in labeled.values())
     assert not any(r.is_labeled for r in unlabeled.values())
-    assert builders.skipped_rows(dataset_dir) == {aime: {}, dapo: {}, processed: {}, mixed: {}}
+    assert builders.skipped_rows(dataset_dir) == {
+        aime: {},
+        dapo: {},
+        processed: {},
+        str(aime25): {"missing_field": 1},
+        mixed: {},
+    }
     # Changing a file's contents builds a new dataset rather than reusing stale rows.
     _write_jsonl(tmp_path / "aime24.jsonl", [{"problem": "new?", "answer": 1}])
     new_dir = builders.prepare_local_files(files, tmp_path / "tfds")
@@ -246,6 +256,10 @@ def test_file_errors_name_the_file(tmp_path):
             ),
             tmp_path / "tfds",
         )
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"question": "q", "answer": 1}, ')
+    with pytest.raises(DataError, match=r"broken\.json: not a readable JSON array"):
+        read_source(LocalSource(str(broken), split="labeled"))
     notparquet = tmp_path / "x.parquet"
     notparquet.write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"x\.parquet: not a readable Parquet file"):
