@@ -40,6 +40,7 @@ class LocalSource:
       solution_field: a worked solution for SFT ('' = none).
       format: "jsonl" | "json" (one array of objects, or JSON lines) | "parquet" ('' = from the
         file extension: .jsonl, .json, .parquet).
+      name: prefix of the row ids, "<name>:<row>" ('' = the file's base name).
     """
 
     path: str
@@ -49,6 +50,7 @@ class LocalSource:
     is_labeled_field: str = ""
     solution_field: str = ""
     format: str = ""
+    name: str = ""
 
     def __post_init__(self):
         if not self.path:
@@ -68,6 +70,10 @@ class LocalSource:
                 f"LocalSource({self.path}).format must be one of {sorted(set(_FORMATS.values()))}, "
                 f"got {self.format!r}"
             )
+
+    def row_id_prefix(self) -> str:
+        """`name`, else the file's base name."""
+        return self.name or os.path.basename(self.path)
 
     def file_format(self) -> str:
         """The format in use: `format`, else from the extension."""
@@ -148,7 +154,7 @@ def _row(source: LocalSource, obj: Any, number: int, limits: rv.RowLimits) -> tu
         solution = rv.coerce_solution(
             rv.get_field(obj, source.solution_field), source.solution_field, limits
         )
-    row_id = f"{os.path.basename(source.path)}:{number}"
+    row_id = f"{source.row_id_prefix()}:{number}"
     return split, Row(question, answers, is_labeled, solution, row_id)
 
 
@@ -209,3 +215,13 @@ class LocalFilesConfig:
         if not self.sources:
             raise ValueError("LocalFilesConfig.sources is empty")
         object.__setattr__(self, "sources", tuple(self.sources))
+        seen: dict[str, str] = {}
+        for source in self.sources:
+            prefix = source.row_id_prefix()
+            if prefix in seen:
+                # Row ids identify rows in logs and evaluation; two files must not share them.
+                raise ValueError(
+                    f"LocalFilesConfig: {seen[prefix]} and {source.path} would share row ids "
+                    f"'{prefix}:N'; give one a distinct LocalSource.name"
+                )
+            seen[prefix] = source.path

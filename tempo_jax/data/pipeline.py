@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -235,6 +236,13 @@ def _files(data: Any) -> LocalFilesConfig | None:
     ]
     if not sources:
         return None
+    basenames = collections.Counter(os.path.basename(s.path) for s in sources)
+    # Files that share a base name (2024/test.jsonl, 2025/test.jsonl) take their path as row-id
+    # prefix, so row ids stay unique.
+    sources = [
+        dataclasses.replace(s, name=s.path) if basenames[os.path.basename(s.path)] > 1 else s
+        for s in sources
+    ]
     return LocalFilesConfig(
         sources=tuple(sources),
         limits=RowLimits(**dict(_get(data, "limits", {}) or {})),

@@ -93,6 +93,14 @@ def test_local_files_from_config(tmp_path):
     b = next(data.unlabeled_batches())
     assert set(b.questions) <= {"u0", "u1", "u2"} and b.labeled_answers == (None,) * 4
     assert {a for a in b.evaluation_answers()} <= {("0", "0"), ("1", "-1"), ("2", "-2")}
+    # Two D_U files with one base name (as AIME years often ship) keep distinct row ids.
+    (tmp_path / "y2025").mkdir()
+    unl2 = tmp_path / "y2025" / "test.jsonl"
+    unl2.write_text(json.dumps({"problem": "v0", "answer": 1}))
+    cfg.data.unlabeled_files = f"{unl},{unl2}"
+    data = pipeline.build_data(pipeline.data_config_from(cfg), tmp_path / "tfds")
+    ids = {r.row_id for r in data.all_rows("unlabeled")}
+    assert ids == {f"{unl}:1", f"{unl}:2", f"{unl}:3", f"{unl2}:1"}
 
 
 def test_config_errors_name_the_field():

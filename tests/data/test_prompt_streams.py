@@ -189,6 +189,10 @@ def test_epochs_reshuffle_and_shards_partition(small_task_dir):
     taken = [[next(s).row_id for _ in range(8)] for s in shards]
     # One epoch split three ways, no overlap.
     assert sorted(r for shard in taken for r in shard) == sorted(first)
+    # In-memory rows work as a source too (e.g. for trainer tests without tfds).
+    in_memory = [_row(f"m{i}") for i in range(5)]
+    mem = RowStream(in_memory, seed=1)
+    assert sorted(next(mem).row_id for _ in range(5)) == [f"m{i}" for i in range(5)]
     with pytest.raises(ValueError, match="seed saved 3 vs now 4"):
         RowStream(source, seed=4).set_state(stream.get_state())
     with pytest.raises(ValueError, match="lacks"):

@@ -267,6 +267,24 @@ def test_file_errors_name_the_file(tmp_path):
     (tmp_path / "a.csv").write_text("question,answer\n")
     with pytest.raises(ValueError, match=r"cannot tell the format.*'\.csv'"):
         read_source(LocalSource(str(tmp_path / "a.csv"), split="labeled"))
+    with pytest.raises(ValueError, match="would share row ids 'a.jsonl:N'"):
+        LocalFilesConfig(
+            sources=(
+                LocalSource("x/a.jsonl", split="labeled"),
+                LocalSource("y/a.jsonl", split="eval"),
+            )
+        )
+    assert (
+        LocalFilesConfig(
+            sources=(
+                LocalSource("x/a.jsonl", split="labeled"),
+                LocalSource("y/a.jsonl", split="eval", name="a2025"),
+            )
+        )
+        .sources[1]
+        .row_id_prefix()
+        == "a2025"
+    )
     with pytest.raises(ValueError, match="give a split, or an is_labeled_field"):
         LocalSource("a.jsonl")
     with pytest.raises(ValueError, match="split name must match"):
