@@ -215,6 +215,12 @@ class GradingPool:
         self._workers[index] = self._new_worker()
         self.restarts += 1
 
+    def _replace_dead_idle_workers(self) -> None:
+        """Replaces idle workers that died between tasks (OOM killer, a stray signal)."""
+        for index, worker in enumerate(self._workers):
+            if worker.task is None and worker.process.poll() is not None:
+                self._replace(index)
+
     @property
     def closed(self) -> bool:
         return not self._finalizer.alive
@@ -251,7 +257,9 @@ class GradingPool:
             raise RuntimeError("GradingPool is closed")
         limit = self.timeout_s if timeout_s is None else float(timeout_s)
         with self._lock:
+            self._replace_dead_idle_workers()
             outcomes, counters = self._run_locked(tasks, limit)
+            self._replace_dead_idle_workers()
         self.counters.add(counters)
         return outcomes, counters
 
