@@ -9,7 +9,10 @@ OLMo3's per-layer attention pattern survives the scan as a per-layer `is_sliding
 alongside the parameters: it selects that layer's mask (full or sliding window) and rotary
 table. The stacked parameters live directly on `DecoderLayers` (no nnx.vmap / nnx.scan), so
 their `logical_axes` metadata is exactly what is written below and the forward is a plain scan
-over arrays, which keeps `nnx.split` / `nnx.merge` pure functions trivially correct.
+over arrays, which keeps `nnx.split` / `nnx.merge` pure functions trivially correct. The trunk
+itself is one `jax.jit` with the config static, so eager calls of a model (tests, notebooks)
+compile once per config and shape instead of re-tracing the scan every call; inside the
+caller's own jit / grad it is inlined.
 
 Block (per layer l, x the residual stream, transformers' semantics):
   qwen3: h = x + Attn(RMSNorm(x));  out = h + MLP(RMSNorm(h)); q/k RMSNorm per head over head_dim.
@@ -27,6 +30,8 @@ and `Decoder.decode`.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import NamedTuple
 
 import flax.struct
@@ -243,7 +248,7 @@ class Decoder(nnx.Module):
         """
         valid = attention_mask.astype(bool)
         slots = jnp.arange(tokens.shape[1], dtype=jnp.int32)
-        hidden, _ = self._forward(
+        hidden, _ = self._run(
             tokens, positions_from_mask(valid), valid, slots, slots, None, None, False
         )
         return hidden
@@ -266,7 +271,7 @@ class Decoder(nnx.Module):
         """
         valid = attention_mask.astype(bool)
         slots = jnp.arange(tokens.shape[1], dtype=jnp.int32)
-        return self._forward(
+        return self._run(
             tokens,
             positions_from_mask(valid),
             valid,
@@ -305,48 +310,87 @@ class Decoder(nnx.Module):
         key_slots = jnp.arange(cache.max_length, dtype=jnp.int32)
         written = (key_slots >= index) & (key_slots < index + length)
         valid = key_mask.astype(bool) | written[None, :]
-        return self._forward(tokens, positions, valid, query_slots, key_slots, cache, index, True)
+        return self._run(tokens, positions, valid, query_slots, key_slots, cache, index, True)
 
-    def _forward(
-        self,
-        tokens: jax.Array,
-        positions: jax.Array,
-        key_valid: jax.Array,
-        query_slots: jax.Array,
-        key_slots: jax.Array,
-        cache: KVCache | None,
-        index: jax.Array | None,
-        attend_cache: bool,
-    ) -> tuple[jax.Array, KVCache | None]:
-        c = self.config
-        x = jnp.take(self.embed_tokens[...], tokens, axis=0).astype(c.compute_dtype)
-
-        rope_full = layers.rope_cos_sin(positions, c.rope, c.head_dim)
-        if c.resolved_sliding_rope == c.rope:
-            rope_sliding = rope_full
-        else:
-            rope_sliding = layers.rope_cos_sin(positions, c.resolved_sliding_rope, c.head_dim)
-        mask_full = layers.attention_mask(query_slots, key_slots, key_valid, _NO_WINDOW)
-        if c.has_sliding_layers:
-            mask_sliding = layers.attention_mask(
-                query_slots, key_slots, key_valid, c.sliding_window
-            )
-        else:
-            mask_sliding = mask_full
-        ctx = _Attend(rope_full, rope_sliding, mask_full, mask_sliding, index, attend_cache)
-        is_sliding = jnp.asarray(
-            [kind == "sliding_attention" for kind in c.resolved_layer_types], dtype=bool
+    def _run(
+        self, tokens, positions, key_valid, query_slots, key_slots, cache, index, attend_cache
+    ):
+        return _decoder_forward(
+            _trunk_config(self.config),
+            attend_cache,
+            self.embed_tokens[...],
+            self.layers.arrays(),
+            self.norm[...],
+            tokens,
+            positions,
+            key_valid,
+            query_slots,
+            key_slots,
+            cache,
+            index,
         )
 
-        def body(x, xs):
-            params, sliding, cache_k, cache_v = xs
-            x, cache_k, cache_v = _block(c, params, x, sliding, ctx, cache_k, cache_v)
-            return x, (cache_k, cache_v)
 
-        if c.remat:
-            body = jax.checkpoint(body)
-        cache_xs = (None, None) if cache is None else (cache.k, cache.v)
-        x, (new_k, new_v) = jax.lax.scan(body, x, (self.layers.arrays(), is_sliding, *cache_xs))
-        hidden = layers.rms_norm(x, self.norm[...], c.rms_norm_eps)
-        new_cache = None if cache is None else KVCache(k=new_k, v=new_v)
-        return hidden, new_cache
+def _trunk_config(config: ModelConfig) -> ModelConfig:
+    """The config with fields the trunk ignores set to fixed values, so that models differing
+    only in those (a tied and an untied policy, a policy and its critic) share one compile."""
+    return dataclasses.replace(
+        config,
+        tie_word_embeddings=False,
+        max_position_embeddings=1,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        initializer_range=1.0,
+        param_dtype="float32",  # the arrays' own dtypes are part of the jit cache key anyway
+    )
+
+
+# jit with the (hashable) config static: eager calls of a model reuse one compiled executable
+# per config and shape instead of re-tracing the scan each call; under an outer jit / grad the
+# inner jit is inlined and costs nothing.
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _decoder_forward(
+    c: ModelConfig,
+    attend_cache: bool,
+    embed: jax.Array,
+    stacked: dict[str, jax.Array],
+    final_norm: jax.Array,
+    tokens: jax.Array,
+    positions: jax.Array,
+    key_valid: jax.Array,
+    query_slots: jax.Array,
+    key_slots: jax.Array,
+    cache: KVCache | None,
+    index: jax.Array | None,
+) -> tuple[jax.Array, KVCache | None]:
+    """The trunk as a pure function of arrays; see Decoder.__call__ / prefill / decode."""
+    x = jnp.take(embed, tokens, axis=0).astype(c.compute_dtype)
+
+    rope_full = layers.rope_cos_sin(positions, c.rope, c.head_dim)
+    if c.resolved_sliding_rope == c.rope:
+        rope_sliding = rope_full
+    else:
+        rope_sliding = layers.rope_cos_sin(positions, c.resolved_sliding_rope, c.head_dim)
+    mask_full = layers.attention_mask(query_slots, key_slots, key_valid, _NO_WINDOW)
+    if c.has_sliding_layers:
+        mask_sliding = layers.attention_mask(query_slots, key_slots, key_valid, c.sliding_window)
+    else:
+        mask_sliding = mask_full
+    ctx = _Attend(rope_full, rope_sliding, mask_full, mask_sliding, index, attend_cache)
+    is_sliding = jnp.asarray(
+        [kind == "sliding_attention" for kind in c.resolved_layer_types], dtype=bool
+    )
+
+    def body(x, xs):
+        params, sliding, cache_k, cache_v = xs
+        x, cache_k, cache_v = _block(c, params, x, sliding, ctx, cache_k, cache_v)
+        return x, (cache_k, cache_v)
+
+    if c.remat:
+        body = jax.checkpoint(body)
+    cache_xs = (None, None) if cache is None else (cache.k, cache.v)
+    x, (new_k, new_v) = jax.lax.scan(body, x, (stacked, is_sliding, *cache_xs))
+    hidden = layers.rms_norm(x, final_norm, c.rms_norm_eps)
+    new_cache = None if cache is None else KVCache(k=new_k, v=new_v)
+    return hidden, new_cache
