@@ -1,0 +1,249 @@
+"""The pure rollout function: one prefill per prompt, a KV-cache decode `lax.while_loop`.
+
+    generate_rollouts(graphdef, state, prompt_tokens [B, P], prompt_mask [B, P],
+                      params: RowSamplingParams [N], seed, *, spec: DecodeSpec) -> Rollouts
+
+Everything is a pure function of (graphdef, state) and arrays, ready for `jax.jit`; the `Sampler`
+compiles it once per shape. Steps, for L = max_new_tokens and N = B * n rows:
+
+1. Cast once: matmul weights and embeddings are cast to the compute dtype before anything
+   runs, so no per-step (or per-layer) convert of a weight-sized array can sit inside the loop
+   (the model's own `.astype` calls then are no-ops). Norm scales keep their dtype: the model
+   reads them in float32, so casting them would change the numbers.
+2. Prefill the B prompts once into a [L_layers, B, P] cache, then repeat every cache row and the
+   next-token logits n times along the batch (row i = p * n + j) and pad the cache to
+   S = P + L - 1 slots: n samples share one prefill.
+3. Sample token 0 from the prefill logits; then `lax.while_loop` over t = 1 .. L - 1 feeds token
+   t - 1 at cache slot P + t - 1 (position prompt_length + t - 1) and samples token t, until t
+   reaches L or every row is finished (early exit). The last sampled token is never fed, so the
+   cache needs P + L - 1 slots.
+
+Randomness: row i's key at step t is fold_in(fold_in(key(seed), i), t). A row's draw depends
+only on the seed, its row index and its own logits, not on the other rows; in particular
+sampling B prompts with n samples each gives the same tokens as sampling the B * n repeated
+prompts with n = 1 (up to the float error of a different prefill batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tempo_jax.models import KV_CACHE_LOGICAL_AXES, KVCache
+from tempo_jax.sampling.params import RowSamplingParams
+from tempo_jax.sampling.rollouts import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Rollouts
+from tempo_jax.sampling.stopping import StopCriteria
+from tempo_jax.sampling.token_sampling import sample_tokens
+
+# Parameters the model multiplies in the compute dtype (it casts them itself on every use):
+# casting them once up front is numerically identical and keeps converts out of the loop.
+_MATMUL_WEIGHTS = frozenset(
+    {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+     "embed_tokens", "lm_head"}
+)  # fmt: skip
+
+# A sharding hint: (array, logical axis names) -> array. The identity when unsharded.
+Constrain = Callable[[jax.Array, Sequence[str | None]], jax.Array]
+
+
+def _no_constraint(x: jax.Array, _: Sequence[str | None]) -> jax.Array:
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSpec:
+    """The static part of a rollout computation (hashable; one executable per spec and shape).
+
+    Attributes:
+      n: samples per prompt.
+      max_new_tokens: L, response slots.
+      stop: EOS ids and stop sequences.
+      max_top_k: candidate cap of rows that use top-k / top-p.
+      pad_id: written after the end of each response (and in prompt padding).
+    """
+
+    n: int
+    max_new_tokens: int
+    stop: StopCriteria
+    max_top_k: int
+    pad_id: int
+
+
+def _param_name(path) -> str:
+    """The parameter name in a state path (its last dict key; `.value` attributes skipped)."""
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return str(names[-1]) if names else ""
+
+
+def cast_for_compute(state: nnx.State, compute_dtype: jnp.dtype) -> nnx.State:
+    """The state with its matmul weights and embeddings in the compute dtype (a pure function)."""
+
+    def cast(path, x):
+        if _param_name(path) in _MATMUL_WEIGHTS and jnp.issubdtype(x.dtype, jnp.floating):
+            return x.astype(compute_dtype)
+        return x
+
+    return jax.tree_util.tree_map_with_path(cast, state)
+
+
+@flax.struct.dataclass
+class _Loop:
+    """The while-loop carry. t is the step whose token is sampled next."""
+
+    t: jax.Array  # int32 scalar
+    cache: KVCache
+    last_tokens: jax.Array  # [N] token sampled at step t - 1 (fed at step t)
+    done: jax.Array  # [N] bool
+    window: jax.Array  # [N, M] trailing generated tokens for stop sequences
+    tokens: jax.Array  # [N, L]
+    logprobs: jax.Array  # [N, L]
+    sampling_logprobs: jax.Array  # [N, L]
+    lengths: jax.Array  # [N]
+    finish_reason: jax.Array  # [N]
+
+
+def _record(
+    spec: DecodeSpec,
+    loop: _Loop,
+    logits: jax.Array,
+    row_keys: jax.Array,
+    params: RowSamplingParams,
+) -> _Loop:
+    """Samples step t's tokens from logits [N, V] and writes them into the carry."""
+    t = loop.t
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, t)
+    tokens, logprobs, sampling_lp = sample_tokens(logits, step_keys, params, spec.max_top_k)
+    active = ~loop.done
+    window, is_eos, is_stop = spec.stop.update(loop.window, tokens)
+    out_of_room = t == spec.max_new_tokens - 1
+    finishing = active & (is_eos | is_stop | out_of_room)
+    reason = jnp.where(is_eos, FINISH_EOS, jnp.where(is_stop, FINISH_STOP, FINISH_LENGTH))
+
+    def column(buffer, values, fill):
+        values = jnp.where(active, values, fill).astype(buffer.dtype)
+        return jax.lax.dynamic_update_slice(buffer, values[:, None], (0, t))
+
+    return loop.replace(
+        last_tokens=tokens,
+        done=loop.done | finishing,
+        window=window,
+        tokens=column(loop.tokens, tokens, spec.pad_id),
+        logprobs=column(loop.logprobs, logprobs, 0.0),
+        sampling_logprobs=column(loop.sampling_logprobs, sampling_lp, 0.0),
+        lengths=loop.lengths + active.astype(jnp.int32),
+        finish_reason=jnp.where(finishing, reason, loop.finish_reason).astype(jnp.int32),
+    )
+
+
+def generate_rollouts(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    prompt_tokens: jax.Array,
+    prompt_mask: jax.Array,
+    params: RowSamplingParams,
+    seed: jax.Array,
+    *,
+    spec: DecodeSpec,
+    constrain: Constrain = _no_constraint,
+) -> Rollouts:
+    """Samples n responses to each of B prompts. Pure; see the module docstring.
+
+    Args:
+      graphdef: from `nnx.split(policy)` (a `tempo_jax.models.Policy`).
+      state: the policy's parameter state (any dtypes; cast here once).
+      prompt_tokens: [B, P] int32 prompts, left-padded; every row non-empty.
+      prompt_mask: [B, P] int32, 1 on prompt tokens.
+      params: per-row sampling parameters, fields [N = B * n].
+      seed: uint32 scalar.
+      spec: static settings (n, max_new_tokens, stop criteria, max_top_k, pad_id).
+      constrain: sharding hint for activations by logical axis names (identity by default).
+
+    Returns:
+      Rollouts with N rows and L = spec.max_new_tokens response slots.
+    """
+    n, max_new = spec.n, spec.max_new_tokens
+    batch, prompt_width = prompt_tokens.shape
+    num_rows = batch * n
+    slots = prompt_width + max_new - 1
+
+    policy = nnx.merge(graphdef, state)
+    state = cast_for_compute(state, policy.config.compute_dtype)
+    policy = nnx.merge(graphdef, state)
+
+    prompt_mask = prompt_mask.astype(jnp.int32)
+    cache = policy.init_cache(batch, prompt_width)
+    logits, cache = policy.prefill(prompt_tokens, prompt_mask, cache)
+
+    def spread(x, axis):  # [.., B, ..] -> [.., B * n, ..], row p * n + j <- p
+        return jnp.repeat(x, n, axis=axis, total_repeat_length=x.shape[axis] * n)
+
+    def grow(x):  # [L, N, P, K, Dh] -> [L, N, S, K, Dh], empty slots after the prompt
+        x = jnp.pad(spread(x, 1), ((0, 0), (0, 0), (0, slots - prompt_width), (0, 0), (0, 0)))
+        return constrain(x, KV_CACHE_LOGICAL_AXES)
+
+    cache = KVCache(k=grow(cache.k), v=grow(cache.v))
+    logits = constrain(spread(logits, 0), ("batch", None))
+    row_prompt_tokens = constrain(spread(prompt_tokens, 0), ("batch", None))
+    row_prompt_mask = constrain(spread(prompt_mask, 0), ("batch", None))
+    prompt_lengths = jnp.sum(row_prompt_mask, axis=1)
+    prompt_slots = jnp.pad(row_prompt_mask.astype(bool), ((0, 0), (0, slots - prompt_width)))
+    slot_ids = jnp.arange(slots, dtype=jnp.int32)
+
+    base_key = jax.random.key(seed)
+    row_ids = jnp.arange(num_rows, dtype=jnp.uint32)
+    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(base_key, row_ids)
+
+    def buffer(dtype, fill):
+        return constrain(jnp.full((num_rows, max_new), fill, dtype), ("batch", None))
+
+    loop = _Loop(
+        t=jnp.zeros((), jnp.int32),
+        cache=cache,
+        last_tokens=jnp.zeros((num_rows,), jnp.int32),
+        done=jnp.zeros((num_rows,), bool),
+        window=spec.stop.initial_window(num_rows),
+        tokens=buffer(jnp.int32, spec.pad_id),
+        logprobs=buffer(jnp.float32, 0.0),
+        sampling_logprobs=buffer(jnp.float32, 0.0),
+        lengths=jnp.zeros((num_rows,), jnp.int32),
+        finish_reason=jnp.zeros((num_rows,), jnp.int32),
+    )
+    loop = _record(spec, loop, logits, row_keys, params)
+    loop = loop.replace(t=loop.t + 1)
+
+    def keep_going(loop: _Loop) -> jax.Array:
+        return (loop.t < max_new) & ~jnp.all(loop.done)
+
+    def step(loop: _Loop) -> _Loop:
+        index = prompt_width + loop.t - 1  # the slot of the token fed now
+        # Generated slots before this one are real tokens; this one is marked by the model.
+        key_mask = prompt_slots | ((slot_ids >= prompt_width) & (slot_ids < index))[None, :]
+        logits, cache = policy.decode_step(
+            loop.last_tokens, prompt_lengths + loop.t - 1, key_mask, loop.cache, index
+        )
+        cache = KVCache(
+            k=constrain(cache.k, KV_CACHE_LOGICAL_AXES),
+            v=constrain(cache.v, KV_CACHE_LOGICAL_AXES),
+        )
+        loop = _record(spec, loop.replace(cache=cache), logits, row_keys, params)
+        return loop.replace(t=loop.t + 1)
+
+    loop = jax.lax.while_loop(keep_going, step, loop)
+    response_mask = (jnp.arange(max_new)[None, :] < loop.lengths[:, None]).astype(jnp.int32)
+    return Rollouts(
+        prompt_tokens=row_prompt_tokens,
+        prompt_mask=row_prompt_mask,
+        tokens=loop.tokens,
+        response_mask=response_mask,
+        lengths=loop.lengths,
+        finish_reason=loop.finish_reason,
+        logprobs=loop.logprobs,
+        sampling_logprobs=loop.sampling_logprobs,
+        group_ids=jnp.arange(num_rows, dtype=jnp.int32) // n,
+        samples_per_prompt=n,
+    )
