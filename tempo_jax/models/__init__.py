@@ -13,6 +13,7 @@ Public API (shapes: B rows, T tokens, P prompt tokens, S_max cache slots, D widt
     policy.decode_step(tokens [B], positions [B], key_mask [B, S_max], cache, index)
         -> (logits [B, V], cache)
   Critic(config, rngs=...); critic(tokens, attention_mask) -> values [B, T] float32
+    critic.hidden_states(tokens, attention_mask) -> [B, T, D]; critic.values_from_hidden(h)
   critic_from_policy(policy, rngs=None) -> Critic (decoder copied, value head ~0)
   with_dtypes(model, dtype=None, param_dtype=None) -> same model, other dtypes
   KVCache(k, v) [L, B, S_max, K, Dh]; init_cache(config, batch_size, max_length);

@@ -219,11 +219,12 @@ def _rope_to_dict(rope: RopeConfig) -> dict[str, Any] | None:
     return out
 
 
-def config_to_hf(config: ModelConfig, role: str) -> dict[str, Any]:
+def config_to_hf(config: ModelConfig, role: str, *, target: str = "config.json") -> dict[str, Any]:
     """The config.json dict transformers needs to rebuild `config` in `role`.
 
     Raises:
-      CheckpointError: when the rotary settings cannot be written in the portable spelling.
+      CheckpointError: naming `target` when the rotary settings cannot be written in the
+        portable spelling.
     """
     c = config
     sliding_rope = c.resolved_sliding_rope
@@ -231,11 +232,11 @@ def config_to_hf(config: ModelConfig, role: str) -> dict[str, Any]:
         sliding_rope.kind != "default" or not math.isclose(sliding_rope.theta, c.rope.theta)
     ):
         raise CheckpointError(
-            "config.json",
+            target,
             "OLMo3 export needs default rope on sliding layers with the full layers' theta",
         )
     if c.arch == "qwen3" and c.sliding_rope is not None and c.sliding_rope != c.rope:
-        raise CheckpointError("config.json", "Qwen3 has one rope for all layers")
+        raise CheckpointError(target, "Qwen3 has one rope for all layers")
     d: dict[str, Any] = {
         "architectures": [ARCHITECTURES[(c.arch, role)]],
         "model_type": c.arch,

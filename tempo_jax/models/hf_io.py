@@ -29,7 +29,7 @@ from safetensors.numpy import save_file
 
 from tempo_jax.models.config import ModelConfig, dtype_name
 from tempo_jax.models.errors import CheckpointError
-from tempo_jax.models.hf_config import config_from_hf, config_to_hf
+from tempo_jax.models.hf_config import ROLES, config_from_hf, config_to_hf
 from tempo_jax.models.roles import Critic, Policy
 
 CONFIG_FILE = "config.json"
@@ -250,6 +250,8 @@ def load_hf(
         or unexpected tensor, shape mismatch or non-float dtype; the message names the file and
         the tensor. Nothing is returned on error.
     """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     directory = pathlib.Path(path)
     if not directory.is_dir():
         raise CheckpointError(directory, "checkpoint directory not found")
@@ -314,7 +316,7 @@ def load_hf(
     _read_tensors(files, specs, on_tensor)
     for name, x in tied_head:
         embed = buffers[("model", "embed_tokens")]
-        if not np.array_equal(x.astype(np.float32), embed.astype(np.float32)):
+        if not np.array_equal(x.astype(np_dtype), embed):
             raise CheckpointError(
                 files[name],
                 "tie_word_embeddings is true but lm_head.weight differs from the embedding",
@@ -377,7 +379,7 @@ def save_hf(
         raise TypeError(f"save_hf expects a Policy or Critic, got {type(model).__name__}")
     role = "policy" if isinstance(model, Policy) else "critic"
     directory = pathlib.Path(path)
-    config_dict = config_to_hf(model.config, role)
+    config_dict = config_to_hf(model.config, role, target=str(directory / CONFIG_FILE))
     tensors = _hf_tensors(model)
 
     shards: list[dict[str, np.ndarray]] = [{}]

@@ -22,6 +22,8 @@ Policy API (shapes: B rows, T tokens, P prompt tokens, S_max cache slots, D widt
 Critic API:
   critic(tokens [B, T], attention_mask [B, T]) -> values [B, T] float32; values[b, t] reads the
       hidden state at t, i.e. V(prefix up to and including token t).
+  critic.hidden_states(tokens, attention_mask) -> [B, T, D];
+  critic.values_from_hidden(hidden [..., D]) -> [...] float32.
   critic_from_policy(policy, rngs=...) -> Critic with the policy's decoder weights (copied) and
       a fresh value head whose outputs are ~0.
 """
@@ -156,8 +158,11 @@ class Critic(nnx.Module):
 
     def __call__(self, tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
         """Values [B, T] float32 for a left-padded batch tokens [B, T], mask [B, T]."""
-        hidden = self.model(tokens, attention_mask)
-        return self.values_from_hidden(hidden)
+        return self.values_from_hidden(self.hidden_states(tokens, attention_mask))
+
+    def hidden_states(self, tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """Final-normed hidden states [B, T, D] (compute dtype) that the value head reads."""
+        return self.model(tokens, attention_mask)
 
     def values_from_hidden(self, hidden: jax.Array) -> jax.Array:
         """hidden [..., D] -> values [...] float32."""

@@ -12,7 +12,7 @@ import transformers
 from flax import nnx
 
 import tempo_jax.models as tm
-from tempo_jax.models.hf_config import config_to_hf
+from tempo_jax.models.hf_config import config_from_hf, config_to_hf
 
 # (total, non-embedding) in billions, at the precision the model cards state them:
 # Qwen/Qwen3-* cards "Number of Parameters: 0.6B / Non-Embedding: 0.44B", 1.7B / 1.4B,
@@ -102,3 +102,79 @@ def test_invalid_config_names_the_field(changes, message):
 def test_olmo3_head_dim_must_match_width():
     with pytest.raises(ValueError, match="olmo3 requires head_dim"):
         tm.get_preset("tiny_olmo3", head_dim=32)
+
+
+# The published config.json files as they ship (transformers 4.x spelling: rope_theta and
+# rope_scaling at top level), reproduced from the Hugging Face repos named in config.py.
+QWEN3_8B_CONFIG_JSON = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 12288,
+    "max_position_embeddings": 40960,
+    "max_window_layers": 36,
+    "model_type": "qwen3",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 36,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.51.0",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+OLMO3_7B_CONFIG_JSON = {
+    "architectures": ["Olmo3ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "eos_token_id": 100257,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 11008,
+    "layer_types": [
+        "full_attention" if (i + 1) % 4 == 0 else "sliding_attention" for i in range(32)
+    ],
+    "max_position_embeddings": 65536,
+    "model_type": "olmo3",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 32,
+    "pad_token_id": 100277,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": {
+        "attention_factor": 1.2079441541679836,
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "factor": 8.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "yarn",
+    },
+    "rope_theta": 500000,
+    "sliding_window": 4096,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
+    "vocab_size": 100278,
+}
+
+
+@pytest.mark.parametrize(
+    "name, config_json", [("qwen3_8b", QWEN3_8B_CONFIG_JSON), ("olmo3_7b", OLMO3_7B_CONFIG_JSON)]
+)
+def test_published_config_json_parses_to_the_preset(name, config_json):
+    config, _ = config_from_hf(
+        config_json, role="policy", source="config.json", param_dtype="float32", dtype="float32"
+    )
+    assert config == tm.get_preset(name)
