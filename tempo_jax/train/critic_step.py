@@ -1,0 +1,103 @@
+"""The critic update (E-step): values at slots P-1 .. P+L-2 -> clipped value loss -> AdamW.
+
+`make_critic_step(graphdef, settings)` returns the pure `critic_step(state, batch) ->
+(state, metrics)`; compile it with `tempo_jax.train.compiled.compile_train_step`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tempo_jax.rl.reductions import effective_mask, masked_mean
+from tempo_jax.rl.value_loss import value_loss
+from tempo_jax.train.batch import RLBatch
+from tempo_jax.train.config import TrainSettings
+from tempo_jax.train.forward import response_values
+from tempo_jax.train.optimizers import make_optimizer, make_schedule
+from tempo_jax.train.train_state import TrainState
+from tempo_jax.train.update import accumulate_gradients, apply_gradients
+
+CriticStep = Callable[[TrainState, RLBatch], tuple[TrainState, dict[str, jax.Array]]]
+
+
+def _labeled_mask(batch: RLBatch) -> jax.Array:
+    return effective_mask(batch.response_mask, batch.keep & batch.is_labeled.astype(bool))
+
+
+def make_critic_gradients(
+    graphdef: nnx.GraphDef, settings: TrainSettings
+) -> Callable[[nnx.State, RLBatch], tuple[nnx.State, dict[str, jax.Array]]]:
+    """Builds `critic_gradients(params, batch) -> (grads, metrics)` on the labeled, kept rows.
+
+    The value loss (`tempo_jax.rl.value_loss`, clip `settings.value_clip`) is a mean over labeled
+    rows of each row's token mean, so micro-batches are weighted by their labeled rows.
+
+    Metrics (float32 scalars): `loss`, `clipfrac`, `value_mean` (mean predicted value over the
+    labeled tokens), `labeled_rows`, `labeled_tokens`.
+    """
+
+    def critic_gradients(params: nnx.State, batch: RLBatch):
+        mask = _labeled_mask(batch)
+        total_rows = jnp.sum(jnp.any(mask, axis=-1), dtype=jnp.float32)
+        total_tokens = jnp.sum(mask, dtype=jnp.float32)
+        row_norm, token_norm = jnp.maximum(total_rows, 1.0), jnp.maximum(total_tokens, 1.0)
+
+        def micro_loss(params, mb: RLBatch):
+            critic = nnx.merge(graphdef, params)
+            values = response_values(critic, mb.sequences())
+            loss, loss_metrics = value_loss(
+                values,
+                mb.old_values,
+                mb.returns,
+                mb.response_mask,
+                mb.is_labeled,
+                clip=settings.value_clip,
+                keep=mb.keep,
+            )
+            mb_mask = _labeled_mask(mb)
+            token_share = jnp.sum(mb_mask, dtype=jnp.float32) / token_norm
+            loss = loss * loss_metrics["labeled_rows"] / row_norm
+            metrics = {
+                "loss": loss,
+                "clipfrac": loss_metrics["clipfrac"] * token_share,
+                "value_mean": masked_mean(values, mb_mask) * token_share,
+            }
+            return loss, metrics
+
+        grads, metrics = accumulate_gradients(micro_loss, params, batch, settings.micro_batches)
+        metrics.update(labeled_rows=total_rows, labeled_tokens=total_tokens)
+        return grads, metrics
+
+    return critic_gradients
+
+
+def make_critic_step(graphdef: nnx.GraphDef, settings: TrainSettings) -> CriticStep:
+    """Builds `critic_step(state, batch) -> (state, metrics)`.
+
+    `make_critic_gradients` then global-norm clipping and AdamW (`settings.critic_optimizer`),
+    skipped when the loss or gradient is non-finite or the batch has no labeled response token.
+
+    Metrics: those of `make_critic_gradients` plus `grad_norm`, `learning_rate`, `skipped`
+    (non-finite: no update) and `empty` (no labeled row: no update).
+
+    Args:
+      graphdef: from `split_for_training(critic, settings)`.
+      settings: validated train settings (`critic_optimizer`, `value_clip`, `micro_batches`).
+    """
+    tx = make_optimizer(settings.critic_optimizer)
+    schedule = make_schedule(settings.critic_optimizer)
+    gradients_fn = make_critic_gradients(graphdef, settings)
+
+    def critic_step(state: TrainState, batch: RLBatch) -> tuple[TrainState, dict[str, jax.Array]]:
+        grads, metrics = gradients_fn(state.params, batch)
+        state, update_metrics = apply_gradients(
+            state, grads, metrics["loss"], metrics["labeled_rows"] > 0, tx, schedule
+        )
+        metrics.update(update_metrics)
+        return state, metrics
+
+    return critic_step

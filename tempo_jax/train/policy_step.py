@@ -1,0 +1,111 @@
+"""The policy update (M-step): recomputed log-probs, GSPO / PPO loss, accumulated grads, AdamW.
+
+`make_policy_step(graphdef, settings)` returns the pure function `policy_step(state, batch) ->
+(state, metrics)`; compile it with `tempo_jax.train.compiled.compile_train_step`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tempo_jax.rl.reductions import effective_mask, masked_mean
+from tempo_jax.rl.registry import POLICY_LOSSES
+from tempo_jax.train.batch import RLBatch
+from tempo_jax.train.config import TrainSettings
+from tempo_jax.train.forward import response_token_stats
+from tempo_jax.train.optimizers import make_optimizer, make_schedule
+from tempo_jax.train.train_state import TrainState
+from tempo_jax.train.update import accumulate_gradients, apply_gradients
+
+PolicyStep = Callable[[TrainState, RLBatch], tuple[TrainState, dict[str, jax.Array]]]
+
+
+def _weights(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(rows with at least one token, tokens) of an effective [n, L] mask, float32."""
+    tokens = jnp.sum(mask, dtype=jnp.float32)
+    rows = jnp.sum(jnp.any(mask, axis=-1), dtype=jnp.float32)
+    return rows, tokens
+
+
+def make_policy_gradients(
+    graphdef: nnx.GraphDef, settings: TrainSettings
+) -> Callable[[nnx.State, RLBatch], tuple[nnx.State, dict[str, jax.Array]]]:
+    """Builds `policy_gradients(params, batch) -> (grads, metrics)`, the step before the update.
+
+    Recomputes the response log-probs under `params` (vocabulary-chunked), takes
+    `settings.policy_loss` from `tempo_jax.rl.POLICY_LOSSES` with `batch.keep` as the row filter
+    and accumulates float32 gradients over `settings.micro_batches` strided micro-batches (equal to
+    the one-batch gradient, see `tempo_jax.train.update`).
+
+    Metrics (float32 scalars, batch-level): `loss`, the loss's own metrics (`clipfrac`,
+    `approx_kl` = token mean of `logp_old - logp`), `entropy` and `self_certainty` (token means,
+    nats), `tokens` and `rows` (kept response tokens / rows with at least one).
+    """
+    loss_fn = POLICY_LOSSES.get(settings.policy_loss.name)
+    options = settings.policy_loss.options()
+    per_row = settings.policy_loss.aggregation == "seq_mean_token_mean"
+
+    def policy_gradients(params: nnx.State, batch: RLBatch):
+        total_rows, total_tokens = _weights(effective_mask(batch.response_mask, batch.keep))
+        row_norm, token_norm = jnp.maximum(total_rows, 1.0), jnp.maximum(total_tokens, 1.0)
+
+        def micro_loss(params, mb: RLBatch):
+            policy = nnx.merge(graphdef, params)
+            stats = response_token_stats(policy, mb.sequences(), settings.vocab_chunk_size)
+            loss, loss_metrics = loss_fn(
+                stats.logprobs,
+                mb.old_logprobs,
+                mb.advantages,
+                mb.response_mask,
+                keep=mb.keep,
+                **options,
+            )
+            mask = effective_mask(mb.response_mask, mb.keep)
+            rows, tokens = _weights(mask)
+            token_share = tokens / token_norm
+            loss = loss * (rows / row_norm if per_row else token_share)
+            metrics = {name: value * token_share for name, value in loss_metrics.items()}
+            metrics["loss"] = loss
+            metrics["entropy"] = masked_mean(stats.entropy, mask) * token_share
+            metrics["self_certainty"] = masked_mean(stats.self_certainty, mask) * token_share
+            return loss, metrics
+
+        grads, metrics = accumulate_gradients(micro_loss, params, batch, settings.micro_batches)
+        metrics.update(tokens=total_tokens, rows=total_rows)
+        return grads, metrics
+
+    return policy_gradients
+
+
+def make_policy_step(graphdef: nnx.GraphDef, settings: TrainSettings) -> PolicyStep:
+    """Builds `policy_step(state, batch) -> (state, metrics)`.
+
+    `make_policy_gradients` then global-norm clipping and AdamW (`settings.policy_optimizer`),
+    skipped when the loss or gradient is non-finite or no kept response token exists.
+
+    Metrics: those of `make_policy_gradients` plus `grad_norm` (before clipping),
+    `learning_rate` (of this update), `skipped` (1 = non-finite, no update) and `empty` (1 = no
+    kept response token, no update).
+
+    Args:
+      graphdef: from `split_for_training(policy, settings)`.
+      settings: validated train settings (`policy_optimizer`, `policy_loss`, `micro_batches`,
+        `vocab_chunk_size`).
+    """
+    tx = make_optimizer(settings.policy_optimizer)
+    schedule = make_schedule(settings.policy_optimizer)
+    gradients_fn = make_policy_gradients(graphdef, settings)
+
+    def policy_step(state: TrainState, batch: RLBatch) -> tuple[TrainState, dict[str, jax.Array]]:
+        grads, metrics = gradients_fn(state.params, batch)
+        state, update_metrics = apply_gradients(
+            state, grads, metrics["loss"], metrics["tokens"] > 0, tx, schedule
+        )
+        metrics.update(update_metrics)
+        return state, metrics
+
+    return policy_step

@@ -1,0 +1,94 @@
+"""Gradient accumulation over micro-batches and the guarded optimizer update, shared by both steps.
+
+Accumulation. A batch-level loss is a weighted mean, `sum_i w_i l_i / sum_i w_i`, with per-row
+weights (GSPO / value loss, seq-mean-token-mean: one per row with tokens) or per-token weights
+(PPO, token-mean). Splitting the rows into k micro-batches, the loss of micro-batch j is
+`sum_{i in j} w_i l_i / W_j`, so `loss = sum_j (W_j / W) loss_j` with the batch totals `W` computed
+once up front. Each micro-batch's loss (and metric) is scaled by its `W_j / W` before
+differentiation, and the gradients are summed: k micro-batches give the gradient of the one big
+batch, whatever the rows' lengths or filters (only rounding differs).
+
+Update. The global gradient norm is taken before clipping. A non-finite loss or gradient norm
+skips the update: params, optimizer state and `step` come back unchanged and `skipped = 1`. A
+batch with nothing to learn from (no kept response token, or for the critic no labeled one) is
+also left out (`empty = 1`), because AdamW would otherwise still move the parameters through its
+momentum and weight decay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from tempo_jax.train.batch import split_micro_batches
+from tempo_jax.train.train_state import TrainState
+
+# micro_loss(params, micro_batch) -> (weighted loss, weighted metrics dict)
+MicroLoss = Callable[[nnx.State, Any], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def accumulate_gradients(
+    micro_loss: MicroLoss, params: nnx.State, batch: Any, micro_batches: int
+) -> tuple[Any, dict[str, jax.Array]]:
+    """Sums `grad micro_loss` and its metrics over k strided micro-batches (a `lax.scan`).
+
+    Args:
+      micro_loss: returns the micro-batch's loss and metrics already scaled by `W_j / W`.
+      params: the parameters to differentiate.
+      batch: pytree with leading dim N (N divisible by k).
+      micro_batches: k.
+
+    Returns:
+      (gradients in float32 with the structure of `params`, summed metrics).
+    """
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+
+    def body(acc, mb):
+        (_, metrics), grads = grad_fn(params, mb)
+        acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads)
+        return acc, metrics
+
+    grads, metrics = jax.lax.scan(body, zeros, split_micro_batches(batch, micro_batches))
+    return grads, jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
+
+
+def apply_gradients(
+    state: TrainState,
+    grads: Any,
+    loss: jax.Array,
+    has_signal: jax.Array,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update unless the loss / gradient is non-finite or there is no signal.
+
+    Returns:
+      (new state, metrics `grad_norm`, `learning_rate`, `skipped`, `empty`), float32 scalars.
+    """
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    apply = finite & has_signal
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    def select(new, old):
+        return jnp.where(apply, new, old)
+
+    new_state = TrainState(
+        params=jax.tree.map(select, params, state.params),
+        opt_state=jax.tree.map(select, opt_state, state.opt_state),
+        step=state.step + apply.astype(state.step.dtype),
+    )
+    metrics = {
+        "grad_norm": grad_norm,
+        "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+        "skipped": (~finite).astype(jnp.float32),
+        "empty": (finite & ~has_signal).astype(jnp.float32),
+    }
+    return new_state, metrics
