@@ -103,7 +103,7 @@ def check_batch(batch: Sequences | RLBatch, where: str = "batch") -> None:
     tokens = np.shape(batch.tokens)
     if len(tokens) != 2:
         raise ValueError(f"{where}.tokens must be [N, S], got shape {tokens}")
-    if not jnp.issubdtype(jnp.asarray(batch.tokens).dtype, jnp.integer):
+    if not np.issubdtype(np.dtype(batch.tokens.dtype), np.integer):
         raise ValueError(f"{where}.tokens must be integer token ids, got {batch.tokens.dtype}")
     n, s = tokens
     mask = np.shape(batch.attention_mask)

@@ -103,6 +103,7 @@ class CompiledStep:
         in_shardings: tuple[Any, ...],
         out_shardings: Any,
         donate_argnums: tuple[int, ...] = (),
+        compiler_options: dict[str, Any] | None = None,
     ):
         self.name = name
         self.in_shardings = in_shardings
@@ -113,6 +114,7 @@ class CompiledStep:
             in_shardings=in_shardings,
             out_shardings=out_shardings,
             donate_argnums=donate_argnums,
+            compiler_options=compiler_options,
         )
 
     def _check(self, args: tuple[Any, ...]) -> None:
@@ -154,6 +156,7 @@ def compile_train_step(
     micro_batches: int = 1,
     on_indivisible: str = "error",
     name: str = "train_step",
+    compiler_options: dict[str, Any] | None = None,
 ) -> CompiledStep:
     """`jax.jit(step_fn, in_shardings, out_shardings, donate_argnums=(0,))` for one mesh.
 
@@ -164,6 +167,9 @@ def compile_train_step(
       mesh, rules: where it runs; `rules` default to `parallel.DEFAULT_RULES`.
       micro_batches: the step's `settings.micro_batches` (checked against the batch and mesh).
       on_indivisible: passed to `tempo_jax.parallel` ('error' fails before compiling).
+      name: for error messages.
+      compiler_options: XLA options for `jax.jit` (e.g. the tests lower the CPU backend's
+        optimisation level to halve compile time); None = XLA's defaults.
 
     Raises:
       ValueError: before any compile, for a mesh that does not divide a parameter (the parallel
@@ -181,6 +187,7 @@ def compile_train_step(
         (state_shardings, batch_shardings),
         (state_shardings, replicated),
         donate_argnums=(0,),
+        compiler_options=compiler_options,
     )
 
 
@@ -194,10 +201,12 @@ def compile_forward(
     micro_batches: int = 1,
     on_indivisible: str = "error",
     name: str = "forward",
+    compiler_options: dict[str, Any] | None = None,
 ) -> CompiledStep:
     """`jax.jit` of a forward-only function `(params, seqs) -> [N, L] arrays` for one mesh.
 
     Outputs are split over the batch axes like the inputs' rows (ready to go into an RLBatch).
+    Arguments as in `compile_train_step`.
     """
     check_batch(seqs)
     param_shardings = parallel.state_shardings(params, mesh, rules, on_indivisible=on_indivisible)
@@ -209,4 +218,5 @@ def compile_forward(
         (params, seqs),
         (param_shardings, seq_shardings),
         parallel.batch_sharding(mesh, rules),
+        compiler_options=compiler_options,
     )
