@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
     cfg.policy_optimizer = _optimizer_config(weight_decay=0.0)  # actor AdamW (authors: wd 0)
     cfg.critic_optimizer = _optimizer_config(weight_decay=0.01)  # critic AdamW (authors: wd 0.01)
-    cfg.policy_loss = ml_collections.ConfigDict()
+    cfg.policy_loss = ml_collections.ConfigDict()  # which tempo_jax.rl policy loss, its clips
     cfg.policy_loss.name = "gspo"  # gspo (sequence ratio, default) | ppo (token ratio)
     # Ratio clip range; unset = the loss's own default (gspo 3e-4 / 5e-4, ppo 0.2 / 0.2).
     cfg.policy_loss.clip_low = config_dict.placeholder(float)  # clip below 1 (1 - clip_low)
