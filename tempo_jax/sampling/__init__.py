@@ -5,15 +5,15 @@ Public API (B prompts, n samples each, N = B * n rows, P prompt bucket, L = max_
   Sampler(policy, max_new_tokens=L, max_prompt_length=..., eos_ids=..., stop_sequences=...,
           pad_id=0, max_top_k=64, mesh=None, rules=None)                      (sampler.py)
     .generate(state, prompt_tokens [B, T], prompt_mask [B, T], n=1, sampling=SamplingParams(),
-              seed=0) -> Rollouts
+              seed=0, stop=None) -> Rollouts
     .num_compilations, .compiled_shapes, .buckets
   SamplingParams(temperature, top_k, top_p, greedy): scalars or per-prompt [B] / per-row [N]
       arrays; changing values never recompiles                                 (params.py)
   Rollouts: prompt_tokens / prompt_mask [N, P], tokens / response_mask / logprobs (untempered) /
       sampling_logprobs [N, L], lengths / finish_reason / group_ids [N]; .sequences()
       FINISH_EOS, FINISH_STOP, FINISH_LENGTH, FINISH_REASONS                  (rollouts.py)
-  StopCriteria(eos_ids, stop_sequences)                                        (stopping.py)
-  generate_rollouts(graphdef, state, tokens, mask, row_params, seed, spec=DecodeSpec(...)):
+  StopCriteria.create(eos_ids, stop_sequences) -> .arrays() StopArrays (jit args) (stopping.py)
+  generate_rollouts(graphdef, state, tokens, mask, row_params, seed, stop_arrays, spec=...):
       the pure function the Sampler compiles; cast_for_compute(state, dtype)  (decode.py)
   sample_tokens(logits [N, V], keys [N], row_params, max_top_k) -> tokens, logprobs,
       sampling_logprobs; candidate_logits(...)                           (token_sampling.py)
@@ -34,7 +34,7 @@ from tempo_jax.sampling.rollouts import (
     Rollouts,
 )
 from tempo_jax.sampling.sampler import Sampler
-from tempo_jax.sampling.stopping import StopCriteria
+from tempo_jax.sampling.stopping import StopArrays, StopCriteria
 from tempo_jax.sampling.token_sampling import candidate_logits, sample_tokens
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "Rollouts",
     "Sampler",
     "SamplingParams",
+    "StopArrays",
     "StopCriteria",
     "candidate_logits",
     "cast_for_compute",

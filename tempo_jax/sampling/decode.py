@@ -16,7 +16,9 @@ compiles it once per shape. Steps, for L = max_new_tokens and N = B * n rows:
 3. Sample token 0 from the prefill logits; then `lax.while_loop` over t = 1 .. L - 1 feeds token
    t - 1 at cache slot P + t - 1 (position prompt_length + t - 1) and samples token t, until t
    reaches L or every row is finished (early exit). The last sampled token is never fed, so the
-   cache needs P + L - 1 slots.
+   cache needs P + L - 1 slots. The loop body is `layer_decode.decode_step`: the model's blocks
+   unrolled over per-layer weights sliced before the loop and per-layer caches updated in
+   place (see that module for why not `Policy.decode_step`'s scan).
 
 Randomness: row i's key at step t is fold_in(fold_in(key(seed), i), t). A row's draw depends
 only on the seed, its row index and its own logits, not on the other rows; in particular
@@ -34,10 +36,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tempo_jax.models import KV_CACHE_LOGICAL_AXES, KVCache
+from tempo_jax.models import KV_CACHE_LOGICAL_AXES
+from tempo_jax.sampling.layer_decode import (
+    LAYER_CACHE_LOGICAL_AXES,
+    LayerCaches,
+    decode_step,
+    decode_weights,
+    split_cache,
+)
 from tempo_jax.sampling.params import RowSamplingParams
 from tempo_jax.sampling.rollouts import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Rollouts
-from tempo_jax.sampling.stopping import StopCriteria
+from tempo_jax.sampling.stopping import StopArrays
 from tempo_jax.sampling.token_sampling import sample_tokens
 
 # Parameters the model multiplies in the compute dtype (it casts them itself on every use):
@@ -62,14 +71,12 @@ class DecodeSpec:
     Attributes:
       n: samples per prompt.
       max_new_tokens: L, response slots.
-      stop: EOS ids and stop sequences.
       max_top_k: candidate cap of rows that use top-k / top-p.
       pad_id: written after the end of each response (and in prompt padding).
     """
 
     n: int
     max_new_tokens: int
-    stop: StopCriteria
     max_top_k: int
     pad_id: int
 
@@ -96,7 +103,7 @@ class _Loop:
     """The while-loop carry. t is the step whose token is sampled next."""
 
     t: jax.Array  # int32 scalar
-    cache: KVCache
+    caches: LayerCaches
     last_tokens: jax.Array  # [N] token sampled at step t - 1 (fed at step t)
     done: jax.Array  # [N] bool
     window: jax.Array  # [N, M] trailing generated tokens for stop sequences
@@ -113,13 +120,14 @@ def _record(
     logits: jax.Array,
     row_keys: jax.Array,
     params: RowSamplingParams,
+    stop: StopArrays,
 ) -> _Loop:
     """Samples step t's tokens from logits [N, V] and writes them into the carry."""
     t = loop.t
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, t)
     tokens, logprobs, sampling_lp = sample_tokens(logits, step_keys, params, spec.max_top_k)
     active = ~loop.done
-    window, is_eos, is_stop = spec.stop.update(loop.window, tokens)
+    window, is_eos, is_stop = stop.update(loop.window, tokens)
     out_of_room = t == spec.max_new_tokens - 1
     finishing = active & (is_eos | is_stop | out_of_room)
     reason = jnp.where(is_eos, FINISH_EOS, jnp.where(is_stop, FINISH_STOP, FINISH_LENGTH))
@@ -147,6 +155,7 @@ def generate_rollouts(
     prompt_mask: jax.Array,
     params: RowSamplingParams,
     seed: jax.Array,
+    stop: StopArrays,
     *,
     spec: DecodeSpec,
     constrain: Constrain = _no_constraint,
@@ -160,7 +169,8 @@ def generate_rollouts(
       prompt_mask: [B, P] int32, 1 on prompt tokens.
       params: per-row sampling parameters, fields [N = B * n].
       seed: uint32 scalar.
-      spec: static settings (n, max_new_tokens, stop criteria, max_top_k, pad_id).
+      stop: EOS ids [E] and stop-sequence table [S, M] (`StopCriteria.arrays()`).
+      spec: static settings (n, max_new_tokens, max_top_k, pad_id).
       constrain: sharding hint for activations by logical axis names (identity by default).
 
     Returns:
@@ -186,7 +196,8 @@ def generate_rollouts(
         x = jnp.pad(spread(x, 1), ((0, 0), (0, 0), (0, slots - prompt_width), (0, 0), (0, 0)))
         return constrain(x, KV_CACHE_LOGICAL_AXES)
 
-    cache = KVCache(k=grow(cache.k), v=grow(cache.v))
+    caches = split_cache(cache.replace(k=grow(cache.k), v=grow(cache.v)))
+    weights = decode_weights(policy)
     logits = constrain(spread(logits, 0), ("batch", None))
     row_prompt_tokens = constrain(spread(prompt_tokens, 0), ("batch", None))
     row_prompt_mask = constrain(spread(prompt_mask, 0), ("batch", None))
@@ -203,17 +214,17 @@ def generate_rollouts(
 
     loop = _Loop(
         t=jnp.zeros((), jnp.int32),
-        cache=cache,
+        caches=caches,
         last_tokens=jnp.zeros((num_rows,), jnp.int32),
         done=jnp.zeros((num_rows,), bool),
-        window=spec.stop.initial_window(num_rows),
+        window=stop.initial_window(num_rows),
         tokens=buffer(jnp.int32, spec.pad_id),
         logprobs=buffer(jnp.float32, 0.0),
         sampling_logprobs=buffer(jnp.float32, 0.0),
         lengths=jnp.zeros((num_rows,), jnp.int32),
         finish_reason=jnp.zeros((num_rows,), jnp.int32),
     )
-    loop = _record(spec, loop, logits, row_keys, params)
+    loop = _record(spec, loop, logits, row_keys, params, stop)
     loop = loop.replace(t=loop.t + 1)
 
     def keep_going(loop: _Loop) -> jax.Array:
@@ -223,14 +234,17 @@ def generate_rollouts(
         index = prompt_width + loop.t - 1  # the slot of the token fed now
         # Generated slots before this one are real tokens; this one is marked by the model.
         key_mask = prompt_slots | ((slot_ids >= prompt_width) & (slot_ids < index))[None, :]
-        logits, cache = policy.decode_step(
-            loop.last_tokens, prompt_lengths + loop.t - 1, key_mask, loop.cache, index
+        logits, caches = decode_step(
+            policy,
+            weights,
+            loop.last_tokens,
+            prompt_lengths + loop.t - 1,
+            key_mask,
+            loop.caches,
+            index,
         )
-        cache = KVCache(
-            k=constrain(cache.k, KV_CACHE_LOGICAL_AXES),
-            v=constrain(cache.v, KV_CACHE_LOGICAL_AXES),
-        )
-        loop = _record(spec, loop.replace(cache=cache), logits, row_keys, params)
+        caches = jax.tree.map(lambda x: constrain(x, LAYER_CACHE_LOGICAL_AXES), caches)
+        loop = _record(spec, loop.replace(caches=caches), logits, row_keys, params, stop)
         return loop.replace(t=loop.t + 1)
 
     loop = jax.lax.while_loop(keep_going, step, loop)

@@ -43,7 +43,7 @@ from tempo_jax.sampling.buckets import (
 from tempo_jax.sampling.decode import DecodeSpec, generate_rollouts
 from tempo_jax.sampling.params import RowSamplingParams, SamplingParams
 from tempo_jax.sampling.rollouts import Rollouts
-from tempo_jax.sampling.stopping import StopCriteria
+from tempo_jax.sampling.stopping import StopArrays, StopCriteria
 
 _ROLLOUT_FIELDS = (
     "prompt_tokens",
@@ -139,6 +139,7 @@ class Sampler:
         n: int = 1,
         sampling: SamplingParams | None = None,
         seed: int = 0,
+        stop: StopCriteria | None = None,
     ) -> Rollouts:
         """Samples n responses to each prompt.
 
@@ -149,6 +150,8 @@ class Sampler:
           n: samples per prompt; all n share one prefill.
           sampling: per-row sampling parameters (default: temperature 1, no top-k / top-p).
           seed: uint32; the same seed, prompts and parameters give the same tokens.
+          stop: EOS ids and stop sequences for this call instead of the sampler's own (from
+            `StopCriteria.create`); the same counts and longest length reuse the executable.
 
         Returns:
           Rollouts with N = B * n rows, row p * n + j the j-th sample of prompt p.
@@ -169,20 +172,21 @@ class Sampler:
         tokens, mask = left_pad_to(tokens, mask, bucket, self.pad_id)
         batch = tokens.shape[0]
         rows = (sampling or SamplingParams()).rows(batch, n, self.max_top_k)
-        args = (state, tokens, mask, rows, np.uint32(seed))
+        stop_arrays = (stop or self.stop).arrays()
+        args = (state, tokens, mask, rows, np.uint32(seed), stop_arrays)
         if self.mesh is not None:
-            args = jax.device_put(args, self._in_shardings(state, batch, n))
+            args = jax.device_put(args, self._in_shardings(state, batch, n, stop_arrays))
         return self._executable(args, batch, n, bucket)(*args)
 
     def _executable(self, args: tuple, batch: int, n: int, bucket: int):
-        state = args[0]
+        state, stop = args[0], args[-1]
         signature = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(state))
-        key = (batch, n, bucket, jax.tree.structure(state), signature)
+        stop_shapes = (stop.eos_ids.shape, stop.table.shape)
+        key = (batch, n, bucket, stop_shapes, jax.tree.structure(state), signature)
         if key not in self._executables:
             spec = DecodeSpec(
                 n=n,
                 max_new_tokens=self.max_new_tokens,
-                stop=self.stop,
                 max_top_k=self.max_top_k,
                 pad_id=self.pad_id,
             )
@@ -194,7 +198,7 @@ class Sampler:
             else:
                 jitted = jax.jit(
                     fn,
-                    in_shardings=self._in_shardings(state, batch, n),
+                    in_shardings=self._in_shardings(state, batch, n, stop),
                     out_shardings=self._out_shardings(batch * n, n),
                 )
             self._executables[key] = jitted.lower(*args).compile()
@@ -217,7 +221,7 @@ class Sampler:
             return NamedSharding(self.mesh, PartitionSpec())
         return sharding
 
-    def _in_shardings(self, state: nnx.State, batch: int, n: int) -> tuple:
+    def _in_shardings(self, state: nnx.State, batch: int, n: int, stop: StopArrays) -> tuple:
         key = jax.tree.structure(state), tuple(x.shape for x in jax.tree.leaves(state))
         if key not in self._state_shardings:
             self._state_shardings[key] = parallel.state_shardings(state, self.mesh, self.rules)
@@ -227,7 +231,10 @@ class Sampler:
             temperature=per_row, top_k=per_row, top_p=per_row, greedy=per_row
         )
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        return (self._state_shardings[key], prompts, prompts, row_params, replicated)
+        stop_shardings = jax.tree.map(lambda _: replicated, stop)
+        return (
+            self._state_shardings[key], prompts, prompts, row_params, replicated, stop_shardings
+        )
 
     def _out_shardings(self, rows: int, n: int) -> Rollouts:
         sharding = self._rows_sharding(rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,12 +77,29 @@ class StopCriteria:
         """M: how many trailing generated tokens a row keeps for matching (0 without sequences)."""
         return max((len(s) for s in self.stop_sequences), default=0)
 
-    def table(self) -> np.ndarray:
-        """[S, M] int32 stop sequences, right-aligned, wildcard-filled on the left."""
+    def arrays(self) -> StopArrays:
+        """The criteria as arrays: eos_ids [E] and the right-aligned stop table [S, M]."""
         table = np.full((len(self.stop_sequences), self.window), _WILDCARD, np.int32)
         for i, seq in enumerate(self.stop_sequences):
             table[i, self.window - len(seq) :] = seq
-        return table
+        return StopArrays(eos_ids=np.asarray(self.eos_ids, np.int32).reshape(-1), table=table)
+
+
+@flax.struct.dataclass
+class StopArrays:
+    """Stop criteria as jit arguments: new ids of the same counts never recompile.
+
+    Attributes:
+      eos_ids: [E] int32.
+      table: [S, M] int32 stop sequences, right-aligned behind a wildcard.
+    """
+
+    eos_ids: jax.Array
+    table: jax.Array
+
+    @property
+    def window(self) -> int:
+        return self.table.shape[1]
 
     def initial_window(self, num_rows: int) -> jax.Array:
         """[N, M] int32 window of a row that has generated nothing yet."""
@@ -99,13 +117,10 @@ class StopCriteria:
         Returns:
           new window [N, M]; is_eos [N] bool; ends_with_stop_sequence [N] bool.
         """
-        if self.eos_ids:
-            is_eos = jnp.any(tokens[:, None] == jnp.asarray(self.eos_ids, jnp.int32), axis=-1)
-        else:
-            is_eos = jnp.zeros(tokens.shape, bool)
-        if not self.stop_sequences:
+        is_eos = jnp.any(tokens[:, None] == self.eos_ids[None, :], axis=-1)
+        if self.window == 0:
             return window, is_eos, jnp.zeros(tokens.shape, bool)
         window = jnp.concatenate([window[:, 1:], tokens[:, None]], axis=1)
-        table = jnp.asarray(self.table())
-        equal = (window[:, None, :] == table[None, :, :]) | (table[None, :, :] == _WILDCARD)
+        table = self.table[None, :, :]
+        equal = (window[:, None, :] == table) | (table == _WILDCARD)
         return window, is_eos, jnp.any(jnp.all(equal, axis=-1), axis=-1)

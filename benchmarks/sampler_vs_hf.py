@@ -1,0 +1,227 @@
+"""Greedy generation speed: tempo_jax's Sampler vs transformers' `generate`, same weights.
+
+A random Qwen3-shaped model (default: 4 layers, hidden 256, vocab 32k) is built in tempo_jax,
+exported with `save_hf` and loaded by `transformers.AutoModelForCausalLM`, so both sides run
+identical weights. Both generate greedily from the same prompts (batch 64, prompt 64, 128 new
+tokens, no EOS so every row runs the full length); each side is warmed up (for tempo_jax this
+includes the compile), then timed over several runs and the medians compared. Prints one JSON
+object: tempo_tokens_per_s, peer_tokens_per_s, ratio (= tempo / peer), plus the settings, the
+median seconds of each side and the fraction of generated tokens on which the two sides agree.
+
+    python benchmarks/sampler_vs_hf.py                      # the CPU benchmark of the issue
+    python benchmarks/sampler_vs_hf.py --batch 8 --new_tokens 16 --runs 2   # a quick look
+    python benchmarks/sampler_vs_hf.py --preset qwen3_0p6b --batch 256 --skip_peer  # GPU
+
+`--breakdown` also times the parts of one tempo_jax rollout separately (prefill, one decode
+step, one sampling step) to show where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import tempo_jax.models as tm
+from tempo_jax.sampling import Sampler, SamplingParams
+from tempo_jax.sampling.decode import cast_for_compute
+from tempo_jax.sampling.params import RowSamplingParams
+from tempo_jax.sampling.token_sampling import sample_tokens
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default=None, help="a tempo_jax.models preset instead")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--intermediate", type=int, default=768)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--kv_heads", type=int, default=2)
+    parser.add_argument("--head_dim", type=int, default=64)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--dtype", default="float32", help="compute and parameter dtype")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--new_tokens", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip_peer", action="store_true", help="time tempo_jax only")
+    parser.add_argument("--breakdown", action="store_true", help="time prefill / step / sample")
+    return parser.parse_args()
+
+
+def model_config(args: argparse.Namespace) -> tm.ModelConfig:
+    if args.preset:
+        return tm.get_preset(args.preset, dtype=args.dtype, param_dtype=args.dtype)
+    return tm.ModelConfig(
+        arch="qwen3",
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        num_kv_heads=args.kv_heads,
+        head_dim=args.head_dim,
+        rope=tm.RopeConfig(theta=1_000_000.0),
+        tie_word_embeddings=True,
+        dtype=args.dtype,
+        param_dtype=args.dtype,
+    )
+
+
+def median_seconds(fn, runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_tempo(policy, prompts, args) -> tuple[float, np.ndarray]:
+    sampler = Sampler(
+        policy,
+        max_new_tokens=args.new_tokens,
+        prompt_buckets=(args.prompt,),
+        eos_ids=(),
+        pad_id=0,
+    )
+    state = nnx.state(policy)
+    mask = np.ones_like(prompts)
+    greedy = SamplingParams(greedy=True)
+
+    def run():
+        out = sampler.generate(state, prompts, mask, n=1, sampling=greedy, seed=0)
+        return jax.block_until_ready(out)
+
+    seconds = median_seconds(run, args.runs, max(args.warmup, 1))
+    return seconds, np.asarray(run().tokens)
+
+
+def time_peer(policy, prompts, args) -> tuple[float, np.ndarray]:
+    import torch
+    import transformers
+
+    with tempfile.TemporaryDirectory() as path:
+        tm.save_hf(policy, path)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, args.dtype)
+        )
+    model.eval()
+    input_ids = torch.tensor(prompts, dtype=torch.long)
+    mask = torch.ones_like(input_ids)
+
+    def run():
+        with torch.inference_mode():
+            return model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
+
+    seconds = median_seconds(run, args.runs, args.warmup)
+    return seconds, run()[:, args.prompt :].numpy()
+
+
+def breakdown(policy, prompts, args) -> dict[str, float]:
+    """Seconds of a prefill, one decode step and one sampling step, each jitted alone."""
+    graphdef, state = nnx.split(policy)
+    state = cast_for_compute(state, policy.config.compute_dtype)
+    batch, width = prompts.shape
+    slots = width + args.new_tokens - 1
+    tokens = jnp.asarray(prompts)
+    mask = jnp.ones_like(tokens)
+
+    @jax.jit
+    def prefill(state, tokens, mask):
+        model = nnx.merge(graphdef, state)
+        logits, cache = model.prefill(tokens, mask, model.init_cache(batch, width))
+        pad = ((0, 0), (0, 0), (0, slots - width), (0, 0), (0, 0))
+        return logits, tm.KVCache(k=jnp.pad(cache.k, pad), v=jnp.pad(cache.v, pad))
+
+    @jax.jit
+    def step(state, cache, last, index):
+        model = nnx.merge(graphdef, state)
+        key_mask = jnp.arange(slots)[None, :] < index
+        key_mask = jnp.broadcast_to(key_mask, (batch, slots))
+        return model.decode_step(last, jnp.full((batch,), index), key_mask, cache, index)
+
+    params = RowSamplingParams(
+        temperature=jnp.ones(batch),
+        top_k=jnp.zeros(batch, jnp.int32),
+        top_p=jnp.ones(batch),
+        greedy=jnp.ones(batch, bool),
+    )
+    keys = jax.random.split(jax.random.key(0), batch)
+    sample = jax.jit(lambda logits: sample_tokens(logits, keys, params, 64))
+    logits, cache = jax.block_until_ready(prefill(state, tokens, mask))
+    last = jnp.argmax(logits, -1).astype(jnp.int32)
+    index = jnp.int32(width + args.new_tokens // 2)
+    return {
+        "prefill_s": median_seconds(
+            lambda: jax.block_until_ready(prefill(state, tokens, mask)), args.runs, 1
+        ),
+        "decode_step_s": median_seconds(
+            lambda: jax.block_until_ready(step(state, cache, last, index)), args.runs * 4, 1
+        ),
+        "sample_step_s": median_seconds(
+            lambda: jax.block_until_ready(sample(logits)), args.runs * 4, 1
+        ),
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    config = model_config(args)
+    policy = tm.Policy(config, rngs=nnx.Rngs(args.seed))
+    rng = np.random.default_rng(args.seed)
+    prompts = rng.integers(1, config.vocab_size, size=(args.batch, args.prompt)).astype(np.int32)
+    generated = args.batch * args.new_tokens
+
+    tempo_s, tempo_tokens = time_tempo(policy, prompts, args)
+    result = {
+        "model": args.preset or "qwen3-shaped random",
+        "layers": config.num_layers,
+        "hidden": config.hidden_size,
+        "vocab": config.vocab_size,
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "prompt": args.prompt,
+        "new_tokens": args.new_tokens,
+        "runs": args.runs,
+        "device": str(jax.devices()[0].device_kind),
+        "cpu_threads": os.cpu_count(),
+        "tempo_seconds": tempo_s,
+        "tempo_tokens_per_s": generated / tempo_s,
+    }
+    if not args.skip_peer:
+        peer_s, peer_tokens = time_peer(policy, prompts, args)
+        result.update(
+            peer="transformers.generate (torch CPU)",
+            peer_seconds=peer_s,
+            peer_tokens_per_s=generated / peer_s,
+            ratio=peer_s / tempo_s,
+            tokens_agree_fraction=float(np.mean(peer_tokens == tempo_tokens)),
+        )
+    if args.breakdown:
+        result["breakdown"] = breakdown(policy, prompts, args)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
