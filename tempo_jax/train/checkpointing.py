@@ -33,7 +33,9 @@ manifest is written inside the tmp directory it is part of the atomic commit. A 
 "good" when every listed file exists with its recorded size and CRC and its metadata JSON parses.
 One without a manifest (written by other code, or by an Orbax whose commit hook moved) is verified
 by actually reading every array to host memory instead. `restore(step=None)` additionally falls
-back past a checkpoint whose restore raises.
+back past a checkpoint whose restore raises. Not caught: a same-size bit flip inside an array file
+over 1 MiB (OCDBT/zarr chunks carry no checksum, so it restores wrong values silently); truncation,
+deletion and torn writes, the failures of crashes, full disks and partial copies, are caught.
 """
 
 from __future__ import annotations
@@ -289,11 +291,10 @@ class Checkpointer:
                 )
 
     def _report(self, step: int, reason: str) -> None:
-        self._bad_steps[step] = reason
         if (step, reason) not in self._reported:
             self._reported.add((step, reason))
             logger.warning(
-                "checkpoint %s is corrupt or incomplete, skipping it: %s",
+                "checkpoint %s cannot be used, skipping it: %s",
                 self.step_path(step),
                 reason,
             )
@@ -444,11 +445,15 @@ class Checkpointer:
         return self.step_path(step)
 
     def _clear_from(self, step: int) -> None:
-        """Deletes corrupt checkpoints at or after `step`; refuses to shadow a good one."""
+        """Deletes corrupt checkpoints at or after `step`; refuses to shadow a good one.
+
+        Corrupt means failing `verify`, or failing a restore that then succeeded on an older step
+        with the same abstract state (so a caller's wrong shapes never delete checkpoints).
+        """
         for existing in self._finalized_steps():
             if existing < step:
                 continue
-            reason = self._bad_steps.get(existing) or self.verify(existing)
+            reason = self.verify(existing) or self._bad_steps.get(existing)
             if reason is None:
                 raise CheckpointError(
                     f"{self.step_path(existing)} is a good checkpoint at step {existing} "
@@ -542,8 +547,10 @@ class Checkpointer:
           metadata dict given to `save`.
 
         Raises:
-          FileNotFoundError: no checkpoint (no good one, for step=None) in the directory.
+          FileNotFoundError: the directory holds no finalized checkpoint (or not `step`).
           CorruptCheckpointError: the requested `step` fails verification.
+          CheckpointError: step=None and no checkpoint could be restored (all corrupt, or
+            `abstract_items` does not match any of them); nothing is marked for deletion.
           MissingItemError: an item of `abstract_items` is not in the checkpoint.
         """
         self._mgr.wait_until_finished()
@@ -564,7 +571,10 @@ class Checkpointer:
             out = self._restore_step(step, abstract_items)
             self.restored_step = step
             return out
+        if not finalized:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
         failures = []
+        failed_restores = {}
         for candidate in reversed(finalized):
             reason = self.verify(candidate)
             if reason is None:
@@ -574,10 +584,15 @@ class Checkpointer:
                     raise
                 except Exception as e:  # noqa: BLE001  (fall back to the previous checkpoint)
                     reason = f"restore failed: {type(e).__name__}: {e}"
+                    failed_restores[candidate] = reason
                 else:
+                    # The same abstract state restored an older step, so the newer failures were
+                    # the data's fault, not the caller's: `save` may replace those checkpoints.
+                    self._bad_steps.update(failed_restores)
                     self.restored_step = candidate
                     return out
             self._report(candidate, reason)
             failures.append(f"step {candidate}: {reason}")
-        detail = ("; ".join(failures)) if failures else "no finalized checkpoints"
-        raise FileNotFoundError(f"no good checkpoint in {self.directory} ({detail})")
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} could be restored ({'; '.join(failures)})"
+        )

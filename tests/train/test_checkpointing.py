@@ -4,6 +4,7 @@ preemption, and workdir preflight. Runs on the 8 fake CPU devices of tests/conft
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import pathlib
@@ -255,6 +256,36 @@ def test_half_written_tmp_dir_and_manifestless_checkpoint(tmp_path, mesh222, cap
     assert not (tmp_path / "3.orbax-checkpoint-tmp").exists()  # Cleaned at start.
 
 
+def test_restore_failure_past_verification(tmp_path, mesh222, caplog):
+    """Damage the manifest cannot see: restore(None) falls back, and only then may a save replace
+    the damaged step; a caller's wrong shapes fail every step and delete nothing."""
+    states = {step: _state(mesh222, seed=step)["params"] for step in (1, 2)}
+    with Checkpointer(tmp_path) as ckpt:
+        for step, params in states.items():
+            _save(ckpt, step, {"params": params})
+    manifest_path = tmp_path / "2" / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["files"]["params/_METADATA"]
+    manifest_path.write_text(json.dumps(manifest))
+    (tmp_path / "2" / "params" / "_METADATA").write_text("{broken")
+    abstract = {"params": _abstract(states[1], lambda x: x.sharding)}
+    wrong = {"params": jax.tree.map(lambda x: x.update(shape=(3, *x.shape)), abstract["params"])}
+    with caplog.at_level(logging.WARNING, logger=_LOGGER), Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_good_step() == 2  # Passes the cheap check...
+        with pytest.raises(CheckpointError, match="could be restored.*step 2.*step 1"):
+            ckpt.restore(None, wrong)
+        with pytest.raises(CheckpointError, match="good checkpoint at step 1"):
+            _save(ckpt, 1, {"params": states[1]})  # ...so nothing was marked for deletion.
+        items, _ = ckpt.restore(None, abstract)  # ...but its restore fails: fall back.
+        assert ckpt.restored_step == 1
+        _assert_bitwise_equal(items["params"], states[1])
+        _save(ckpt, 2, {"params": states[2]})  # Re-running step 2 replaces the damaged one.
+        items, metadata = ckpt.restore(None, abstract)
+    assert ckpt.restored_step == 2 and metadata == {"step": 2}
+    _assert_bitwise_equal(items["params"], states[2])
+    assert f"{tmp_path / '2'} cannot be used, skipping it: restore failed" in caplog.text
+
+
 def test_bad_inputs_fail_clearly(tmp_path, mesh222):
     with Checkpointer(tmp_path) as ckpt:
         x = {"x": jnp.zeros((2,))}
@@ -268,7 +299,7 @@ def test_bad_inputs_fail_clearly(tmp_path, mesh222):
             ckpt.save(0, {"s": x}, {"loss": float("nan")})
         with pytest.raises(ValueError, match="item name"):
             ckpt.save(0, {METADATA_ITEM: x}, {})
-        with pytest.raises(FileNotFoundError, match="no good checkpoint"):
+        with pytest.raises(FileNotFoundError, match="no checkpoint in"):
             ckpt.restore()
         ckpt.save(0, {"s": x}, {})
         with pytest.raises(ValueError, match=r"abstract_items\['s'\]\['x'\].*no sharding"):
