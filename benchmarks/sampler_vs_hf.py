@@ -4,7 +4,8 @@ A random Qwen3-shaped model (default: 4 layers, hidden 256, vocab 32k) is built 
 exported with `save_hf` and loaded by `transformers.AutoModelForCausalLM`, so both sides run
 identical weights. Both generate greedily from the same prompts (batch 64, prompt 64, 128 new
 tokens, no EOS so every row runs the full length); each side is warmed up (for tempo_jax this
-includes the compile), then timed over several runs and the medians compared. Prints one JSON
+includes the compile), then timed over several runs, alternating between the two sides so
+that load changes on a shared machine hit both alike, and the medians compared. Prints one JSON
 object: tempo_tokens_per_s, peer_tokens_per_s, ratio (= tempo / peer), plus the settings, the
 median seconds of each side and the fraction of generated tokens on which the two sides agree.
 
@@ -13,12 +14,13 @@ median seconds of each side and the fraction of generated tokens on which the tw
     python benchmarks/sampler_vs_hf.py --preset qwen3_0p6b --batch 256 --skip_peer  # GPU
 
 `--breakdown` also times the parts of one tempo_jax rollout separately (prefill, one decode
-step, one sampling step) to show where the time goes.
+step of the loop, its output projection, one sampling step) to show where the time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -33,6 +35,7 @@ from flax import nnx
 import tempo_jax.models as tm
 from tempo_jax.sampling import Sampler, SamplingParams
 from tempo_jax.sampling.decode import cast_for_compute
+from tempo_jax.sampling.layer_decode import decode_step, decode_weights, split_cache
 from tempo_jax.sampling.params import RowSamplingParams
 from tempo_jax.sampling.token_sampling import sample_tokens
 
@@ -89,7 +92,23 @@ def median_seconds(fn, runs: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def time_tempo(policy, prompts, args) -> tuple[float, np.ndarray]:
+def interleaved_medians(runners: dict, runs: int, warmup: int) -> dict[str, float]:
+    """Median seconds of each runner, runs alternating between them (A B A B ...), so that a
+    change in machine load over time hits both sides alike."""
+    for _ in range(warmup):
+        for fn in runners.values():
+            fn()
+    times = {name: [] for name in runners}
+    for _ in range(runs):
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def tempo_runner(policy, prompts, args):
+    """A callable running one greedy tempo_jax rollout; returns its response tokens [B, L]."""
     sampler = Sampler(
         policy,
         max_new_tokens=args.new_tokens,
@@ -103,13 +122,13 @@ def time_tempo(policy, prompts, args) -> tuple[float, np.ndarray]:
 
     def run():
         out = sampler.generate(state, prompts, mask, n=1, sampling=greedy, seed=0)
-        return jax.block_until_ready(out)
+        return np.asarray(jax.block_until_ready(out).tokens)
 
-    seconds = median_seconds(run, args.runs, max(args.warmup, 1))
-    return seconds, np.asarray(run().tokens)
+    return run
 
 
-def time_peer(policy, prompts, args) -> tuple[float, np.ndarray]:
+def peer_runner(policy, prompts, args):
+    """A callable running transformers' greedy generate on the same weights; returns [B, L]."""
     import torch
     import transformers
 
@@ -124,7 +143,7 @@ def time_peer(policy, prompts, args) -> tuple[float, np.ndarray]:
 
     def run():
         with torch.inference_mode():
-            return model.generate(
+            out = model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
                 max_new_tokens=args.new_tokens,
@@ -133,13 +152,15 @@ def time_peer(policy, prompts, args) -> tuple[float, np.ndarray]:
                 eos_token_id=None,
                 pad_token_id=0,
             )
+        return out[:, args.prompt :].numpy()
 
-    seconds = median_seconds(run, args.runs, args.warmup)
-    return seconds, run()[:, args.prompt :].numpy()
+    return run
 
 
 def breakdown(policy, prompts, args) -> dict[str, float]:
-    """Seconds of a prefill, one decode step and one sampling step, each jitted alone."""
+    """Median seconds of the parts of a rollout, each jitted alone: the prefill, one decode step
+    of the sampler's loop body (model forward and logits), the output projection within it, and
+    one greedy sampling step."""
     graphdef, state = nnx.split(policy)
     state = cast_for_compute(state, policy.config.compute_dtype)
     batch, width = prompts.shape
@@ -152,14 +173,20 @@ def breakdown(policy, prompts, args) -> dict[str, float]:
         model = nnx.merge(graphdef, state)
         logits, cache = model.prefill(tokens, mask, model.init_cache(batch, width))
         pad = ((0, 0), (0, 0), (0, slots - width), (0, 0), (0, 0))
-        return logits, tm.KVCache(k=jnp.pad(cache.k, pad), v=jnp.pad(cache.v, pad))
+        cache = tm.KVCache(k=jnp.pad(cache.k, pad), v=jnp.pad(cache.v, pad))
+        return logits, split_cache(cache)
+
+    # As in the loop: weights sliced once outside, caches updated in place (donated).
+    @functools.partial(jax.jit, donate_argnums=(1,))
+    def step(weights, caches, last, index):
+        model = nnx.merge(graphdef, state)
+        key_mask = jnp.broadcast_to(jnp.arange(slots)[None, :] < index, (batch, slots))
+        positions = jnp.full((batch,), index)
+        return decode_step(model, weights, last, positions, key_mask, caches, index)
 
     @jax.jit
-    def step(state, cache, last, index):
-        model = nnx.merge(graphdef, state)
-        key_mask = jnp.arange(slots)[None, :] < index
-        key_mask = jnp.broadcast_to(key_mask, (batch, slots))
-        return model.decode_step(last, jnp.full((batch,), index), key_mask, cache, index)
+    def project(state, hidden):
+        return nnx.merge(graphdef, state).logits_from_hidden(hidden)
 
     params = RowSamplingParams(
         temperature=jnp.ones(batch),
@@ -169,18 +196,28 @@ def breakdown(policy, prompts, args) -> dict[str, float]:
     )
     keys = jax.random.split(jax.random.key(0), batch)
     sample = jax.jit(lambda logits: sample_tokens(logits, keys, params, 64))
-    logits, cache = jax.block_until_ready(prefill(state, tokens, mask))
+    logits, caches = jax.block_until_ready(prefill(state, tokens, mask))
     last = jnp.argmax(logits, -1).astype(jnp.int32)
     index = jnp.int32(width + args.new_tokens // 2)
+    weights = jax.jit(lambda s: decode_weights(nnx.merge(graphdef, s)))(state)
+    holder = {"caches": caches}
+
+    def one_step():
+        logits, holder["caches"] = step(weights, holder["caches"], last, index)
+        jax.block_until_ready(logits)
+
+    hidden = jnp.ones((batch, policy.config.hidden_size), policy.config.compute_dtype)
+    runs = max(args.runs, 3)
     return {
         "prefill_s": median_seconds(
-            lambda: jax.block_until_ready(prefill(state, tokens, mask)), args.runs, 1
+            lambda: jax.block_until_ready(prefill(state, tokens, mask)), runs, 1
         ),
-        "decode_step_s": median_seconds(
-            lambda: jax.block_until_ready(step(state, cache, last, index)), args.runs * 4, 1
+        "decode_step_s": median_seconds(one_step, runs * 4, 1),
+        "output_projection_s": median_seconds(
+            lambda: jax.block_until_ready(project(state, hidden)), runs * 4, 1
         ),
-        "sample_step_s": median_seconds(
-            lambda: jax.block_until_ready(sample(logits)), args.runs * 4, 1
+        "greedy_sample_step_s": median_seconds(
+            lambda: jax.block_until_ready(sample(logits)), runs * 4, 1
         ),
     }
 
@@ -193,7 +230,10 @@ def main() -> None:
     prompts = rng.integers(1, config.vocab_size, size=(args.batch, args.prompt)).astype(np.int32)
     generated = args.batch * args.new_tokens
 
-    tempo_s, tempo_tokens = time_tempo(policy, prompts, args)
+    runners = {"tempo": tempo_runner(policy, prompts, args)}
+    if not args.skip_peer:
+        runners["peer"] = peer_runner(policy, prompts, args)
+    seconds = interleaved_medians(runners, args.runs, max(args.warmup, 1))
     result = {
         "model": args.preset or "qwen3-shaped random",
         "layers": config.num_layers,
@@ -206,17 +246,16 @@ def main() -> None:
         "runs": args.runs,
         "device": str(jax.devices()[0].device_kind),
         "cpu_threads": os.cpu_count(),
-        "tempo_seconds": tempo_s,
-        "tempo_tokens_per_s": generated / tempo_s,
+        "tempo_seconds": seconds["tempo"],
+        "tempo_tokens_per_s": generated / seconds["tempo"],
     }
     if not args.skip_peer:
-        peer_s, peer_tokens = time_peer(policy, prompts, args)
         result.update(
             peer="transformers.generate (torch CPU)",
-            peer_seconds=peer_s,
-            peer_tokens_per_s=generated / peer_s,
-            ratio=peer_s / tempo_s,
-            tokens_agree_fraction=float(np.mean(peer_tokens == tempo_tokens)),
+            peer_seconds=seconds["peer"],
+            peer_tokens_per_s=generated / seconds["peer"],
+            ratio=seconds["peer"] / seconds["tempo"],
+            tokens_agree_fraction=float(np.mean(runners["peer"]() == runners["tempo"]())),
         )
     if args.breakdown:
         result["breakdown"] = breakdown(policy, prompts, args)

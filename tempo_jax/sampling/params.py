@@ -60,10 +60,13 @@ def _rows(name: str, value, dtype, num_prompts: int, n: int) -> np.ndarray:
     return out.astype(dtype)
 
 
-def _first_bad(name: str, bad: np.ndarray, values: np.ndarray, rule: str) -> None:
+def _first_bad(name: str, bad: np.ndarray, values: np.ndarray, n: int, rule: str) -> None:
     if np.any(bad):
         row = int(np.argmax(bad))
-        raise ValueError(f"SamplingParams.{name}[row {row}] = {values[row]}: {rule}")
+        raise ValueError(
+            f"SamplingParams.{name}[row {row}] (prompt {row // n}, sample {row % n}) = "
+            f"{values[row]}: {rule}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,13 +104,15 @@ class SamplingParams:
             "temperature",
             ~np.isfinite(temperature) | (temperature < 0),
             temperature,
+            n,
             "must be finite and >= 0",
         )
         _first_bad(
             "top_k",
             (top_k < 0) | (top_k > max_top_k),
             top_k,
+            n,
             f"must be 0 (no limit) or in [1, max_top_k={max_top_k}] (the sampler's static cap)",
         )
-        _first_bad("top_p", ~((top_p >= 0) & (top_p <= 1)), top_p, "must be in [0, 1]")
+        _first_bad("top_p", ~((top_p >= 0) & (top_p <= 1)), top_p, n, "must be in [0, 1]")
         return RowSamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)

@@ -233,7 +233,12 @@ class Sampler:
         replicated = NamedSharding(self.mesh, PartitionSpec())
         stop_shardings = jax.tree.map(lambda _: replicated, stop)
         return (
-            self._state_shardings[key], prompts, prompts, row_params, replicated, stop_shardings
+            self._state_shardings[key],
+            prompts,
+            prompts,
+            row_params,
+            replicated,
+            stop_shardings,
         )
 
     def _out_shardings(self, rows: int, n: int) -> Rollouts:

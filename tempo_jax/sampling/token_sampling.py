@@ -81,9 +81,7 @@ def categorical_rows(logits: jax.Array, uniform: jax.Array) -> tuple[jax.Array, 
     block = _first_above(cumulative, target, block_mass)
     before = _take(cumulative, block) - _take(block_mass, block)
     inside_weights = _block_at(weights, block)  # [N, C]
-    inside = _first_above(
-        jnp.cumsum(inside_weights, axis=-1), target - before, inside_weights
-    )
+    inside = _first_above(jnp.cumsum(inside_weights, axis=-1), target - before, inside_weights)
     tokens = block * weights.shape[-1] + inside
     logprobs = _take(logits, tokens) - (top[:, 0] + jnp.log(total))
     return tokens, logprobs

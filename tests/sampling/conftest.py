@@ -10,10 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flax import nnx
-
-import tempo_jax.models as tm
 from sampling_helpers import MAX_NEW, PAD, UNUSED_EOS, VOCAB
 
+import tempo_jax.models as tm
 from tempo_jax.sampling import Sampler
 
 

@@ -108,9 +108,7 @@ def test_rows_stop_at_different_steps_on_eos_and_stop_sequence(sampler, state, p
     eos = (int(full[0, 2]),)
     stop_sequences = ((int(full[1, 4]), int(full[1, 5])),)
     stop = StopCriteria.create(eos, stop_sequences, vocab_size=VOCAB)
-    out = sampler.generate(
-        state, *prompts, sampling=SamplingParams(greedy=True), seed=0, stop=stop
-    )
+    out = sampler.generate(state, *prompts, sampling=SamplingParams(greedy=True), seed=0, stop=stop)
     expected = [expected_end(full[row], eos, stop_sequences, MAX_NEW) for row in range(3)]
     np.testing.assert_array_equal(out.lengths, [e[0] for e in expected])
     np.testing.assert_array_equal(out.finish_reason, [e[1] for e in expected])

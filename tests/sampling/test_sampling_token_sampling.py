@@ -63,7 +63,7 @@ def draws():
     rng = np.random.default_rng(3)
     logits = (rng.normal(size=VOCAB) * 1.5).astype(np.float32)
     rows = len(SETTINGS) * DRAWS
-    column = lambda i, dtype: np.repeat(np.asarray([s[i] for s in SETTINGS], dtype), DRAWS)  # noqa: E731
+    column = lambda i, dtype: np.repeat(np.asarray([s[i] for s in SETTINGS], dtype), DRAWS)
     params = RowSamplingParams(
         temperature=column(0, np.float32),
         top_k=column(1, np.int32),

@@ -1,0 +1,123 @@
+"""n samples per prompt from one prefill; the same rollouts sharded over 8 fake CPU devices.
+
+Row i's random stream is fold_in(key(seed), i), whatever the batch looks like, so 2 prompts
+x n = 256 samples (one prefill per prompt, cache broadcast) and the 512 repeated prompts x 1
+sample draw with the same keys: they must give the same tokens. With different seeds they are
+independent samples, and the first-token frequencies must agree with each other and with the
+exact softmax(logits / T) of a full forward pass, within the 5-sigma bound of
+test_sampling_token_sampling (here over 256 draws per prompt and side).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sampling_helpers import MAX_NEW, PAD, UNUSED_EOS, log_softmax
+
+from tempo_jax import parallel
+from tempo_jax.sampling import Sampler, SamplingParams
+
+N_SAMPLES = 256
+# Prompt 0: full-vocabulary sampling at T = 1.5; prompt 1: T = 0.7 with nucleus 0.9.
+SAMPLING = SamplingParams(
+    temperature=np.asarray([1.5, 0.7], np.float32), top_p=np.asarray([1.0, 0.9], np.float32)
+)
+
+
+@pytest.fixture(scope="module")
+def two_prompts(prompts):
+    tokens, mask = prompts
+    return tokens[1:], mask[1:]  # lengths 9 and 5
+
+
+@pytest.fixture(scope="module")
+def shared(sampler, state, two_prompts):
+    return sampler.generate(state, *two_prompts, n=N_SAMPLES, sampling=SAMPLING, seed=7)
+
+
+def _repeated(sampler, state, two_prompts, seed):
+    tokens, mask = (np.repeat(x, N_SAMPLES, axis=0) for x in two_prompts)
+    per_row = SamplingParams(
+        temperature=np.repeat(SAMPLING.temperature, N_SAMPLES),
+        top_p=np.repeat(SAMPLING.top_p, N_SAMPLES),
+    )
+    return sampler.generate(state, tokens, mask, n=1, sampling=per_row, seed=seed)
+
+
+def test_rows_and_groups(shared, two_prompts):
+    rows = 2 * N_SAMPLES
+    assert shared.tokens.shape == (rows, MAX_NEW)
+    assert shared.samples_per_prompt == N_SAMPLES
+    np.testing.assert_array_equal(shared.group_ids, np.arange(rows) // N_SAMPLES)
+    tokens, mask = two_prompts
+    assert shared.prompt_tokens.shape == (rows, 16)  # bucket 16, 12 input columns
+    np.testing.assert_array_equal(shared.prompt_tokens[:, 4:], np.repeat(tokens, N_SAMPLES, 0))
+    np.testing.assert_array_equal(shared.prompt_mask[:, 4:], np.repeat(mask, N_SAMPLES, 0))
+    # n samples really are different samples.
+    assert len({tuple(row) for row in np.asarray(shared.tokens)[:N_SAMPLES]}) > N_SAMPLES // 2
+
+
+def test_shared_prefill_equals_repeated_prompts(sampler, state, two_prompts, shared):
+    repeated = _repeated(sampler, state, two_prompts, seed=7)
+    np.testing.assert_array_equal(repeated.tokens, shared.tokens)
+    np.testing.assert_array_equal(repeated.lengths, shared.lengths)
+    np.testing.assert_allclose(repeated.logprobs, shared.logprobs, atol=1e-5)
+    np.testing.assert_allclose(repeated.sampling_logprobs, shared.sampling_logprobs, atol=1e-5)
+
+
+def _first_token_reference(policy, tokens, mask, temperature, top_p) -> np.ndarray:
+    logits = np.asarray(policy(tokens[None], mask[None]), np.float64)[0, -1] / temperature
+    probs = np.exp(log_softmax(logits))
+    if top_p < 1:
+        order = np.argsort(-probs)[:32]  # the sampler's max_top_k cap
+        kept = probs[order] / probs[order].sum()
+        count = max(1, int(np.sum(np.cumsum(kept) - kept < top_p)))
+        out = np.zeros_like(probs)
+        out[order[:count]] = kept[:count] / kept[:count].sum()
+        return out
+    return probs
+
+
+def test_same_distribution_as_repeated_prompts(policy, sampler, state, two_prompts, shared):
+    repeated = _repeated(sampler, state, two_prompts, seed=8)  # independent of `shared`
+    tokens, mask = two_prompts
+    for p in range(2):
+        rows = slice(p * N_SAMPLES, (p + 1) * N_SAMPLES)
+        vocab = policy.config.vocab_size
+        a = np.bincount(np.asarray(shared.tokens)[rows, 0], minlength=vocab) / N_SAMPLES
+        b = np.bincount(np.asarray(repeated.tokens)[rows, 0], minlength=vocab) / N_SAMPLES
+        probs = _first_token_reference(
+            policy, tokens[p], mask[p], SAMPLING.temperature[p], SAMPLING.top_p[p]
+        )
+        sigma = np.sqrt(probs * (1 - probs) / N_SAMPLES)
+        assert np.all(np.abs(a - probs) <= 5 * sigma + 1e-4), p
+        assert np.all(np.abs(b - probs) <= 5 * sigma + 1e-4), p
+        assert np.all(np.abs(a - b) <= 5 * np.sqrt(2) * sigma + 1e-4), p
+        assert np.all(a[probs == 0] == 0) and np.all(b[probs == 0] == 0)
+
+
+def test_sharded_sampler_returns_the_same_rollouts(devices, policy, state, two_prompts, shared):
+    mesh = parallel.make_mesh((2, 2, 2))
+    sharded = Sampler(
+        policy,
+        max_new_tokens=MAX_NEW,
+        prompt_buckets=(8, 16),
+        eos_ids=(UNUSED_EOS,),
+        stop_sequences=((UNUSED_EOS, UNUSED_EOS),),
+        pad_id=PAD,
+        max_top_k=32,
+        mesh=mesh,
+    )
+    out = sharded.generate(state, *two_prompts, n=N_SAMPLES, sampling=SAMPLING, seed=7)
+    np.testing.assert_array_equal(out.tokens, shared.tokens)
+    np.testing.assert_array_equal(out.finish_reason, shared.finish_reason)
+    np.testing.assert_allclose(out.logprobs, shared.logprobs, atol=1e-5)
+    # Rows are split over data x fsdp = 4 devices; the weights by their logical axes.
+    assert out.tokens.sharding.spec[0] == ("data", "fsdp")
+    assert len({s.index[0].start for s in out.tokens.addressable_shards}) == 4
+    (executable,) = sharded._executables.values()
+    q_proj = executable.input_shardings[0][0]["model"]["layers"]["q_proj"]
+    assert tuple(q_proj.spec)[:3] == (None, "fsdp", "tensor")
+    # Each device's slice of a layer's KV cache [N, S, K, Dh] = [512, 23, 2, 16] in the
+    # partitioned program: rows over data x fsdp (4), kv heads over tensor (2).
+    assert "f32[128,23,1,16]" in executable.as_text()
