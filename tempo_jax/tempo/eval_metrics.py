@@ -62,7 +62,7 @@ def maj_at_k(correct: np.ndarray, cluster_ids: np.ndarray) -> float:
     """maj@k: accuracy of the majority (equivalence-clustered) answer among the k samples."""
     correct = np.asarray(correct, bool)
     hits = []
-    for row_correct, row_ids in zip(correct, np.asarray(cluster_ids)):
+    for row_correct, row_ids in zip(correct, np.asarray(cluster_ids), strict=False):
         idx = majority_answer_index(row_ids)
         hits.append(bool(row_correct[idx]) if idx >= 0 else False)
     return float(np.mean(hits))

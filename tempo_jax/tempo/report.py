@@ -31,7 +31,9 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     for key in sorted(series):
         points = series[key]
         lower_is_better = key.endswith(("brier", "calibration_error"))
-        best = min(points, key=lambda p: p[1]) if lower_is_better else max(points, key=lambda p: p[1])
+        best = (
+            min(points, key=lambda p: p[1]) if lower_is_better else max(points, key=lambda p: p[1])
+        )
         lines.append(
             f"{key:<{width}}  {points[0][1]:>9.4f}  {points[-1][1]:>9.4f}  {best[1]:>9.4f}"
             f"  {best[0]:>9d}"
@@ -58,9 +60,9 @@ def plot_eval_curves(records: list[dict[str, Any]], path: str, title: str = "") 
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, (metric, keys) in zip(axes.flat, sorted(panels.items())):
+    for ax, (metric, keys) in zip(axes.flat, sorted(panels.items()), strict=False):
         for key in keys:
-            steps, values = zip(*series[key])
+            steps, values = zip(*series[key], strict=False)
             split = key.split("/")[1] if key.count("/") >= 2 else key
             ax.plot(steps, values, marker="o", markersize=3, label=split)
         ax.set_title(metric, fontsize=10)

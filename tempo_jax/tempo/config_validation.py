@@ -1,0 +1,122 @@
+"""Checks of a whole trainer config that run before anything is built or compiled; each error
+names the field. Section-level checks live with their sections (`train.settings_from_config`,
+`data.data_config_from`, `parallel`)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from tempo_jax import train
+from tempo_jax.data.pipeline import data_config_from
+from tempo_jax.tempo.methods import METHODS, get_method
+
+ADVANTAGES = ("em_token", "em_outcome")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """An invalid config; the message names the field."""
+
+
+def _require(ok: bool, field: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{field} {why}")
+
+
+def _positive_int(config, field: str, minimum: int = 1) -> None:
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+        field,
+        f"must be an int >= {minimum}, got {value!r}",
+    )
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError (naming the field) for an invalid or inconsistent config."""
+    _require(
+        config.method in METHODS,
+        "method",
+        f"must be one of {sorted(METHODS)}, got {config.method!r}",
+    )
+    method = get_method(config.method)
+    _positive_int(config, "total_steps")
+    _positive_int(config, "eval_every", 0)
+    _positive_int(config, "save_every", 0)
+    _require(
+        config.model.param_dtype in DTYPES,
+        "model.param_dtype",
+        f"must be one of {DTYPES}, got {config.model.param_dtype!r}",
+    )
+    _require(
+        config.model.compute_dtype in DTYPES,
+        "model.compute_dtype",
+        f"must be one of {DTYPES}, got {config.model.compute_dtype!r}",
+    )
+    _positive_int(config, "data.prompts_per_step")
+    _positive_int(config, "data.max_prompt_length")
+    _positive_int(config, "rollout.max_new_tokens")
+    _positive_int(config, "rollout.max_generation_batches")
+    _positive_int(config, "rollout.n", 2 if method.advantage in ("grpo", "drgrpo") else 1)
+    _require(
+        config.rollout.temperature >= 0,
+        "rollout.temperature",
+        f"must be >= 0, got {config.rollout.temperature}",
+    )
+    _require(
+        0 < config.rollout.top_p <= 1,
+        "rollout.top_p",
+        f"must be in (0, 1], got {config.rollout.top_p}",
+    )
+    _require(
+        0 <= config.rollout.top_k <= 64,
+        "rollout.top_k",
+        f"must be in [0, 64] (0 = off), got {config.rollout.top_k}",
+    )
+    _require(
+        config.tempo.advantage in ADVANTAGES,
+        "tempo.advantage",
+        f"must be one of {ADVANTAGES}, got {config.tempo.advantage!r}",
+    )
+    _positive_int(config, "tempo.recalibrate_every")
+    _positive_int(config, "tempo.critic_updates")
+    _positive_int(config, "tempo.critic_warmup_steps", 0)
+    _require(
+        0.0 <= config.data.labeled_fraction <= 1.0,
+        "data.labeled_fraction",
+        f"must be in [0, 1], got {config.data.labeled_fraction}",
+    )
+    if method.name == "tempo_mixed":
+        _require(
+            0.0 < config.data.labeled_fraction < 1.0,
+            "data.labeled_fraction",
+            "must be strictly between 0 and 1 for tempo_mixed (both D_L and D_U rows)",
+        )
+    _positive_int(config, "sft.steps", 0)
+    _positive_int(config, "sft.batch_size")
+    _positive_int(config, "eval.n")
+    _positive_int(config, "eval.num_problems")
+    _require(
+        config.eval.num_problems % config.data.prompts_per_step == 0,
+        "eval.num_problems",
+        f"must be a multiple of data.prompts_per_step={config.data.prompts_per_step}, got "
+        f"{config.eval.num_problems}",
+    )
+    bad_ks = [k for k in config.eval.ks if not 1 <= k <= config.eval.n]
+    _require(not bad_ks, "eval.ks", f"values must be in [1, eval.n={config.eval.n}], got {bad_ks}")
+    _require(config.grader.timeout_s > 0, "grader.timeout_s", "must be > 0")
+    _positive_int(config, "grader.num_workers")
+    _positive_int(config, "checkpoint.keep")
+    try:
+        train.settings_from_config(config.train)
+        data_config_from(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    rows = config.data.prompts_per_step * config.rollout.n
+    _require(
+        rows % config.train.micro_batches == 0,
+        "train.micro_batches",
+        f"must divide the rows per step (prompts_per_step * rollout.n = {rows})",
+    )

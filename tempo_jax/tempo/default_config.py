@@ -1,0 +1,105 @@
+"""The base config: every field the trainer reads, each with a one-line comment.
+
+Other config files start from `get_config()` here and override. Command-line overrides:
+`tempo-jax train --config=configs/X.py --config.rollout.n=4`.
+"""
+
+import ml_collections
+
+from tempo_jax import parallel, train
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """All defaults; configs/*.py start from this and override."""
+    c = ml_collections.ConfigDict()
+
+    c.method = "tempo"  # tempo | tempo_mixed | tempo_frozen | ttrl | empo | intuitor | rlvr
+    c.seed = 0  # master seed: model init, data order, sampling
+    c.total_steps = 100  # test-time-training steps
+    c.eval_every = 4  # evaluate every this many steps and at the end (0 = never, not even step 0)
+    c.save_every = 10  # checkpoint every this many steps (and at the end)
+    c.progress_bar = True  # console progress bar
+
+    # --- model -------------------------------------------------------------------------------
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "tiny"  # a preset of tempo_jax.models (ignored when hf_path is set)
+    c.model.overrides = ml_collections.ConfigDict()  # ModelConfig fields replacing the preset's
+    c.model.hf_path = ""  # local HF checkpoint directory of the initial policy ('' = preset)
+    c.model.critic_hf_path = ""  # local HF token-classification checkpoint of the critic
+    c.model.param_dtype = "float32"  # float32 | bfloat16: stored parameters
+    c.model.compute_dtype = "float32"  # float32 | bfloat16: activations and matmuls
+
+    # --- tokenizer (tempo_jax.data.pipeline.data_config_from reads it) ------------------------
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.kind = "sentencepiece"  # sentencepiece | hf
+    c.tokenizer.path = ""  # .model file or HF directory; '' = train one for the built-in task
+    c.tokenizer.vocab_size = 320  # size of a SentencePiece model trained for the built-in task
+    c.tokenizer.prompt_template = "{question}\n"  # plain prompt; {question} is replaced
+    c.tokenizer.chat = False  # render prompts with the checkpoint's chat template instead
+
+    # --- data --------------------------------------------------------------------------------
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "builtin"  # builtin (arithmetic task) | files (local JSONL / Parquet)
+    c.data.dir = ""  # where tfds builds datasets ('' = WORKDIR/data)
+    c.data.labeled_files = ""  # comma-separated files of D_L (source = files)
+    c.data.unlabeled_files = ""  # comma-separated files of D_U (answers used by evaluation only)
+    c.data.eval_files = ""  # comma-separated files of the labeled holdout (split 'eval')
+    c.data.question_field = "question"  # field holding the question text
+    c.data.answer_field = "answer"  # field holding the answer (a string or a list of strings)
+    c.data.num_labeled = 2048  # built-in task: size of the labeled split
+    c.data.num_unlabeled = 256  # built-in task: size of the unlabeled (test-time) split
+    c.data.num_eval = 256  # built-in task: size of the holdout split 'eval'
+    c.data.max_prompt_length = 32  # P: prompts are left-truncated or dropped past this
+    c.data.overlong = "truncate"  # truncate (left, as the authors) | drop
+    c.data.prompts_per_step = 8  # B: prompts per rollout batch
+    c.data.labeled_fraction = 0.5  # tempo_mixed: fraction of each mixed batch drawn from D_L
+
+    # --- rollouts ----------------------------------------------------------------------------
+    c.rollout = ml_collections.ConfigDict()
+    c.rollout.n = 4  # samples per prompt
+    c.rollout.temperature = 1.0  # sampling temperature
+    c.rollout.top_p = 1.0  # nucleus threshold (1 = off)
+    c.rollout.top_k = 0  # top-k (0 = off)
+    c.rollout.max_new_tokens = 64  # L: response slots
+    c.rollout.max_generation_batches = 10  # group filter: generation batches before an error
+
+    # --- the TEMPO schedule ------------------------------------------------------------------
+    c.tempo = ml_collections.ConfigDict()
+    c.tempo.advantage = "em_token"  # em_token | em_outcome (TEMPO methods' estimator)
+    c.tempo.recalibrate_every = 4  # phased tempo: an E-step before every k-th M-step
+    c.tempo.critic_updates = 2  # critic optimizer steps per E-step (and per mixed step)
+    c.tempo.critic_warmup_steps = 4  # E-steps on the initial policy before TTT (0 = none)
+    c.tempo.policy_trains_on_labeled = False  # phased tempo: M-step also on graded D_L rollouts
+
+    # --- optimizers, losses, micro-batches, dtypes (tempo_jax.train) -------------------------
+    c.train = train.get_config()
+
+    # --- supervised fine-tuning before TTT ---------------------------------------------------
+    c.sft = ml_collections.ConfigDict()
+    c.sft.steps = 0  # SFT steps on D_L solutions before TTT (0 = skip)
+    c.sft.batch_size = 32  # sequences per SFT step
+    c.sft.learning_rate = 3e-3  # AdamW peak learning rate (cosine decay to 10%)
+    c.sft.warmup_steps = 20  # linear warm-up steps
+
+    # --- evaluation --------------------------------------------------------------------------
+    c.eval = ml_collections.ConfigDict()
+    c.eval.n = 8  # samples per problem (mean@n, pass@k, maj@n)
+    c.eval.ks = (1, 2, 4, 8)  # pass@k values reported (k <= n)
+    c.eval.temperature = 1.0  # sampling temperature of mean@n
+    c.eval.num_problems = 64  # problems per split per evaluation (multiple of prompts_per_step)
+    c.eval.greedy = True  # also report greedy accuracy
+    # label -> dataset split: the unlabeled TTT questions and the holdout.
+    c.eval.splits = ml_collections.ConfigDict({"unlabeled": "unlabeled", "holdout": "eval"})
+
+    # --- grader ------------------------------------------------------------------------------
+    c.grader = ml_collections.ConfigDict()
+    c.grader.num_workers = 2  # grading worker processes
+    c.grader.timeout_s = 5.0  # wall-clock limit per graded answer (a timeout counts as wrong)
+
+    # --- parallelism and checkpoints ---------------------------------------------------------
+    c.parallel = parallel.get_config()
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.keep = 3  # keep the last N checkpoints
+    c.checkpoint.async_save = True  # save in the background
+    c.checkpoint.min_free_mb = 256  # fail before training when the workdir has less free space
+    return c

@@ -1,0 +1,136 @@
+"""Evaluation on the unlabeled split (its hidden answers are read only here) and a holdout.
+
+Per split: mean@n, unbiased pass@k, maj@n, greedy accuracy, diversity (distinct answers, answer
+entropy, token entropy) and, when a critic exists, its quality (AUROC, explained variance,
+Brier, calibration error) on the same samples. Metric keys: `eval/<split>/<metric>`.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import numpy as np
+
+from tempo_jax.rewards.clusters import cluster_answers
+from tempo_jax.rewards.math import grade_batch
+from tempo_jax.sampling import SamplingParams
+from tempo_jax.tempo import eval_metrics
+from tempo_jax.tempo.build import Run
+from tempo_jax.tempo.phases import Timer, sample, sequences, step_seed
+from tempo_jax.tempo.rollout_data import concat_rows
+
+
+def _batches(run: Run, split: str):
+    """The first `eval.num_problems` problems of `split` in batches of `data.prompts_per_step`
+    (a smaller last batch is dropped so every call reuses the training shapes)."""
+    cfg = run.config
+    size = cfg.data.prompts_per_step
+    count = cfg.eval.num_problems // size
+    for batch in itertools.islice(run.data.one_pass(split, batch_size=size), count):
+        if batch.batch_size == size:
+            yield batch
+
+
+def evaluate_split(
+    run: Run, split: str, label: str, policy_params, critic_params, *, step: int, timer: Timer
+) -> dict[str, float]:
+    """All evaluation metrics of one split under the current policy (and critic)."""
+    cfg = run.config
+    n = cfg.eval.n
+    parts, truths = [], []
+    greedy_correct = []
+    for i, batch in enumerate(_batches(run, split)):
+        answers = batch.evaluation_answers()
+        rows = sample(
+            run,
+            policy_params,
+            batch,
+            n=n,
+            timer=timer,
+            seed=step_seed(cfg.seed, step, "eval", i),
+            sampling=SamplingParams(temperature=cfg.eval.temperature),
+        )
+        parts.append(rows)
+        truths.extend(answers[g] for g in rows.group_ids)
+        if cfg.eval.greedy:
+            greedy = sample(
+                run,
+                policy_params,
+                batch,
+                n=1,
+                timer=timer,
+                seed=0,
+                sampling=SamplingParams(temperature=0.0, greedy=True),
+            )
+            with timer("grading"):
+                graded = grade_batch(
+                    greedy.texts,
+                    [list(a) for a in answers],
+                    pool=run.pool,
+                    timeout_s=cfg.grader.timeout_s,
+                )
+            greedy_correct.extend(graded.correct)
+    if not parts:
+        raise ValueError(
+            f"eval split {split!r} has fewer than data.prompts_per_step="
+            f"{cfg.data.prompts_per_step} problems usable at max_prompt_length"
+        )
+    rows = concat_rows(parts)
+    with timer("grading"):
+        graded = grade_batch(
+            rows.texts, [list(t) for t in truths], pool=run.pool, timeout_s=cfg.grader.timeout_s
+        )
+        clusters = cluster_answers(
+            rows.answers, rows.group_ids, pool=run.pool, timeout_s=cfg.grader.timeout_s
+        )
+    correct = np.asarray(graded.correct, bool)
+    problems = rows.num_rows // n
+    ids = np.where(np.asarray(clusters.valid), np.asarray(clusters.cluster_ids), -1)
+    out = eval_metrics.accuracy_metrics(
+        correct.reshape(problems, n), ids.reshape(problems, n), tuple(cfg.eval.ks)
+    )
+    if greedy_correct:
+        out["greedy_accuracy"] = float(np.mean(greedy_correct))
+    out["response_length"] = float(rows.lengths.mean())
+    entropy, values = _token_entropy_and_values(run, rows, policy_params, critic_params, timer)
+    out["token_entropy"] = entropy
+    if values is not None:
+        last = np.maximum(rows.lengths - 1, 0)
+        v_last = values[np.arange(rows.num_rows), last]
+        for key, value in eval_metrics.critic_quality(v_last, correct).items():
+            out[f"critic/{key}"] = value
+    return {f"eval/{label}/{k}": v for k, v in out.items()}
+
+
+def _token_entropy_and_values(run: Run, rows, policy_params, critic_params, timer):
+    """Mean token entropy of the samples under the policy and the critic's values [N, L], batch
+    by batch in the training row count so the compiled forwards are reused."""
+    chunk = run.config.data.prompts_per_step * run.config.rollout.n
+    ent_sum, tok_sum, values = 0.0, 0, []
+    for start in range(0, rows.num_rows, chunk):
+        part = rows.take_rows(slice(start, start + chunk))
+        if part.num_rows < chunk:
+            part = part.pad_rows(chunk)
+        seqs = sequences(part)
+        with timer("eval_forward"):
+            stats = jax.device_get(run.token_stats(policy_params, seqs))
+            mask = part.response_mask
+            ent_sum += float((stats.entropy * mask).sum())
+            tok_sum += int(mask.sum())
+            if critic_params is not None:
+                values.append(np.asarray(run.values(critic_params, seqs)))
+    vals = None
+    if values:
+        vals = np.concatenate(values)[: rows.num_rows]
+    return ent_sum / max(tok_sum, 1), vals
+
+
+def evaluate(run: Run, policy_params, critic_params, *, step: int, timer: Timer) -> dict:
+    """Evaluation on every configured split: `eval.splits` maps a label to a dataset split."""
+    out = {}
+    for label, split in run.config.eval.splits.items():
+        out.update(
+            evaluate_split(run, split, label, policy_params, critic_params, step=step, timer=timer)
+        )
+    return out

@@ -1,0 +1,90 @@
+"""The method registry: one loop, and a small table saying what each method does per step.
+
+A method is data, not code: which stream its rollouts come from, where the reward comes from,
+which advantage estimator and group filter it uses, and whether and when the critic is
+recalibrated (the E-step of TEMPO_ALGORITHM.md §1). The loop in `tempo_jax.tempo.loop` reads
+these fields; adding a method is adding a row here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# Rollout streams.
+UNLABELED = "unlabeled"
+LABELED = "labeled"
+MIXED = "mixed"
+
+# Reward sources.
+CRITIC = "critic"  # V_last of the (fixed) critic; ground truth on labeled rows
+GROUND_TRUTH = "ground_truth"  # grader against the labeled answer
+MAJORITY_VOTE = "majority_vote"  # TTRL
+CLUSTER_FREQUENCY = "cluster_frequency"  # EMPO
+SELF_CERTAINTY = "self_certainty"  # Intuitor
+
+# Phases of one loop step, in the order they run.
+RECALIBRATE = "recalibrate"  # E-step: critic fitted to graded D_L rollouts of the current policy
+REFINE = "refine"  # M-step: policy update
+MIXED_UPDATE = "mixed"  # tempo_mixed: critic and policy updated on one mixed batch
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """What one method does in the shared loop.
+
+    Attributes:
+      name: the config string.
+      stream: UNLABELED, LABELED or MIXED: where the policy's rollouts come from.
+      reward: the reward source of unlabeled rows (labeled rows are always graded).
+      advantage: advantage estimator name in `tempo_jax.rl.ADVANTAGE_ESTIMATORS`; None means the
+        config's `policy.advantage` (the TEMPO methods' em_token / em_outcome choice).
+      group_filter: 'none', 'tempo' (drop labeled zero-variance groups) or 'dapo'.
+      uses_critic: whether a critic exists (warm-up, values, critic metrics).
+      recalibrates: whether E-steps happen during test-time training.
+    """
+
+    name: str
+    stream: str
+    reward: str
+    advantage: str | None
+    group_filter: str
+    uses_critic: bool
+    recalibrates: bool
+
+    def phases(self, step: int, recalibrate_every: int, critic_warmed_up: bool) -> tuple[str, ...]:
+        """The phases of loop step `step` (0-based).
+
+        Phased TEMPO runs an E-step before M-steps 0, k, 2k, ... (k = recalibrate_every); step 0's
+        is skipped when the critic was just warmed up on the same initial policy, since it would
+        refit the critic to the very rollouts distribution it was fitted to.
+        """
+        if self.stream == MIXED:
+            return (MIXED_UPDATE,)
+        if self.recalibrates and step % recalibrate_every == 0:
+            if step > 0 or not critic_warmed_up:
+                return (RECALIBRATE, REFINE)
+        return (REFINE,)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("tempo", UNLABELED, CRITIC, None, "tempo", True, True),
+        Method("tempo_mixed", MIXED, CRITIC, "em_token", "tempo", True, True),
+        Method("tempo_frozen", UNLABELED, CRITIC, None, "tempo", True, False),
+        Method("ttrl", UNLABELED, MAJORITY_VOTE, "grpo", "none", False, False),
+        Method("empo", UNLABELED, CLUSTER_FREQUENCY, "grpo", "none", False, False),
+        Method("intuitor", UNLABELED, SELF_CERTAINTY, "grpo", "none", False, False),
+        Method("rlvr", LABELED, GROUND_TRUTH, "grpo", "dapo", False, False),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    """The registered method called `name`; a clear error naming the config field otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(
+            f"config.method={name!r} is not a method; choose one of {sorted(METHODS)}"
+        ) from None
