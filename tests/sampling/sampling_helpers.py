@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import numpy as np
 
@@ -54,3 +56,70 @@ class CompileCounter:
 
     def __exit__(self, *exc):
         jax.monitoring.unregister_event_duration_listener(self)
+
+
+_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%[\w.\-]+ = \w+\[([\d,]*)\]\S* ([\w\-]+)\(")
+_CALLED = re.compile(
+    r"(?:calls|body|condition|to_apply|branch_computations|true_computation|false_computation)="
+    r"\{?([%\w.\-, ]+)\}?"
+)
+# Free or bookkeeping ops: they never compute a new array.
+_FREE_OPS = {"parameter", "get-tuple-element", "bitcast", "tuple", "constant"}
+
+
+def _computations(hlo_text: str) -> dict[str, list[str]]:
+    out, current = {}, None
+    for line in hlo_text.splitlines():
+        head = re.match(r"^(?:ENTRY )?(%[\w.\-]+) ", line)
+        if head and line.rstrip().endswith("{"):
+            current = head.group(1)
+            out[current] = []
+        elif current and line.strip() == "}":
+            current = None
+        elif current:
+            out[current].append(line)
+    return out
+
+
+def _squeezed(shape) -> tuple[int, ...]:
+    return tuple(sorted(d for d in shape if d != 1))
+
+
+def weight_shaped_ops_in_loop(hlo_text: str, weights) -> list[tuple[str, tuple[int, ...]]]:
+    """(op, shape) of every instruction inside the body of the program's widest while loop (the
+    decode loop, whose carry holds the caches and the loop-invariant weights; the prefill's
+    layer scan is another, once-only loop), fusions and calls included, whose result has the
+    shape of a weight matrix or of one layer's slice of it (dims of size 1 ignored, any order):
+    what recasting or re-slicing weights inside the loop would produce."""
+    computations = _computations(hlo_text)
+    weight_shapes = set()
+    for w in weights:
+        if w.ndim >= 2:
+            weight_shapes.add(_squeezed(w.shape))
+            if w.ndim >= 3:
+                weight_shapes.add(_squeezed(w.shape[1:]))
+    loops = [
+        (len(line), m.group(1))
+        for lines in computations.values()
+        for line in lines
+        if (m := re.search(r"while\(.*body=(%[\w.\-]+)", line))
+    ]
+    seen, stack = set(), [max(loops)[1]]
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in computations:
+            continue
+        seen.add(name)
+        for line in computations[name]:
+            for called in _CALLED.finditer(line):
+                stack.extend(n.strip() for n in called.group(1).split(",") if "%" in n)
+    found = []
+    for name in seen:
+        for line in computations[name]:
+            match = _INSTRUCTION.match(line)
+            if not match or match.group(2) in _FREE_OPS:
+                continue
+            dims = tuple(int(d) for d in match.group(1).split(",") if d)
+            if _squeezed(dims) in weight_shapes:
+                found.append((match.group(2), dims))
+    return found

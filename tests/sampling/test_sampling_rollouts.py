@@ -7,8 +7,10 @@ response step, the greedy token (argmax) and the returned untempered log-probs (
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from sampling_helpers import (
     MAX_NEW,
     PAD,
@@ -18,8 +20,10 @@ from sampling_helpers import (
     expected_end,
     log_softmax,
     teacher_forced_logits,
+    weight_shaped_ops_in_loop,
 )
 
+import tempo_jax.models as tm
 from tempo_jax.sampling import (
     FINISH_EOS,
     FINISH_LENGTH,
@@ -170,3 +174,47 @@ def test_new_values_never_recompile(sampler, state, prompts, greedy, sampled):
     # And new parameter values do change the output (they are really used).
     moved = sampler.generate(other_state, *prompts, sampling=SAMPLED, seed=5)
     assert not np.array_equal(np.asarray(moved.logprobs), np.asarray(sampled.logprobs))
+
+
+def test_no_weight_recast_or_resliced_inside_the_decode_loop(sampler, state, greedy):
+    """The compiled decode loop never converts or slices a weight (nor a layer of one): weights
+    are cast and sliced per layer once, before the loop.
+
+    The only weight-shaped work XLA:CPU leaves in the loop is a layout copy of each layer's
+    o_proj [H, Dh, D] as [Dh, H, D] for the model's attention-output einsum (btnh,nhd->btd);
+    it is pinned here so that anything else shows up.
+    """
+    weights = jax.tree.leaves(state)
+    executable = next(e for key, e in sampler._executables.items() if key[:3] == (3, 1, 16))
+    found = weight_shaped_ops_in_loop(executable.as_text(), weights)
+    o_proj = state["model"]["layers"]["o_proj"][...].shape[1:]  # [H, Dh, D]
+    layout_copy = (o_proj[1], o_proj[0], o_proj[2])
+    assert {op for op, _ in found} <= {"transpose", "copy"}, found
+    assert {shape for _, shape in found} <= {layout_copy}, found
+
+    # The check sees what it looks for: a loop that slices a stacked weight each step.
+    stacked = np.zeros((2, 64, 128), np.float32)
+
+    def loop(stacked, x):
+        def body(carry):
+            i, x = carry
+            layer = jax.lax.dynamic_index_in_dim(stacked, i % 2, keepdims=False)
+            return i + 1, jnp.tanh(x @ layer @ layer.T)
+
+        return jax.lax.while_loop(lambda c: c[0] < 4, body, (0, x))[1]
+
+    text = jax.jit(loop).lower(stacked, np.zeros((3, 64), np.float32)).compile().as_text()
+    assert ("dynamic-slice", (1, 64, 128)) in weight_shaped_ops_in_loop(text, [stacked])
+
+
+def test_olmo3_sliding_window_rollouts_match_full_forward(prompts):
+    """OLMo3 (3 sliding-window layers of 8 + 1 full, YaRN): prompt + response reach 20 tokens."""
+    config = tm.get_preset("tiny_olmo3", vocab_size=VOCAB, initializer_range=0.2)
+    olmo = tm.Policy(config, rngs=nnx.Rngs(1))
+    sampler = Sampler(olmo, max_new_tokens=MAX_NEW, prompt_buckets=(16,), eos_ids=(), pad_id=PAD)
+    out = sampler.generate(nnx.state(olmo), *prompts, sampling=SamplingParams(greedy=True))
+    logits = teacher_forced_logits(olmo, out)
+    tokens = np.asarray(out.tokens)
+    np.testing.assert_array_equal(tokens, np.argmax(logits, axis=-1))
+    expected = np.take_along_axis(log_softmax(logits), tokens[..., None], -1)[..., 0]
+    np.testing.assert_allclose(np.asarray(out.logprobs), expected, atol=1e-5, rtol=0)
