@@ -47,6 +47,9 @@ def accumulate_gradients(
       (gradients in float32 with the structure of `params`, summed metrics).
     """
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    if micro_batches == 1:  # no accumulator to zero-fill and add into
+        (_, metrics), grads = grad_fn(params, batch)
+        return jax.tree.map(lambda g: g.astype(jnp.float32), grads), metrics
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
 
     def body(acc, mb):
@@ -74,17 +77,15 @@ def apply_gradients(
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     apply = finite & has_signal
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
 
-    def select(new, old):
-        return jnp.where(apply, new, old)
+    def update(state: TrainState) -> TrainState:
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params=params, opt_state=opt_state, step=state.step + 1)
 
-    new_state = TrainState(
-        params=jax.tree.map(select, params, state.params),
-        opt_state=jax.tree.map(select, opt_state, state.opt_state),
-        step=state.step + apply.astype(state.step.dtype),
-    )
+    # A cond, not a select over every leaf: a skipped step computes no update and no pass over
+    # the parameters and optimizer state is spent choosing between old and new.
+    new_state = jax.lax.cond(apply, update, lambda state: state, state)
     metrics = {
         "grad_norm": grad_norm,
         "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
