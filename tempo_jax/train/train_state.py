@@ -73,11 +73,18 @@ def split_for_training(
         raise ValueError(
             f"{type(model).__name__} holds non-Param state; the train steps expect parameters only"
         )
-    expected = jax.tree.map(lambda x: (x.shape, x.dtype), abstract_params)
-    actual = jax.tree.map(lambda x: (x.shape, x.dtype), params)
-    if jax.tree.structure(expected) != jax.tree.structure(actual) or expected != actual:
+
+    def signature(tree):
+        return [
+            (jax.tree_util.keystr(path), tuple(x.shape), jnp.dtype(x.dtype))
+            for path, x in jax.tree_util.tree_leaves_with_path(tree)
+        ]
+
+    mismatched = sorted(set(signature(params)) ^ set(signature(abstract_params)))
+    if mismatched:
         raise ValueError(
-            f"{type(model).__name__}: parameters do not match its config (shapes or dtypes)"
+            f"{type(model).__name__}: parameters do not match its config (path, shape, dtype "
+            f"differ: {mismatched[:4]})"
         )
     return graphdef, params
 
