@@ -1,11 +1,18 @@
 """`tempo-jax`: the command line.
 
-    tempo-jax train --config=configs/tiny_arith.py --workdir=DIR [--config.key=value ...]
-    tempo-jax sft   --config=configs/tiny_arith.py --workdir=DIR
+    tempo-jax train  --config=configs/tiny_arith.py --workdir=DIR [--config.key=value ...]
+    tempo-jax sft    --config=configs/tiny_arith.py --workdir=DIR
+    tempo-jax export --workdir=DIR [--step=N] --out=HF_DIR
 
 `train` runs SFT (if `sft.steps > 0`), the critic warm-up and test-time training, writing
 DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/, DIR/summary.txt and DIR/eval_curves.png;
-rerunning the same command resumes. `sft` runs only the fine-tuning stage (DIR/sft/).
+rerunning the same command resumes. SIGTERM / SIGINT finish the current step, save and exit 0.
+`sft` runs only the fine-tuning stage (DIR/sft/). `export` writes checkpoint N (default: the
+newest good one) as Hugging Face checkpoints HF_DIR/policy (and HF_DIR/critic when the method has
+a critic) that `transformers` loads.
+
+Errors the user can act on (an unwritable or full workdir, a run halted by non-finite updates, no
+checkpoint to export) end the process with exit code 1 and a one-line message, not a traceback.
 """
 
 from __future__ import annotations
@@ -18,8 +25,30 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, checkpoints and plots.")
+_STEP = flags.DEFINE_integer("step", None, "export: checkpoint step (default: the newest good).")
+_OUT = flags.DEFINE_string("out", None, "export: output directory of the HF checkpoints.")
 
-COMMANDS = ("train", "sft")
+COMMANDS = ("train", "sft", "export")
+
+
+def _fail(message: str) -> None:
+    raise SystemExit(f"tempo-jax: error: {message}")
+
+
+def _export() -> None:
+    if not _WORKDIR.value or not _OUT.value:
+        raise app.UsageError("usage: tempo-jax export --workdir=DIR [--step=N] --out=HF_DIR")
+    from tempo_jax.tempo.export import export_hf
+    from tempo_jax.train.checkpointing import CheckpointError
+
+    try:
+        written = export_hf(
+            os.path.abspath(_WORKDIR.value), os.path.abspath(_OUT.value), _STEP.value
+        )
+    except (FileNotFoundError, ValueError, CheckpointError) as e:
+        _fail(str(e))
+    for role, path in written.items():
+        print(f"{role}: {path}")
 
 
 def main(argv: list[str]) -> None:
@@ -27,19 +56,29 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(
             f"usage: tempo-jax {{{'|'.join(COMMANDS)}}} --config=... --workdir=..."
         )
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    if argv[1] == "export":
+        _export()
+        return
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config and --workdir are required")
-    logging.getLogger("absl").setLevel(logging.WARNING)
     from tempo_jax.tempo.config_validation import validate
+    from tempo_jax.train.checkpointing import CheckpointDirectoryError, check_writable
 
     config = _CONFIG.value
     validate(config)  # before anything is built or compiled
     workdir = os.path.abspath(_WORKDIR.value)
-    os.makedirs(workdir, exist_ok=True)
+    try:  # before any data is built: an unwritable or full disk fails here
+        check_writable(workdir, min_free_bytes=config.checkpoint.min_free_mb << 20)
+    except CheckpointDirectoryError as e:
+        _fail(f"workdir: {e}")
     if argv[1] == "train":
-        from tempo_jax.tempo.loop import train_and_evaluate
+        from tempo_jax.tempo.loop import TrainingHalted, train_and_evaluate
 
-        train_and_evaluate(config, workdir)
+        try:
+            train_and_evaluate(config, workdir)
+        except (TrainingHalted, CheckpointDirectoryError) as e:
+            _fail(str(e))
     else:
         from tempo_jax.tempo.build import build_run
         from tempo_jax.tempo.sft import run_sft

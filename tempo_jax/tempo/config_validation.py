@@ -109,6 +109,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config.grader.timeout_s > 0, "grader.timeout_s", "must be > 0")
     _positive_int(config, "grader.num_workers")
     _positive_int(config, "checkpoint.keep")
+    _positive_int(config, "checkpoint.max_consecutive_skips")
     try:
         train.settings_from_config(config.train)
         data_config_from(config)

@@ -102,4 +102,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep = 3  # keep the last N checkpoints
     c.checkpoint.async_save = True  # save in the background
     c.checkpoint.min_free_mb = 256  # fail before training when the workdir has less free space
+    c.checkpoint.max_consecutive_skips = 3  # stop after K steps in a row with a non-finite update
     return c

@@ -5,7 +5,21 @@ and Orbax checkpoints. Rerunning the same command on the same workdir resumes.
 State that a checkpoint holds: policy and critic TrainStates (params, optimizer state, step),
 the loop step, whether the critic warm-up is done, and the D_L / D_U / mixed stream positions.
 Sampling seeds are functions of (seed, step, phase, attempt), so no RNG state needs saving and a
-resumed run draws exactly what an uninterrupted run draws.
+resumed run draws exactly what an uninterrupted run draws. The metadata also holds the running
+fault counters and each network's `ModelConfig` (so `tempo-jax export` needs only the checkpoint).
+
+Faults:
+  - kill -9 at any moment: the rerun resumes from the newest good checkpoint and drops the
+    metrics.jsonl records past it, so the file reads as if the run never stopped.
+  - SIGTERM / SIGINT: the current step (or the warm-up) finishes, a checkpoint is saved, a line
+    naming it is printed to stderr and `train()` returns (exit code 0, no end-of-run report).
+  - A step whose policy or critic update was skipped for a non-finite loss or gradient counts in
+    `nonfinite/consecutive` and `nonfinite/total`; periodic saves wait for a clean step, and after
+    `checkpoint.max_consecutive_skips` such steps in a row `TrainingHalted` is raised, the last
+    checkpoint (saved before the streak) left intact.
+  - Grader timeouts and crashed workers count as wrong answers; each record's `grader/pool_tasks`,
+    `grader/timeouts`, `grader/crashes`, `grader/errors` and `grader/memory_errors` count every
+    pool task of that step (all phases and the evaluation), `grader/*_total` the whole run.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from tempo_jax import train
 from tempo_jax.tempo import methods, phases, report
 from tempo_jax.tempo.build import build_run, init_critic
 from tempo_jax.tempo.evaluation import evaluate
+from tempo_jax.tempo.export import model_config_to_dict
 from tempo_jax.tempo.sft import run_sft
 from tempo_jax.train.checkpointing import Checkpointer, check_writable
 from tempo_jax.train.metric_writers import JsonlWriter, MetricWriters
@@ -34,6 +49,14 @@ from tempo_jax.train.preemption import PreemptionGuard
 log = logging.getLogger(__name__)
 
 PROGRESS_KEYS = ("policy/loss", "rollout/labeled_accuracy", "eval/unlabeled/mean@8")
+GRADER_KEYS = ("pool_tasks", "timeouts", "crashes", "errors", "memory_errors")
+# Config fields that may change between a run and its resumption without a warning.
+RESUME_MAY_CHANGE = ("total_steps", "progress_bar", "parallel.", "checkpoint.", "data.dir")
+
+
+class TrainingHalted(RuntimeError):
+    """The loop stopped itself (too many non-finite updates in a row); the message says why and
+    which checkpoint to resume from."""
 
 
 @dataclasses.dataclass
@@ -45,12 +68,20 @@ class LoopState:
       critic: the critic's TrainState (None for critic-free methods).
       step: TTT steps completed.
       warmed_up: critic warm-up finished.
+      nonfinite_consecutive: steps in a row, up to this one, that skipped a non-finite update.
+      nonfinite_total: such steps in the whole run (warm-up included).
+      grader_totals: grading-pool task outcomes of the whole run ({GRADER_KEYS name: count}).
     """
 
     policy: train.TrainState
     critic: train.TrainState | None
     step: int = 0
     warmed_up: bool = False
+    nonfinite_consecutive: int = 0
+    nonfinite_total: int = 0
+    grader_totals: dict[str, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(GRADER_KEYS, 0)
+    )
 
 
 class Trainer:
@@ -72,6 +103,8 @@ class Trainer:
             keep=config.checkpoint.keep,
             async_save=config.checkpoint.async_save,
         )
+        self._model_configs = {"policy": model_config_to_dict(self._initial_policy.config)}
+        self._last_saved_step: int | None = None
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config.to_dict(), f, indent=1, sort_keys=True, default=str)
 
@@ -88,6 +121,7 @@ class Trainer:
         critic = None
         if self.method.uses_critic:
             critic_module = init_critic(self.config, policy_module)
+            self._model_configs["critic"] = model_config_to_dict(critic_module.config)
             graphdef, critic_params = train.split_for_training(critic_module, self.run.settings)
             self.run.critic_graphdef = graphdef
             critic = train.create_train_state(
@@ -101,16 +135,31 @@ class Trainer:
             items["critic"] = state.critic
         return items
 
+    def _config_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self.config.to_dict(), default=str))
+
     def _save(self, state: LoopState) -> str:
+        """Checkpoints `state` (once per step: a second call for the same step is a no-op)."""
+        if self._last_saved_step == state.step:
+            return self.checkpointer.step_path(state.step)
         metadata = {
             "step": state.step,
             "warmed_up": state.warmed_up,
             "method": self.config.method,
             "streams": {k: s.get_state() for k, s in self.streams.items()},
-            "config": json.loads(json.dumps(self.config.to_dict(), default=str)),
+            "counters": {
+                "nonfinite_consecutive": state.nonfinite_consecutive,
+                "nonfinite_total": state.nonfinite_total,
+                "grader_totals": dict(state.grader_totals),
+            },
+            "models": dict(self._model_configs),
+            "vocab_size": int(self.run.data.tokenizer.vocab_size),
+            "config": self._config_json(),
         }
         # Step k of the checkpoint directory = k TTT steps done; the warm-up checkpoint is 0.
-        return self.checkpointer.save(state.step, self._items(state), metadata)
+        path = self.checkpointer.save(state.step, self._items(state), metadata)
+        self._last_saved_step = state.step
+        return path
 
     def _restore(self) -> LoopState | None:
         if self.checkpointer.latest_good_step() is None:
@@ -124,6 +173,7 @@ class Trainer:
         abstract = {"policy": policy_abstract}
         if self.method.uses_critic:
             critic_module = init_critic(self.config, self._initial_policy)
+            self._model_configs["critic"] = model_config_to_dict(critic_module.config)
             graphdef, critic_params = train.split_for_training(critic_module, self.run.settings)
             self.run.critic_graphdef = graphdef
             abstract["critic"] = train.abstract_train_state(
@@ -132,13 +182,38 @@ class Trainer:
         items, metadata = self.checkpointer.restore(None, abstract)
         for name, stream in self.streams.items():
             stream.set_state(metadata["streams"][name])
-        log.info("resumed from %s", self.checkpointer.step_path(self.checkpointer.restored_step))
+        path = self.checkpointer.step_path(self.checkpointer.restored_step)
+        self._warn_config_changes(metadata.get("config", {}), path)
+        self._last_saved_step = int(metadata["step"])
+        counters = metadata.get("counters", {})
+        totals = dict.fromkeys(GRADER_KEYS, 0)
+        totals.update(counters.get("grader_totals", {}))
+        print(f"resuming from {path} (step {metadata['step']})", file=sys.stderr)
         return LoopState(
             policy=items["policy"],
             critic=items.get("critic"),
             step=int(metadata["step"]),
             warmed_up=bool(metadata["warmed_up"]),
+            nonfinite_consecutive=int(counters.get("nonfinite_consecutive", 0)),
+            nonfinite_total=int(counters.get("nonfinite_total", 0)),
+            grader_totals=totals,
         )
+
+    def _warn_config_changes(self, saved: dict[str, Any], path: str) -> None:
+        """Logs the config fields that differ from the checkpoint's (a resumed run with another
+        learning rate or dataset is no longer the run that was checkpointed)."""
+        old, new = _flatten(saved), _flatten(self._config_json())
+        changed = sorted(
+            k
+            for k in set(old) | set(new)
+            if old.get(k) != new.get(k) and not k.startswith(RESUME_MAY_CHANGE)
+        )
+        if changed:
+            log.warning(
+                "resuming from %s with a changed config: %s",
+                path,
+                ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed),
+            )
 
     # --- phases --------------------------------------------------------------------------
 
@@ -146,6 +221,7 @@ class Trainer:
         """Fits the critic to graded D_L rollouts of the initial policy."""
         for i in range(self.config.tempo.critic_warmup_steps):
             timer = phases.Timer()
+            grader_before = self._pool_counts()
             rows, rewards, metrics = phases.collect_groups(
                 self.run,
                 self.streams["labeled"],
@@ -165,9 +241,61 @@ class Trainer:
             )
             metrics.update(m)
             metrics.update(phases.rollout_metrics("warmup", rows, rewards))
+            metrics.update(self._grader_counters(state, grader_before))
+            metrics.update(self._count_nonfinite(state, metrics))
             writer.write({"warmup_step": i + 1, **metrics, **timer.metrics()})
+            self._halt_if_nonfinite(state, f"critic warm-up step {i + 1}")
         state.warmed_up = True
         return state
+
+    # --- fault counters ------------------------------------------------------------------
+
+    def _pool_counts(self) -> dict[str, int]:
+        counters = self.run.pool.counters.as_dict()
+        return {k: int(counters[k]) for k in GRADER_KEYS}
+
+    def _grader_counters(self, state: LoopState, before: dict[str, int]) -> dict[str, int]:
+        """Grading-pool outcomes since `before` (`grader/<name>`) and for the whole run
+        (`grader/<name>_total`, checkpointed)."""
+        now = self._pool_counts()
+        out = {}
+        for key in GRADER_KEYS:
+            delta = now[key] - before[key]
+            state.grader_totals[key] = state.grader_totals.get(key, 0) + delta
+            out[f"grader/{key}"] = delta
+            out[f"grader/{key}_total"] = state.grader_totals[key]
+        return out
+
+    def _count_nonfinite(self, state: LoopState, metrics: dict[str, Any]) -> dict[str, int]:
+        """Counts a step whose policy or critic update was skipped (`<network>/skipped` = 1)."""
+        skipped = any(k.endswith("/skipped") and v for k, v in metrics.items())
+        if skipped:
+            state.nonfinite_consecutive += 1
+            state.nonfinite_total += 1
+        else:
+            state.nonfinite_consecutive = 0
+        return {
+            "nonfinite/skipped_step": int(skipped),
+            "nonfinite/consecutive": state.nonfinite_consecutive,
+            "nonfinite/total": state.nonfinite_total,
+        }
+
+    def _halt_if_nonfinite(self, state: LoopState, where: str) -> None:
+        limit = self.config.checkpoint.max_consecutive_skips
+        if state.nonfinite_consecutive < limit:
+            return
+        self.checkpointer.wait()  # the last good checkpoint may still be in flight
+        if self._last_saved_step is None:
+            resume = "no checkpoint was saved yet; a rerun starts from scratch"
+        else:
+            path = self.checkpointer.step_path(self._last_saved_step)
+            resume = f"the last checkpoint, {path} (step {self._last_saved_step}), is intact"
+        raise TrainingHalted(
+            f"stopping at {where}: {state.nonfinite_consecutive} steps in a row skipped their "
+            f"update for a non-finite loss or gradient (config.checkpoint."
+            f"max_consecutive_skips={limit}); {resume}. Lower the learning rate or check the "
+            "data, then rerun the same command to resume."
+        )
 
     def _recalibrate(self, state, step, timer, metrics):
         rows, rewards, m = phases.collect_groups(
@@ -265,55 +393,97 @@ class Trainer:
     # --- the run -------------------------------------------------------------------------
 
     def train(self) -> LoopState:
-        """Runs (or resumes) to `total_steps`; returns the final state."""
+        """Runs (or resumes) to `total_steps`; returns the final state.
+
+        Returns early (after saving) on SIGTERM / SIGINT. Raises `TrainingHalted` after
+        `checkpoint.max_consecutive_skips` non-finite steps in a row.
+        """
         cfg = self.config
-        state = self._restore()
-        resumed = state is not None
-        if state is None:
-            state = self._fresh_state()
-        writers = MetricWriters(
-            self.workdir,
-            cfg.total_steps,
-            initial_step=state.step,
-            progress_keys=PROGRESS_KEYS,
-            is_main_process=jax.process_index() == 0,
-            progress=cfg.progress_bar,
-        )
-        # Records past the restored step (or all of them on a fresh start) are from a run that
-        # did not reach its next checkpoint; they will be written again.
-        writers.jsonl.truncate_after(state.step if resumed else -1)
-        warmup_writer = JsonlWriter(os.path.join(self.workdir, "warmup_metrics.jsonl"))
-        try:
-            with PreemptionGuard() as guard:
-                if not resumed:
-                    warmup_writer.truncate_after(-1)
-                    if self.method.uses_critic:
-                        state = self._warmup(state, warmup_writer)
-                    if cfg.eval_every > 0:
-                        writers.write({"step": 0, "phase": "eval", **self._evaluate(state, 0)})
-                    self._save(state)
-                while state.step < cfg.total_steps:
-                    state, metrics = self._train_step(state)
-                    record = {"step": state.step, **metrics}
-                    is_last = state.step == cfg.total_steps
-                    if cfg.eval_every > 0 and (state.step % cfg.eval_every == 0 or is_last):
-                        record.update(self._evaluate(state, state.step))
-                    writers.write(record)
-                    if is_last or (cfg.save_every > 0 and state.step % cfg.save_every == 0):
-                        self._save(state)
-                    if guard.should_stop(state.step):
-                        path = self._save(state)
-                        self.checkpointer.wait()
-                        print(guard.exit_message(state.step, path), file=sys.stderr)
-                        return state
-            self.checkpointer.wait()
-        finally:
-            writers.close()
+        with PreemptionGuard() as guard:
+            state = self._restore()
+            resumed = state is not None
+            if state is None:
+                state = self._fresh_state()
+                # The local flag only: multi-process runs agree on a stop step in the TTT loop.
+                if guard.signal_name is not None and cfg.sft.steps > 0:
+                    sft = os.path.join(self.workdir, "sft")
+                    print(
+                        f"Stopped on {guard.signal_name} after SFT; SFT saved to {sft}; rerun "
+                        "the same command to continue",
+                        file=sys.stderr,
+                    )
+                    return state
+            writers = MetricWriters(
+                self.workdir,
+                cfg.total_steps,
+                initial_step=state.step,
+                progress_keys=PROGRESS_KEYS,
+                is_main_process=jax.process_index() == 0,
+                progress=cfg.progress_bar,
+            )
+            try:
+                state, stopped = self._run(state, resumed, writers, guard)
+            finally:
+                writers.close()
+        self.checkpointer.wait()
+        if stopped:
+            return state
         summary_path, plot_path = report.write_report(self.workdir, title=f"{cfg.method}")
         with open(summary_path, encoding="utf-8") as f:
             print(f.read())
         print(f"metrics: {os.path.join(self.workdir, 'metrics.jsonl')}\nplot: {plot_path}")
         return state
+
+    def _run(
+        self, state: LoopState, resumed: bool, writers: MetricWriters, guard: PreemptionGuard
+    ) -> tuple[LoopState, bool]:
+        """The warm-up (fresh runs) and the TTT steps; (state, True) when stopped by a signal."""
+        cfg = self.config
+        # Records past the restored step (or all of them on a fresh start) are from a run that
+        # did not reach its next checkpoint; they will be written again.
+        writers.jsonl.truncate_after(state.step if resumed else -1)
+        if not resumed:
+            warmup_writer = JsonlWriter(os.path.join(self.workdir, "warmup_metrics.jsonl"))
+            warmup_writer.truncate_after(-1)
+            if self.method.uses_critic:
+                state = self._warmup(state, warmup_writer)
+            if cfg.eval_every > 0:
+                grader_before = self._pool_counts()
+                record = {"step": 0, "phase": "eval", **self._evaluate(state, 0)}
+                record.update(self._grader_counters(state, grader_before))
+                writers.write(record)
+            self._save(state)
+            if self._stop_on_signal(state, guard):
+                return state, True
+        save_pending = False
+        while state.step < cfg.total_steps:
+            grader_before = self._pool_counts()
+            state, metrics = self._train_step(state)
+            record = {"step": state.step, **metrics}
+            is_last = state.step == cfg.total_steps
+            if cfg.eval_every > 0 and (state.step % cfg.eval_every == 0 or is_last):
+                record.update(self._evaluate(state, state.step))
+            record.update(self._grader_counters(state, grader_before))
+            record.update(self._count_nonfinite(state, metrics))
+            writers.write(record)
+            self._halt_if_nonfinite(state, f"step {state.step}")
+            save_pending |= cfg.save_every > 0 and state.step % cfg.save_every == 0
+            # A save due during a streak of skipped updates waits for a clean step, so that the
+            # last checkpoint predates whatever made the updates non-finite.
+            if is_last or (save_pending and state.nonfinite_consecutive == 0):
+                self._save(state)
+                save_pending = False
+            if self._stop_on_signal(state, guard):
+                return state, True
+        return state, False
+
+    def _stop_on_signal(self, state: LoopState, guard: PreemptionGuard) -> bool:
+        if not guard.should_stop(state.step):
+            return False
+        path = self._save(state)
+        self.checkpointer.wait()
+        print(guard.exit_message(state.step, path), file=sys.stderr)
+        return True
 
     def _evaluate(self, state: LoopState, step: int) -> dict[str, float]:
         timer = phases.Timer()
@@ -329,6 +499,16 @@ class Trainer:
 
 def _abstract_params(policy, settings):
     return train.split_for_training(policy, settings)[1]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LoopState:
