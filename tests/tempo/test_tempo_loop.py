@@ -6,11 +6,11 @@ import math
 import jax
 import numpy as np
 import pytest
+from tempo_micro import micro_config
 
 from tempo_jax.data import batch as data_batch
 from tempo_jax.tempo import methods
-from tempo_jax.tempo.config_validation import ConfigError, validate
-from tempo_jax.tempo.default_config import get_config
+from tempo_jax.tempo.config_validation import ConfigError
 from tempo_jax.tempo.loop import Trainer
 from tempo_jax.train.metric_writers import read_jsonl
 
@@ -18,51 +18,6 @@ from tempo_jax.train.metric_writers import read_jsonl
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tempo_data"))
-
-
-def micro_config(data_dir, method="tempo", **changes):
-    c = get_config()
-    c.method = method
-    c.total_steps = 2
-    c.eval_every = 0
-    c.save_every = 0
-    c.progress_bar = False
-    c.model.overrides.update(
-        {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_layers": 1,
-            "num_heads": 2,
-            "num_kv_heads": 1,
-            "head_dim": 16,
-        }
-    )
-    c.data.dir = data_dir
-    c.data.num_labeled = 64
-    c.data.num_unlabeled = 32
-    c.data.num_eval = 16
-    c.data.max_prompt_length = 24
-    c.data.prompts_per_step = 4  # 4 prompts x 2 samples = 8 rows: one per fake device
-    c.rollout.n = 2
-    c.rollout.max_new_tokens = 8
-    c.tempo.critic_warmup_steps = 1
-    c.tempo.critic_updates = 1
-    c.tempo.recalibrate_every = 2
-    c.train.policy_optimizer.learning_rate = 1e-2
-    c.train.critic_optimizer.learning_rate = 1e-2
-    c.eval.n = 2
-    c.eval.ks = (1, 2)
-    c.eval.num_problems = 4
-    c.grader.num_workers = 1
-    c.checkpoint.async_save = False
-    for key, value in changes.items():
-        section = c
-        parts = key.split(".")
-        for part in parts[:-1]:
-            section = section[part]
-        section[parts[-1]] = value
-    validate(c)
-    return c
 
 
 def params_of(state):
