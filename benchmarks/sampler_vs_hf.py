@@ -11,7 +11,8 @@ median seconds of each side and the fraction of generated tokens on which the tw
 
     python benchmarks/sampler_vs_hf.py                      # the CPU benchmark of the issue
     python benchmarks/sampler_vs_hf.py --batch 8 --new_tokens 16 --runs 2   # a quick look
-    python benchmarks/sampler_vs_hf.py --preset qwen3_0p6b --batch 256 --skip_peer  # GPU
+    python benchmarks/sampler_vs_hf.py --preset qwen3_0p6b --batch 256 --skip_peer \
+        --dtype bfloat16 --peak_bandwidth_gbs 4800                         # GPU (H200)
 
 `--breakdown` also times the parts of one tempo_jax rollout separately (prefill, one decode
 step of the loop, its output projection, one sampling step) to show where the time goes.
@@ -59,6 +60,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip_peer", action="store_true", help="time tempo_jax only")
     parser.add_argument("--breakdown", action="store_true", help="time prefill / step / sample")
+    parser.add_argument(
+        "--peak_bandwidth_gbs",
+        type=float,
+        default=None,
+        help="device memory bandwidth (GB/s); adds the bandwidth-roofline fraction",
+    )
     return parser.parse_args()
 
 
@@ -222,6 +229,31 @@ def breakdown(policy, prompts, args) -> dict[str, float]:
     }
 
 
+def bandwidth_roofline(config: tm.ModelConfig, args, seconds: float) -> dict[str, float]:
+    """Decode tokens/s if every step only moved its minimum bytes at the peak bandwidth.
+
+    Per decode step: every weight once in the compute dtype (the input embedding only for the B
+    looked-up rows; the output projection whole), plus the keys and values of the slots each
+    row attends to (prompt + tokens so far, averaged over the steps). Prefill is not counted
+    (it is compute-bound), so the fraction is a lower bound of the decode loop's.
+    """
+    itemsize = np.dtype(jnp.dtype(config.dtype)).itemsize
+    d, f, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    h, k, dh = config.num_heads, config.num_kv_heads, config.head_dim
+    per_layer = d * (h + 2 * k) * dh + h * dh * d + 3 * d * f + 2 * d + 2 * dh
+    weights = config.num_layers * per_layer + v * d + d + args.batch * d
+    mean_slots = args.prompt + (args.new_tokens - 1) / 2
+    cache = 2 * config.num_layers * args.batch * mean_slots * k * dh
+    step_bytes = (weights + cache) * itemsize
+    roofline = args.batch * args.peak_bandwidth_gbs * 1e9 / step_bytes
+    achieved = args.batch * args.new_tokens / seconds
+    return {
+        "decode_step_bytes": step_bytes,
+        "roofline_tokens_per_s": roofline,
+        "roofline_fraction": achieved / roofline,
+    }
+
+
 def main() -> None:
     args = parse_args()
     config = model_config(args)
@@ -257,6 +289,8 @@ def main() -> None:
             ratio=seconds["peer"] / seconds["tempo"],
             tokens_agree_fraction=float(np.mean(runners["peer"]() == runners["tempo"]())),
         )
+    if args.peak_bandwidth_gbs:
+        result.update(bandwidth_roofline(config, args, seconds["tempo"]))
     if args.breakdown:
         result["breakdown"] = breakdown(policy, prompts, args)
     print(json.dumps(result))

@@ -142,8 +142,9 @@ def test_batch_of_one_prompt_filling_its_bucket(policy, sampler, state):
     assert (1, 1, 8) in sampler.compiled_shapes  # (B, n, bucket)
 
 
-def test_max_new_tokens_one(policy, state, prompts):
-    sampler = Sampler(policy, max_new_tokens=1, prompt_buckets=(16,), eos_ids=(), pad_id=PAD)
+def test_max_new_tokens_one_and_several_eos_ids(policy, state, prompts):
+    unused = (UNUSED_EOS, UNUSED_EOS - 1)
+    sampler = Sampler(policy, max_new_tokens=1, prompt_buckets=(16,), eos_ids=unused, pad_id=PAD)
     out = sampler.generate(state, *prompts, sampling=SamplingParams(greedy=True))
     assert out.tokens.shape == (3, 1)
     np.testing.assert_array_equal(out.lengths, [1, 1, 1])
@@ -152,6 +153,16 @@ def test_max_new_tokens_one(policy, state, prompts):
     np.testing.assert_array_equal(out.tokens[:, 0], np.argmax(logits[:, 0], -1))
     expected = np.take_along_axis(log_softmax(logits[:, 0]), np.asarray(out.tokens), -1)
     np.testing.assert_allclose(out.logprobs, expected, atol=1e-5)
+
+    # Either of two EOS ids ends a row (rows 0 and 1 here); an EOS is a response token.
+    first = [int(t) for t in out.tokens[:, 0]]
+    assert first[2] not in first[:2]
+    stop = StopCriteria.create(first[:2], vocab_size=VOCAB)
+    ended = sampler.generate(state, *prompts, sampling=SamplingParams(greedy=True), stop=stop)
+    np.testing.assert_array_equal(ended.finish_reason, [FINISH_EOS, FINISH_EOS, FINISH_LENGTH])
+    np.testing.assert_array_equal(ended.tokens, out.tokens)
+    np.testing.assert_array_equal(ended.response_mask, [[1], [1], [1]])
+    assert sampler.num_compilations == 1
 
 
 def test_new_values_never_recompile(sampler, state, prompts, greedy, sampled):
