@@ -219,8 +219,15 @@ def test_no_weight_recast_or_resliced_inside_the_decode_loop(sampler, state, gre
 
 
 def test_olmo3_sliding_window_rollouts_match_full_forward(prompts):
-    """OLMo3 (3 sliding-window layers of 8 + 1 full, YaRN): prompt + response reach 20 tokens."""
-    config = tm.get_preset("tiny_olmo3", vocab_size=VOCAB, initializer_range=0.2)
+    """OLMo3 (a sliding-window layer of 8 and a full YaRN layer): prompt + response reach 20
+    tokens, so the window cuts both the prompt and the response."""
+    config = tm.get_preset(
+        "tiny_olmo3",
+        vocab_size=VOCAB,
+        initializer_range=0.2,
+        num_layers=2,
+        layer_types=("sliding_attention", "full_attention"),
+    )
     olmo = tm.Policy(config, rngs=nnx.Rngs(1))
     sampler = Sampler(olmo, max_new_tokens=MAX_NEW, prompt_buckets=(16,), eos_ids=(), pad_id=PAD)
     out = sampler.generate(nnx.state(olmo), *prompts, sampling=SamplingParams(greedy=True))
