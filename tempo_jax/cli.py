@@ -12,7 +12,8 @@ newest good one) as Hugging Face checkpoints HF_DIR/policy (and HF_DIR/critic wh
 a critic) that `transformers` loads.
 
 Errors the user can act on (an unwritable or full workdir, a run halted by non-finite updates, no
-checkpoint to export) end the process with exit code 1 and a one-line message, not a traceback.
+usable checkpoint to resume or export) end the process with exit code 1 and a one-line message,
+not a traceback.
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config and --workdir are required")
     from tempo_jax.tempo.config_validation import validate
-    from tempo_jax.train.checkpointing import CheckpointDirectoryError, check_writable
+    from tempo_jax.train.checkpointing import (
+        CheckpointDirectoryError,
+        CheckpointError,
+        check_writable,
+    )
 
     config = _CONFIG.value
     validate(config)  # before anything is built or compiled
@@ -77,7 +82,7 @@ def main(argv: list[str]) -> None:
 
         try:
             train_and_evaluate(config, workdir)
-        except (TrainingHalted, CheckpointDirectoryError) as e:
+        except (TrainingHalted, CheckpointDirectoryError, CheckpointError) as e:
             _fail(str(e))
     else:
         from tempo_jax.tempo.build import build_run
