@@ -86,7 +86,6 @@ def test_accuracy_metrics_keys_and_k_bounds():
     correct = np.array([[1, 0, 1, 0]], bool)
     ids = np.array([[0, 1, 0, 2]])
     out = em.accuracy_metrics(correct, ids, ks=(1, 2, 8))
-    assert set(out) == {"mean@4", "maj@4", "pass@1", "pass@2", "distinct_answers",
-                        "answer_entropy"}
+    assert set(out) == {"mean@4", "maj@4", "pass@1", "pass@2", "distinct_answers", "answer_entropy"}
     assert out["pass@1"] == pytest.approx(0.5)
     assert out["pass@2"] == pytest.approx(1 - 1 / 6)
