@@ -169,10 +169,11 @@ def collate(
         tokens[i, width - len(ids) :] = ids
         mask[i, width - len(ids) :] = 1
     flags = np.asarray(is_labeled, dtype=bool)
+    pairs = list(zip(rows, flags, strict=True))
     return PromptBatch(
         arrays=PromptArrays(prompt_tokens=tokens, prompt_mask=mask, is_labeled=flags),
         questions=tuple(r.question for r in rows),
         row_ids=tuple(r.row_id for r in rows),
-        labeled_answers=tuple(r.answers if f else None for r, f in zip(rows, flags)),
-        hidden_answers=HiddenAnswers([None if f else r.answers for r, f in zip(rows, flags)]),
+        labeled_answers=tuple(r.answers if f else None for r, f in pairs),
+        hidden_answers=HiddenAnswers([None if f else r.answers for r, f in pairs]),
     )

@@ -127,7 +127,8 @@ def train_sentencepiece(
     minimum = _BYTE_PIECES + 4 + len(user_defined_symbols)
     if vocab_size <= minimum:
         raise ValueError(
-            f"vocab_size={vocab_size} is too small: byte fallback alone needs {_BYTE_PIECES} pieces "
+            f"vocab_size={vocab_size} is too small: byte fallback alone needs {_BYTE_PIECES} "
+            "pieces "
             f"+ 4 special ids{' + user symbols' if user_defined_symbols else ''} (> {minimum})"
         )
     sentences = [line for line in lines if line]

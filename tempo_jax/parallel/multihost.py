@@ -186,9 +186,7 @@ def process_batch_rows(global_batch_size: int, sharding: NamedSharding) -> np.nd
             f"global batch size {global_batch_size} is not divisible by the {blocks} batch shards "
             f"of {sharding.spec} on mesh {dict(sharding.mesh.shape)}"
         )
-    index_map = _batch_dim_sharding(sharding).addressable_devices_indices_map(
-        (global_batch_size,)
-    )
+    index_map = _batch_dim_sharding(sharding).addressable_devices_indices_map((global_batch_size,))
     rows: set[int] = set()
     for (rows_slice,) in index_map.values():
         rows.update(range(*rows_slice.indices(global_batch_size)))

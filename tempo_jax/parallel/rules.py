@@ -70,9 +70,7 @@ def parse_rule_value(name: str, value: Any) -> tuple[str, ...]:
         )
     for axis in axes:
         if axis not in MESH_AXES:
-            raise ValueError(
-                f"rules.{name}: unknown mesh axis {axis!r}; mesh axes are {MESH_AXES}"
-            )
+            raise ValueError(f"rules.{name}: unknown mesh axis {axis!r}; mesh axes are {MESH_AXES}")
     if len(set(axes)) != len(axes):
         raise ValueError(f"rules.{name}: mesh axis repeated in {axes}")
     return axes

@@ -4,6 +4,7 @@ Linear-time scans only: this runs in the training process on untrusted model tex
 response or 10^5 nested braces must cost a single pass and no recursion.
 """
 
+import collections
 import re
 
 # `\boxed` / `\fbox` as whole command names (not `\fboxsep`, `\boxedanswer`).
@@ -65,9 +66,8 @@ def extract_boxed(text: str) -> str | None:
     """
     if not isinstance(text, str):
         raise TypeError(f"extract_boxed expects str, got {type(text).__name__}")
-    last = None
-    for last in _BOX_COMMAND.finditer(text):
-        pass
+    last = collections.deque(_BOX_COMMAND.finditer(text), maxlen=1)
+    last = last[0] if last else None
     if last is None:
         return None
     return _box_content(text, last.end())

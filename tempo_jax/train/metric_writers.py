@@ -18,7 +18,7 @@ import numpy as np
 
 
 def _to_jsonable(value: Any) -> Any:
-    """Scalars (numpy / jax 0-d arrays included) to plain Python; NaN/inf become None-safe floats."""
+    """Scalars (numpy / jax 0-d arrays included) to plain Python floats, ints, str or bool."""
     if isinstance(value, (str, bool)) or value is None:
         return value
     if isinstance(value, (int, np.integer)):

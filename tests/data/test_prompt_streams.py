@@ -5,6 +5,7 @@ import collections
 import dataclasses
 import importlib.util
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from tempo_jax.data.row_stream import RowStream
 from tempo_jax.data.sentencepiece_tokenizer import PAD_ID, SentencePieceTokenizer
 
 _CHILD = pathlib.Path(__file__).with_name("data_stream_child.py")
+_ROOT = pathlib.Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("data_stream_child", _CHILD)
 child = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(child)
@@ -161,7 +163,9 @@ def test_mixed_stream_labeled_fraction_and_roles(formatter, small_task_dir):
             batch = next(stream)
             assert int(batch.is_labeled.sum()) == k
             assert batch.is_labeled.tolist() == [True] * k + [False] * (batch_size - k)
-            for rid, lab, ans in zip(batch.row_ids, batch.is_labeled, batch.labeled_answers):
+            for rid, lab, ans in zip(
+                batch.row_ids, batch.is_labeled, batch.labeled_answers, strict=True
+            ):
                 assert rid.startswith("labeled/" if lab else "unlabeled/")
                 assert (ans is None) == (not lab)
     with pytest.raises(ValueError, match="labeled_fraction=0.1 with batch_size=4"):
@@ -238,6 +242,10 @@ def test_resume_in_a_new_process_gives_the_identical_next_batch(
         text=True,
         timeout=180,
         check=False,
+        # The child imports tempo_jax from this checkout even when it is not pip-installed.
+        env=dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])
+        ),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads((tmp_path / "out.json").read_text())

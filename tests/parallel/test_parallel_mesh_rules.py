@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
-
 from parallel_toy_model import toy_params
+
 from tempo_jax import parallel
 
 

@@ -8,9 +8,9 @@ import sys
 import time
 
 import numpy as np
+import parallel_multihost_worker as worker
 import pytest
 
-import parallel_multihost_worker as worker
 from tempo_jax import parallel
 
 WORKER = pathlib.Path(worker.__file__).resolve()

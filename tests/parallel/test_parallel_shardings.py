@@ -7,9 +7,9 @@ import optax
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
+from parallel_toy_model import Toy, toy_params
 
 from tempo_jax import parallel
-from parallel_toy_model import Toy, toy_params
 
 # Expected per-device shard shapes, written out by hand from the default rules
 # (vocab/heads/mlp -> tensor, embed -> fsdp, layers/head_dim -> replicated).
@@ -75,7 +75,8 @@ def test_params_and_adamw_state_really_sharded(devices, params, mesh_shape):
     placed_opt = parallel.place(opt_state, opt_shardings)
     opt_shards = _shard_shapes(placed_opt)
     for moment in ("mu", "nu"):
-        got = {k.split(f"0.{moment}.", 1)[1]: v for k, v in opt_shards.items() if f".{moment}." in k}
+        prefix = f"0.{moment}."
+        got = {k.split(prefix, 1)[1]: v for k, v in opt_shards.items() if f".{moment}." in k}
         assert got == {k: {v} for k, v in expected.items()}, moment
     assert opt_shards["0.count"] == {()}
     assert placed_opt[0].count.sharding.is_fully_replicated

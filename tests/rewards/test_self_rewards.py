@@ -84,9 +84,7 @@ def test_majority_vote_by_hand():
     group_ids = np.array([4, 4, 4, 4, 1, 1, 0, 0], np.int32)
     cluster_ids = np.array([0, 0, 1, 0, 0, 5, 0, 0], np.int32)
     valid = np.array([1, 1, 1, 0, 1, 1, 0, 0], bool)
-    np.testing.assert_array_equal(
-        majority(cluster_ids, valid, group_ids), [1, 1, 0, 0, 1, 1, 0, 0]
-    )
+    np.testing.assert_array_equal(majority(cluster_ids, valid, group_ids), [1, 1, 0, 0, 1, 1, 0, 0])
     np.testing.assert_allclose(
         frequency(cluster_ids, valid, group_ids),
         [0.5, 0.5, 0.25, 0.0, 0.5, 0.5, 0.0, 0.0],

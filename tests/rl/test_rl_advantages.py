@@ -80,8 +80,10 @@ def ref_broadcast(row_values, lengths, keep, length):
 
 def ref_em_outcome(b, keep, norm_by_std):
     n, length = b.mask.shape
-    s = [ref_terminal(b, i) if b.is_labeled[i] else float(np.clip(ref_terminal(b, i), -1, 1))
-         for i in range(n)]
+    s = [
+        ref_terminal(b, i) if b.is_labeled[i] else float(np.clip(ref_terminal(b, i), -1, 1))
+        for i in range(n)
+    ]
     rows = ref_group_normalise(s, b.group_ids, keep, norm_by_std, singleton_mean=lambda x: x)
     returns = ref_broadcast([ref_terminal(b, i) for i in range(n)], b.lengths, keep, length)
     return ref_broadcast(rows, b.lengths, keep, length), returns

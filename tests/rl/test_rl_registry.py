@@ -62,7 +62,8 @@ def test_estimators_match_direct_calls_under_jit():
     direct = jax.jit(direct_calls)(kw, token_rewards)
     for name in rl.ADVANTAGE_ESTIMATORS.names():
         options = {"gamma": 0.9, "lam": 0.8} if name == "gae" else {}
-        estimator = jax.jit(lambda kw, f=rl.ADVANTAGE_ESTIMATORS.get(name), o=options: f(**kw, **o))
+        fn = rl.ADVANTAGE_ESTIMATORS.get(name)
+        estimator = jax.jit(lambda kw, f=fn, o=options: f(**kw, **o))
         got = estimator(kw)
         for g, w in zip(got, direct[name], strict=True):
             if w is None:

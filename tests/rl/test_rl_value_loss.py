@@ -101,9 +101,7 @@ def test_no_labeled_row_gives_zero_loss_and_zero_gradient():
     b = make_batch(4)
     b.values[~b.mask] = np.nan
     nobody = np.zeros_like(b.is_labeled)
-    (loss, metrics), grad = loss_and_grad(
-        b.values, b.old_values, b.returns, b.mask, nobody, b.keep
-    )
+    (loss, metrics), grad = loss_and_grad(b.values, b.old_values, b.returns, b.mask, nobody, b.keep)
     assert float(loss) == 0.0 and float(metrics["labeled_rows"]) == 0.0
     assert np.all(np.asarray(grad) == 0.0)
 

@@ -127,9 +127,7 @@ def test_unlabeled_answers_never_reach_training(data_dir, tmp_path, monkeypatch)
     original = data_batch.HiddenAnswers.__init__
 
     def corrupted(self, answers):
-        original(
-            self, [None if a is None else ("corrupted-%d" % i,) for i, a in enumerate(answers)]
-        )
+        original(self, [None if a is None else (f"corrupted-{i}",) for i, a in enumerate(answers)])
 
     monkeypatch.setattr(data_batch.HiddenAnswers, "__init__", corrupted)
     _, dirty = run_steps(config, tmp_path / "dirty")
