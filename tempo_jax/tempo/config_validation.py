@@ -115,9 +115,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         data_config_from(config)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    rows = config.data.prompts_per_step * config.rollout.n
+    _positive_int(config, "data.prompts_per_update", 0)
+    per_update = config.data.prompts_per_update or config.data.prompts_per_step
+    _require(
+        per_update <= config.data.prompts_per_step
+        and config.data.prompts_per_step % per_update == 0,
+        "data.prompts_per_update",
+        f"must divide data.prompts_per_step={config.data.prompts_per_step} (0 = all of them), "
+        f"got {config.data.prompts_per_update}",
+    )
+    rows = per_update * config.rollout.n
     _require(
         rows % config.train.micro_batches == 0,
         "train.micro_batches",
-        f"must divide the rows per step (prompts_per_step * rollout.n = {rows})",
+        f"must divide the rows per policy update (prompts per update * rollout.n = {rows})",
     )

@@ -52,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.max_prompt_length = 32  # P: prompts are left-truncated or dropped past this
     c.data.overlong = "truncate"  # truncate (left, as the authors) | drop
     c.data.prompts_per_step = 8  # B: prompts per rollout batch
+    # Prompts per policy optimizer update: each step's rollouts are split into B / this many
+    # mini-batches of whole prompt groups, one update each (0 = B: one update per step).
+    c.data.prompts_per_update = 0
     c.data.labeled_fraction = 0.5  # tempo_mixed: fraction of each mixed batch drawn from D_L
 
     # --- rollouts ----------------------------------------------------------------------------

@@ -265,6 +265,54 @@ def method_scores(
     return scores, {"policy/self_reward": float(scores.mean())}
 
 
+def mini_batches(group_ids: np.ndarray, num: int) -> list[np.ndarray]:
+    """Row indices of `num` equal mini-batches made of whole prompt groups.
+
+    Group k (in order of first appearance) goes to mini-batch k % num, so that a batch whose
+    labeled prompts come first (tempo_mixed) still mixes both kinds in every mini-batch.
+
+    Raises:
+      ValueError: when the groups cannot fill `num` mini-batches of equal row count (every
+        mini-batch of one shape keeps the policy step at one compilation).
+    """
+    _, first = np.unique(group_ids, return_index=True)
+    order = group_ids[np.sort(first)]
+    parts = [np.flatnonzero(np.isin(group_ids, order[j::num])) for j in range(num)]
+    sizes = {len(p) for p in parts}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(
+            f"{len(order)} prompt groups of sizes {np.bincount(group_ids)[order].tolist()} cannot "
+            f"be split into {num} equal mini-batches (data.prompts_per_update)"
+        )
+    return parts
+
+
+def _mini_batch_updates(
+    run: Run, policy: TrainState, batch: RLBatch, group_ids: np.ndarray
+) -> tuple[TrainState, dict[str, float]]:
+    """One epoch of policy optimizer updates over mini-batches of `batch`.
+
+    Advantages and old log-probs were computed once on the whole batch, as in the authors' PPO
+    loop, so from the second mini-batch on the ratios move away from 1 and the clip acts.
+    Metrics are means over the mini-batches; `skipped` and `empty` count updates.
+    """
+    per_update = run.config.data.prompts_per_update
+    num = 1 if per_update == 0 else run.config.data.prompts_per_step // per_update
+    if num == 1:
+        policy, metrics = run.policy_step(policy, batch)
+        return policy, jax.device_get(metrics)
+    collected = []
+    for idx in mini_batches(group_ids, num):
+        policy, metrics = run.policy_step(policy, jax.tree.map(lambda x, i=idx: x[i], batch))
+        collected.append(jax.device_get(metrics))
+    out = {k: float(np.mean([m[k] for m in collected])) for k in collected[0]}
+    for key in ("skipped", "empty"):  # counts, not rates
+        if key in out:
+            out[key] = float(sum(float(m[key]) for m in collected))
+    out["updates"] = float(num)
+    return policy, out
+
+
 def policy_update(
     run: Run,
     policy: TrainState,
@@ -301,8 +349,7 @@ def policy_update(
             old_values=values,
             keep=keep,
         )
-        policy, step_metrics = run.policy_step(policy, batch)
-        step_metrics = jax.device_get(step_metrics)
+        policy, step_metrics = _mini_batch_updates(run, policy, batch, rows.group_ids)
     mask = rows.response_mask & keep[:, None]
     metrics.update({f"policy/{k}": float(v) for k, v in step_metrics.items()})
     metrics["policy/token_entropy"] = float((stats.entropy * mask).sum() / max(mask.sum(), 1))

@@ -12,6 +12,7 @@ from tempo_jax.data import batch as data_batch
 from tempo_jax.tempo import methods
 from tempo_jax.tempo.config_validation import ConfigError
 from tempo_jax.tempo.loop import Trainer
+from tempo_jax.tempo.phases import mini_batches
 from tempo_jax.train.metric_writers import read_jsonl
 
 
@@ -148,8 +149,41 @@ def test_unlabeled_answers_never_reach_training(data_dir, tmp_path, monkeypatch)
         ("rollout.top_p", 0.0, "config.rollout.top_p"),
         ("train.policy_optimizer.learning_rate", -1.0, "policy_optimizer.learning_rate"),
         ("tempo.advantage", "gae", "config.tempo.advantage"),
+        ("data.prompts_per_update", 3, "config.data.prompts_per_update"),
+        ("data.prompts_per_update", 8, "config.data.prompts_per_update"),
     ],
 )
 def test_invalid_config_names_the_field(data_dir, field, value, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         micro_config(data_dir, **{field: value})
+
+
+def test_mini_batches_are_whole_interleaved_groups():
+    # Groups in order of appearance 3, 0, 2, 1 (two rows each) -> mini-batches {3, 2} and {0, 1}.
+    group_ids = np.array([3, 3, 0, 0, 2, 2, 1, 1])
+    parts = mini_batches(group_ids, 2)
+    assert [p.tolist() for p in parts] == [[0, 1, 4, 5], [2, 3, 6, 7]]
+    assert [p.tolist() for p in mini_batches(group_ids, 1)] == [list(range(8))]
+    with pytest.raises(ValueError, match="3 equal mini-batches"):
+        mini_batches(group_ids, 3)
+    with pytest.raises(ValueError, match=r"sizes \[1, 3\]"):
+        mini_batches(np.array([0, 1, 1, 1]), 2)
+
+
+def test_several_policy_updates_per_step_move_the_ratio_off_one(data_dir, tmp_path):
+    # The authors' schedule: 8 prompts per step, 4 per update -> 2 optimizer updates per step,
+    # advantages and old log-probs fixed at rollout time. The first update has every ratio at 1
+    # (old log-probs are the current policy's), so it never clips; the second sees the policy
+    # moved by a 1e-2 step, far outside GSPO's 3e-4 / 5e-4 band, so some of its tokens clip.
+    changes = {
+        "data.prompts_per_step": 8,
+        "data.prompts_per_update": 4,
+        "eval.num_problems": 8,
+        "total_steps": 1,
+        "tempo.critic_warmup_steps": 0,
+    }
+    _, state = run_steps(micro_config(data_dir, "tempo_mixed", **changes), tmp_path)
+    assert int(state.policy.step) == 2  # optimizer updates, one per mini-batch
+    (record,) = read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert record["policy/updates"] == 2 and record["policy/skipped"] == 0
+    assert 0 < record["policy/clipfrac"] <= 0.5  # the mean of 0 (first) and the second's fraction
