@@ -96,6 +96,26 @@ class PromptBatch:
         """B."""
         return int(self.arrays.prompt_tokens.shape[0])
 
+    def pad_to(self, size: int) -> PromptBatch:
+        """The batch with its last prompt repeated up to `size` rows (fixed compiled shapes for
+        a short last batch; callers drop the repeats' outputs)."""
+        extra = size - self.batch_size
+        if extra < 0:
+            raise ValueError(f"cannot pad a batch of {self.batch_size} prompts to {size}")
+        idx = np.concatenate([np.arange(self.batch_size), np.full(extra, self.batch_size - 1)])
+        hidden = self.hidden_answers.reveal_for_evaluation()
+        return PromptBatch(
+            arrays=PromptArrays(
+                prompt_tokens=self.prompt_tokens[idx],
+                prompt_mask=self.prompt_mask[idx],
+                is_labeled=self.is_labeled[idx],
+            ),
+            questions=tuple(self.questions[i] for i in idx),
+            row_ids=tuple(self.row_ids[i] for i in idx),
+            labeled_answers=tuple(self.labeled_answers[i] for i in idx),
+            hidden_answers=HiddenAnswers([hidden[i] for i in idx]),
+        )
+
     def evaluation_answers(self) -> tuple[tuple[str, ...], ...]:
         """Every row's ground truths, unlabeled rows included. For evaluation code only."""
         hidden = self.hidden_answers.reveal_for_evaluation()

@@ -46,6 +46,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.eval_files = ""  # comma-separated files of the labeled holdout (split 'eval')
     c.data.question_field = "question"  # field holding the question text
     c.data.answer_field = "answer"  # field holding the answer (a string or a list of strings)
+    c.data.labeled_question_field = ""  # D_L files' question field ('' = data.question_field)
+    c.data.labeled_answer_field = ""  # D_L files' answer field ('' = data.answer_field)
+    c.data.unlabeled_question_field = ""  # D_U files' question field ('' = data.question_field)
+    c.data.unlabeled_answer_field = ""  # D_U files' answer field ('' = data.answer_field)
+    c.data.eval_question_field = ""  # holdout files' question field ('' = data.question_field)
+    c.data.eval_answer_field = ""  # holdout files' answer field ('' = data.answer_field)
     c.data.num_labeled = 2048  # built-in task: size of the labeled split
     c.data.num_unlabeled = 256  # built-in task: size of the unlabeled (test-time) split
     c.data.num_eval = 256  # built-in task: size of the holdout split 'eval'
@@ -89,7 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.n = 8  # samples per problem (mean@n, pass@k, maj@n)
     c.eval.ks = (1, 2, 4, 8)  # pass@k values reported (k <= n)
     c.eval.temperature = 1.0  # sampling temperature of mean@n
-    c.eval.num_problems = 64  # problems per split per evaluation (multiple of prompts_per_step)
+    c.eval.num_problems = 64  # problems per split per evaluation (at most; fewer if the split is)
     c.eval.greedy = True  # also report greedy accuracy
     # label -> dataset split: the unlabeled TTT questions and the holdout.
     c.eval.splits = ml_collections.ConfigDict({"unlabeled": "unlabeled", "holdout": "eval"})

@@ -7,8 +7,6 @@ Brier, calibration error) on the same samples. Metric keys: `eval/<split>/<metri
 
 from __future__ import annotations
 
-import itertools
-
 import jax
 import numpy as np
 
@@ -22,14 +20,18 @@ from tempo_jax.tempo.rollout_data import concat_rows
 
 
 def _batches(run: Run, split: str):
-    """The first `eval.num_problems` problems of `split` in batches of `data.prompts_per_step`
-    (a smaller last batch is dropped so every call reuses the training shapes)."""
+    """The first `eval.num_problems` problems of `split` (all of them if it has fewer), as
+    (batch, real) pairs of `data.prompts_per_step` prompts: a short last batch is padded by
+    repeating its last prompt, so every call reuses the training shapes, and only its first
+    `real` prompts are scored."""
     cfg = run.config
-    size = cfg.data.prompts_per_step
-    count = cfg.eval.num_problems // size
-    for batch in itertools.islice(run.data.one_pass(split, batch_size=size), count):
-        if batch.batch_size == size:
-            yield batch
+    size, wanted, seen = cfg.data.prompts_per_step, cfg.eval.num_problems, 0
+    for batch in run.data.one_pass(split, batch_size=size):
+        real = min(batch.batch_size, wanted - seen)
+        if real <= 0:
+            return
+        yield (batch.pad_to(size) if batch.batch_size < size else batch), real
+        seen += real
 
 
 def evaluate_split(
@@ -40,8 +42,8 @@ def evaluate_split(
     n = cfg.eval.n
     parts, truths = [], []
     greedy_correct = []
-    for i, batch in enumerate(_batches(run, split)):
-        answers = batch.evaluation_answers()
+    for i, (batch, real) in enumerate(_batches(run, split)):
+        answers = batch.evaluation_answers()[:real]
         rows = sample(
             run,
             policy_params,
@@ -51,6 +53,8 @@ def evaluate_split(
             seed=step_seed(cfg.seed, step, "eval", i),
             sampling=SamplingParams(temperature=cfg.eval.temperature),
         )
+        if real < batch.batch_size:
+            rows = rows.take_groups(range(real))
         parts.append(rows)
         truths.extend(answers[g] for g in rows.group_ids)
         if cfg.eval.greedy:
@@ -63,6 +67,8 @@ def evaluate_split(
                 seed=0,
                 sampling=SamplingParams(temperature=0.0, greedy=True),
             )
+            if real < batch.batch_size:
+                greedy = greedy.take_groups(range(real))
             with timer("grading"):
                 graded = grade_batch(
                     greedy.texts,
@@ -73,8 +79,8 @@ def evaluate_split(
             greedy_correct.extend(graded.correct)
     if not parts:
         raise ValueError(
-            f"eval split {split!r} has fewer than data.prompts_per_step="
-            f"{cfg.data.prompts_per_step} problems usable at max_prompt_length"
+            f"eval split {split!r} has no problem usable at data.max_prompt_length="
+            f"{cfg.data.max_prompt_length}"
         )
     rows = concat_rows(parts)
     with timer("grading"):
@@ -90,6 +96,7 @@ def evaluate_split(
     out = eval_metrics.accuracy_metrics(
         correct.reshape(problems, n), ids.reshape(problems, n), tuple(cfg.eval.ks)
     )
+    out["problems"] = float(problems)
     if greedy_correct:
         out["greedy_accuracy"] = float(np.mean(greedy_correct))
     out["response_length"] = float(rows.lengths.mean())

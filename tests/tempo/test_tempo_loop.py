@@ -11,8 +11,9 @@ from tempo_micro import micro_config
 from tempo_jax.data import batch as data_batch
 from tempo_jax.tempo import methods
 from tempo_jax.tempo.config_validation import ConfigError
+from tempo_jax.tempo.evaluation import evaluate
 from tempo_jax.tempo.loop import Trainer
-from tempo_jax.tempo.phases import mini_batches
+from tempo_jax.tempo.phases import Timer, mini_batches
 from tempo_jax.train.metric_writers import read_jsonl
 
 
@@ -144,7 +145,7 @@ def test_unlabeled_answers_never_reach_training(data_dir, tmp_path, monkeypatch)
     "field,value,message",
     [
         ("method", "nope", "config.method"),
-        ("eval.num_problems", 3, "config.eval.num_problems"),
+        ("eval.num_problems", 0, "config.eval.num_problems"),
         ("eval.ks", (1, 4), "config.eval.ks"),
         ("rollout.top_p", 0.0, "config.rollout.top_p"),
         ("train.policy_optimizer.learning_rate", -1.0, "policy_optimizer.learning_rate"),
@@ -178,7 +179,6 @@ def test_several_policy_updates_per_step_move_the_ratio_off_one(data_dir, tmp_pa
     changes = {
         "data.prompts_per_step": 8,
         "data.prompts_per_update": 4,
-        "eval.num_problems": 8,
         "total_steps": 1,
         "tempo.critic_warmup_steps": 0,
     }
@@ -187,3 +187,21 @@ def test_several_policy_updates_per_step_move_the_ratio_off_one(data_dir, tmp_pa
     (record,) = read_jsonl(str(tmp_path / "metrics.jsonl"))
     assert record["policy/updates"] == 2 and record["policy/skipped"] == 0
     assert 0 < record["policy/clipfrac"] <= 0.5  # the mean of 0 (first) and the second's fraction
+
+
+def test_evaluation_scores_exactly_the_requested_problems(data_dir, tmp_path):
+    # 6 problems with 4 prompts per batch: the second batch is padded to 4 and its 2 repeats are
+    # not scored; asking for more than the split holds (16) scores the whole split.
+    trainer = Trainer(micro_config(data_dir, "tempo_frozen"), str(tmp_path))
+    try:
+        state = trainer._fresh_state()
+        for wanted, scored in ((6, 6), (100, 16)):
+            trainer.run.config.eval.num_problems = wanted
+            out = evaluate(
+                trainer.run, state.policy.params, state.critic.params, step=0, timer=Timer()
+            )
+            assert out["eval/holdout/problems"] == scored
+            assert out["eval/unlabeled/problems"] == min(wanted, 32)
+            assert out["eval/holdout/pass@2"] >= out["eval/holdout/mean@2"]
+    finally:
+        trainer.close()
