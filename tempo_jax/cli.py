@@ -63,7 +63,7 @@ def main(argv: list[str]) -> None:
         return
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config and --workdir are required")
-    from tempo_jax.tempo.config_validation import validate
+    from tempo_jax.tempo.config_validation import ConfigError, check_paths, validate
     from tempo_jax.train.checkpointing import (
         CheckpointDirectoryError,
         CheckpointError,
@@ -71,7 +71,11 @@ def main(argv: list[str]) -> None:
     )
 
     config = _CONFIG.value
-    validate(config)  # before anything is built or compiled
+    try:  # before anything is built or compiled
+        validate(config)
+        check_paths(config)
+    except ConfigError as e:
+        _fail(str(e))
     workdir = os.path.abspath(_WORKDIR.value)
     try:  # before any data is built: an unwritable or full disk fails here
         check_writable(workdir, min_free_bytes=config.checkpoint.min_free_mb << 20)

@@ -224,12 +224,26 @@ def _files(data: Any) -> LocalFilesConfig | None:
         "question_field": _get(data, "question_field", "question"),
         "answer_field": _get(data, "answer_field", "answer"),
     }
+
+    def fields(split: str) -> dict[str, str]:
+        # e.g. DAPO-Math (prompt / reward_model.ground_truth) as D_L, AIME (problem / answer) as
+        # D_U: `data.<split>_question_field` / `_answer_field` override the shared names.
+        return {
+            key: _get(data, f"{split}_{key}", "") or common[key]
+            for key in ("question_field", "answer_field")
+        }
+
     sources = [
-        LocalSource(p, split="labeled", solution_field=_get(data, "solution_field", ""), **common)
+        LocalSource(
+            p, split="labeled", solution_field=_get(data, "solution_field", ""), **fields("labeled")
+        )
         for p in paths("labeled_files")
     ]
-    sources += [LocalSource(p, split="unlabeled", **common) for p in paths("unlabeled_files")]
-    sources += [LocalSource(p, split="eval", **common) for p in paths("eval_files")]
+    sources += [
+        LocalSource(p, split=s, **fields(s))
+        for s in ("unlabeled", "eval")
+        for p in paths(f"{s}_files")
+    ]
     sources += [
         LocalSource(p, is_labeled_field=_get(data, "is_labeled_field", "is_labeled"), **common)
         for p in paths("mixed_files")
@@ -255,7 +269,8 @@ def data_config_from(config: Any) -> DataConfig:
 
     Read (all optional): tokenizer.{kind, path, vocab_size, prompt_template, chat, system_prompt,
     chat_template, chat_template_kwargs, add_bos}; data.{source, labeled_files, unlabeled_files,
-    eval_files, mixed_files, question_field, answer_field, solution_field, is_labeled_field,
+    eval_files, mixed_files, question_field, answer_field, {labeled, unlabeled,
+    eval}_{question, answer}_field, solution_field, is_labeled_field,
     strict, task_seed, num_labeled, num_unlabeled, num_eval, labeled_difficulty,
     unlabeled_difficulty, eval_difficulty, max_prompt_length, overlong, prompts_per_step,
     labeled_fraction, pad_multiple}; and the top-level seed (data order).

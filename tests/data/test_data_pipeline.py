@@ -103,6 +103,54 @@ def test_local_files_from_config(tmp_path):
     assert ids == {f"{unl}:1", f"{unl}:2", f"{unl}:3", f"{unl2}:1"}
 
 
+def test_per_split_field_names(tmp_path):
+    # DAPO-Math-17k's layout as D_L (chat messages, nested ground truth), AIME's as D_U.
+    lab = tmp_path / "dapo.jsonl"
+    lab.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "prompt": [{"role": "user", "content": f"q{i}"}],
+                    "reward_model": {"ground_truth": str(i)},
+                }
+            )
+            for i in range(4)
+        )
+    )
+    unl = tmp_path / "aime.jsonl"
+    unl.write_text("\n".join(json.dumps({"problem": f"a{i}", "answer": 7 * i}) for i in range(4)))
+    cfg = _config(
+        source="files",
+        labeled_files=str(lab),
+        unlabeled_files=str(unl),
+        question_field="prompt",
+        answer_field="reward_model.ground_truth",
+        unlabeled_question_field="problem",
+        unlabeled_answer_field="answer",
+    )
+    sources = {s.split: s for s in pipeline.data_config_from(cfg).files.sources}
+    assert (sources["labeled"].question_field, sources["labeled"].answer_field) == (
+        "prompt",
+        "reward_model.ground_truth",
+    )
+    assert (sources["unlabeled"].question_field, sources["unlabeled"].answer_field) == (
+        "problem",
+        "answer",
+    )
+    tok_path = tmp_path / "t.model"
+    pipeline.load_tokenizer(
+        pipeline.TokenizerConfig(num_problems=50), pipeline.ArithmeticTaskConfig()
+    ).save(tok_path)
+    cfg.tokenizer.path = str(tok_path)
+    data = pipeline.build_data(pipeline.data_config_from(cfg), tmp_path / "tfds")
+    assert {(r.question, r.answers) for r in data.all_rows("labeled")} == {
+        (f"q{i}", (str(i),)) for i in range(4)
+    }
+    assert {(r.question, r.answers) for r in data.all_rows("unlabeled")} == {
+        (f"a{i}", (str(7 * i),)) for i in range(4)
+    }
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match=r"data.labeled_difficulty: unknown knobs \['steps'\]"):
         pipeline.data_config_from(_config(labeled_difficulty={"steps": 3}))

@@ -1,0 +1,25 @@
+"""TEMPO on AIME with OLMo-3-7B, the authors' recipe (256 prompts per step, 64 per update, n=8,
+16k-token responses, AdamW 1e-6; see tempo_jax/tempo/aime_recipe.py for paths and fields). The
+second command runs a baseline (any registered method name).
+
+    tempo-jax train --config=configs/olmo3_7b_aime.py --workdir=runs/olmo3_7b_aime
+    tempo-jax train --config=configs/olmo3_7b_aime.py:ttrl --workdir=runs/olmo3_7b_aime_ttrl
+
+Checkpoint: $TEMPO_ROOT/checkpoints/Olmo-3-7B-Think (override with --config.model.hf_path=DIR).
+"""
+
+import ml_collections
+
+from tempo_jax.tempo.aime_recipe import aime_config
+
+
+def get_config(method: str = "") -> ml_collections.ConfigDict:
+    """`method` is the config-file argument (configs/olmo3_7b_aime.py:METHOD; '' = tempo)."""
+    return aime_config(
+        checkpoint="Olmo-3-7B-Think",
+        preset="olmo3_7b",
+        method=method,
+        prompts_per_step=256,
+        prompts_per_update=64,
+        micro_batches=16,
+    )
