@@ -30,13 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
             "tie_word_embeddings": True,
         }
     )
-    single_digit = {"max_digits": 1}
-    c.data.labeled_difficulty = ml_collections.ConfigDict(dict(single_digit))
-    c.data.unlabeled_difficulty = ml_collections.ConfigDict(dict(single_digit))
-    # The holdout is labeled-distribution (2-3 steps), so eval shows both regimes.
-    c.data.eval_difficulty = ml_collections.ConfigDict(
-        {"max_digits": 1, "min_steps": 2, "max_steps": 3}
-    )
+    # The task's defaults are this config's calibrated difficulty (tempo_jax/data/arithmetic.py):
+    # single-digit operands, D_L and the holdout 2-3 steps, D_U 3-4 steps.
     c.data.max_prompt_length = 24
     c.data.prompts_per_step = 8
     c.rollout.n = 4

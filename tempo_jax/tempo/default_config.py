@@ -4,9 +4,12 @@ Other config files start from `get_config()` here and override. Command-line ove
 `tempo-jax train --config=configs/X.py --config.rollout.n=4`.
 """
 
+import dataclasses
+
 import ml_collections
 
 from tempo_jax import parallel, train
+from tempo_jax.data.arithmetic import ArithmeticTaskConfig
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -55,6 +58,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.num_labeled = 2048  # built-in task: size of the labeled split
     c.data.num_unlabeled = 256  # built-in task: size of the unlabeled (test-time) split
     c.data.num_eval = 256  # built-in task: size of the holdout split 'eval'
+    # Built-in task difficulty knobs per split (tempo_jax.data.arithmetic.Difficulty: min/max_steps,
+    # min/max_digits, operations, max_multiplier, allow_negative), e.g.
+    # --config.data.unlabeled_difficulty.max_steps=5.
+    task = ArithmeticTaskConfig()
+    for split in ("labeled", "unlabeled", "eval"):
+        c.data[f"{split}_difficulty"] = ml_collections.ConfigDict(
+            dataclasses.asdict(getattr(task, split))
+        )
     c.data.max_prompt_length = 32  # P: prompts are left-truncated or dropped past this
     c.data.overlong = "truncate"  # truncate (left, as the authors) | drop
     c.data.prompts_per_step = 8  # B: prompts per rollout batch

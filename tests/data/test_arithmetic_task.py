@@ -75,11 +75,21 @@ def test_rows_are_deterministic_by_seed_split_and_index():
     unl = [problem_at(cfg, "unlabeled", i).question for i in range(200)]
     ev = [problem_at(cfg, "eval", i).question for i in range(200)]
     assert len(set(unl) & set(ev)) <= 2
-    # Test-time questions barely overlap the labeled set at the default sizes (measured: 1 of 256).
+    # D_L never contains a test-time or holdout question (13 of 256 D_U questions did before the
+    # labeled split skipped them); it still has num_labeled rows, with gaps in its indices.
     default = ArithmeticTaskConfig()
-    labeled = {p.question for _, p in arithmetic.iter_split(default, "labeled")}
-    unlabeled = [p.question for _, p in arithmetic.iter_split(default, "unlabeled")]
-    assert sum(q in labeled for q in unlabeled) <= 3
+    rows = list(arithmetic.iter_split(default, "labeled"))
+    labeled = {p.question for _, p in rows}
+    assert len(rows) == default.num_labeled and rows[-1][0] > default.num_labeled - 1
+    for split in ("unlabeled", "eval"):
+        questions = [p.question for _, p in arithmetic.iter_split(default, split)]
+        assert len(questions) == default.size(split)
+        assert not labeled & set(questions)
+    # One-step questions number 126; 5000 holdout rows take them all, so D_L cannot be filled.
+    one_step = Difficulty(min_steps=1, max_steps=1)
+    exhausted = ArithmeticTaskConfig(num_labeled=50, num_eval=5000, labeled=one_step, eval=one_step)
+    with pytest.raises(ValueError, match="only 0 of 50 questions"):
+        list(arithmetic.iter_split(exhausted, "labeled"))
     assert list(arithmetic.iter_split(ArithmeticTaskConfig(num_eval=3), "eval")) == [
         (i, problem_at(ArithmeticTaskConfig(), "eval", i)) for i in range(3)
     ]
