@@ -13,6 +13,8 @@ Public API (all sharding trees mirror their input's structure; Variables stay Va
   with_logical_constraint(x, names, mesh, rules=None) -> x constrained (inside jit)
   initialize_distributed(config=None) -> bool; process_batch_slice(B, sharding) -> slice;
   process_batch_rows(B, sharding) -> rows [n]; global_batch_from_local(local, mesh, sharding=None)
+  global_from_host(tree, shardings) / host_from_global(tree): host values equal on every process
+    <-> global arrays; broadcast_from_main(tree); is_main_process(); sync_processes(name)
 
 Divisibility is checked in Python before anything is lowered: one ValueError names every
 offending parameter path, logical axis, dimension, size and mesh axes.
@@ -22,11 +24,16 @@ from tempo_jax.parallel.config import get_config
 from tempo_jax.parallel.mesh import MESH_AXES, make_mesh, resolve_mesh_shape
 from tempo_jax.parallel.multihost import (
     DistributedConfig,
+    broadcast_from_main,
     global_batch_from_local,
+    global_from_host,
+    host_from_global,
     initialize_distributed,
+    is_main_process,
     process_batch_rows,
     process_batch_slice,
     resolve_distributed_config,
+    sync_processes,
 )
 from tempo_jax.parallel.rules import (
     DEFAULT_RULES,
@@ -52,9 +59,13 @@ __all__ = [
     "abstract_state",
     "batch_sharding",
     "batch_shardings",
+    "broadcast_from_main",
     "get_config",
     "global_batch_from_local",
+    "global_from_host",
+    "host_from_global",
     "initialize_distributed",
+    "is_main_process",
     "logical_axes_of",
     "logical_to_spec",
     "make_mesh",
@@ -67,5 +78,6 @@ __all__ = [
     "resolve_distributed_config",
     "resolve_mesh_shape",
     "state_shardings",
+    "sync_processes",
     "with_logical_constraint",
 ]

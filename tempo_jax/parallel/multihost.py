@@ -1,8 +1,15 @@
 """Multi-host setup: `jax.distributed` from config or environment, and per-process batches.
 
-Every process runs the same program (multi-controller JAX). Each one loads only the batch rows its
-own devices hold (`process_batch_slice`) and `global_batch_from_local` stitches the local pieces
-into global arrays sharded over the mesh, without any host ever holding the full batch.
+Every process runs the same program (multi-controller JAX). Two ways to feed it:
+
+  - Each process loads only the batch rows its own devices hold (`process_batch_slice`) and
+    `global_batch_from_local` stitches the local pieces into global arrays sharded over the mesh,
+    without any host ever holding the full batch.
+  - Every process holds the same host values (the TEMPO loop: identical data streams, sampling
+    seeds and gathered rollouts): `global_from_host` builds global arrays from them (each process
+    places only its own shards), `host_from_global` gathers sharded outputs back to every host,
+    and `broadcast_from_main` makes host values that could differ between processes (grader
+    outcomes under timeouts) process 0's.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec, Sharding
 
 from tempo_jax.parallel.rules import Rules
 from tempo_jax.parallel.shardings import batch_sharding as default_batch_sharding
@@ -258,3 +266,81 @@ def global_batch_from_local(
         )
 
     return jax.tree_util.tree_map_with_path(one, local_batch, shardings)
+
+
+def is_main_process() -> bool:
+    """True on the process that writes files other processes would duplicate (process 0)."""
+    return jax.process_index() == 0
+
+
+def sync_processes(name: str) -> None:
+    """A barrier over all processes (no-op for one process); `name` must match on every process."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _is_host_value(x: Any) -> bool:
+    return isinstance(x, (np.ndarray, np.generic, bool, int, float))
+
+
+def global_from_host(tree: Any, shardings: Any) -> Any:
+    """Global `jax.Array`s from host values that are identical on every process.
+
+    Each process places only the shards its own devices hold (`jax.make_array_from_callback`),
+    so nothing crosses hosts. Leaves that are already `jax.Array`s pass through unchanged (jit
+    checks their shardings). Host values that differ between processes are not detected here:
+    the result would silently mix them, so make such values equal first (`broadcast_from_main`).
+
+    Args:
+      tree: pytree of numpy arrays / scalars (and jax.Arrays, passed through).
+      shardings: one Sharding for every leaf, or a tree whose Sharding leaves match `tree`'s
+        leaves in order (e.g. a jitted function's `in_shardings` entry for this argument).
+
+    Returns:
+      `tree` with every host leaf a global jax.Array of the same shape, dtype and values.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    if isinstance(shardings, Sharding):
+        targets = [shardings] * len(leaves)
+    else:
+        targets = jax.tree.leaves(shardings, is_leaf=lambda s: isinstance(s, Sharding))
+    if len(targets) != len(leaves):
+        raise ValueError(f"global_from_host: {len(leaves)} leaves but {len(targets)} shardings")
+
+    def one(x: Any, sharding: Sharding) -> Any:
+        if not _is_host_value(x):
+            return x
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.unflatten(treedef, [one(x, s) for x, s in zip(leaves, targets, strict=True)])
+
+
+def host_from_global(tree: Any) -> Any:
+    """Every array leaf as a numpy array of its global value, on every process.
+
+    Single process: `jax.device_get`. Several processes: arrays whose shards live partly on other
+    processes are gathered (`process_allgather`, a collective: every process must call this with
+    the same arrays); replicated and host-local arrays are copied locally.
+    """
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+
+    def one(x: Any) -> Any:
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            return multihost_utils.process_allgather(x, tiled=True)
+        return np.asarray(x) if isinstance(x, jax.Array) else x
+
+    return jax.tree.map(one, tree)
+
+
+def broadcast_from_main(tree: Any) -> Any:
+    """Process 0's values of a pytree of host arrays, on every process (unchanged for one process).
+
+    For host results every process computes but that may differ between them (a grader that
+    times out on one host only), so that all processes continue with the same data. Arrays must
+    have the same shapes and dtypes on every process; values pass exactly (a sum with zeros).
+    """
+    if jax.process_count() == 1:
+        return tree
+    return multihost_utils.broadcast_one_to_all(tree)

@@ -10,6 +10,10 @@ params' logical axes, batch leaves split over the `batch` rule's mesh axes on di
 replicated. Every check (divisible dimensions, micro-batches, batch shapes and dtypes) runs in
 Python before tracing, and each call is checked against the example it was built with, so a
 batch of another shape fails with a message instead of silently compiling a second executable.
+
+Multi-process: host (numpy) inputs must be equal on every process (they become global arrays,
+each process placing its own shards); sharded outputs come back to the host with
+`parallel.host_from_global`.
 """
 
 from __future__ import annotations
@@ -135,6 +139,13 @@ class CompiledStep:
 
     def __call__(self, *args: Any) -> Any:
         self._check(args)
+        if jax.process_count() > 1:
+            # jit refuses numpy inputs with sharded in_shardings across processes; every process
+            # holds the same host batch, so each places its own shards of it.
+            args = tuple(
+                parallel.global_from_host(arg, shardings)
+                for arg, shardings in zip(args, self.in_shardings, strict=True)
+            )
         return self._jitted(*args)
 
     def lower(self, *args: Any) -> jax.stages.Lowered:
