@@ -11,6 +11,11 @@ rerunning the same command resumes. SIGTERM / SIGINT finish the current step, sa
 newest good one) as Hugging Face checkpoints HF_DIR/policy (and HF_DIR/critic when the method has
 a critic) that `transformers` loads.
 
+Multi-process runs (a TPU pod, several GPU hosts): start the same command on every host with
+`config.parallel.distributed` (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) set;
+every process runs the whole loop on the same data, only process 0 writes metrics and reports,
+and all of them write the checkpoints together (the workdir must be shared).
+
 Errors the user can act on (an unwritable or full workdir, a run halted by non-finite updates, no
 usable checkpoint to resume or export) end the process with exit code 1 and a one-line message,
 not a traceback.
@@ -76,6 +81,12 @@ def main(argv: list[str]) -> None:
         check_paths(config)
     except ConfigError as e:
         _fail(str(e))
+    from tempo_jax import parallel
+
+    try:  # before anything touches a JAX backend
+        parallel.initialize_distributed(config.parallel.distributed)
+    except ValueError as e:
+        _fail(f"parallel.{e}")
     workdir = os.path.abspath(_WORKDIR.value)
     try:  # before any data is built: an unwritable or full disk fails here
         check_writable(workdir, min_free_bytes=config.checkpoint.min_free_mb << 20)

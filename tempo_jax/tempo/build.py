@@ -190,7 +190,14 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, mod
     the sampler and the grader pool. Returns the run and the initial policy module."""
     method = get_method(config.method)
     data_dir = config.data.dir or os.path.join(workdir, "data")
-    data = build_data(data_config_from(config), data_dir)
+    data_config = data_config_from(config)
+    # Process 0 builds the dataset; the others then reuse it (a shared data_dir) or build their
+    # own (a host-local one), never racing on the same files.
+    if parallel.is_main_process():
+        data = build_data(data_config, data_dir)
+    parallel.sync_processes("tempo_jax.build_run: dataset built")
+    if not parallel.is_main_process():
+        data = build_data(data_config, data_dir)
     tokenizer = data.tokenizer
     policy = init_policy(config, tokenizer.vocab_size)
     if policy.config.vocab_size < tokenizer.vocab_size:

@@ -7,9 +7,9 @@ Brier, calibration error) on the same samples. Metric keys: `eval/<split>/<metri
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
+from tempo_jax import parallel
 from tempo_jax.rewards.clusters import cluster_answers
 from tempo_jax.rewards.math import grade_batch
 from tempo_jax.sampling import SamplingParams
@@ -121,12 +121,12 @@ def _token_entropy_and_values(run: Run, rows, policy_params, critic_params, time
             part = part.pad_rows(chunk)
         seqs = sequences(part)
         with timer("eval_forward"):
-            stats = jax.device_get(run.token_stats(policy_params, seqs))
+            stats = parallel.host_from_global(run.token_stats(policy_params, seqs))
             mask = part.response_mask
             ent_sum += float((stats.entropy * mask).sum())
             tok_sum += int(mask.sum())
             if critic_params is not None:
-                values.append(np.asarray(run.values(critic_params, seqs)))
+                values.append(parallel.host_from_global(run.values(critic_params, seqs)))
     vals = None
     if values:
         vals = np.concatenate(values)[: rows.num_rows]

@@ -8,6 +8,13 @@ Sampling seeds are functions of (seed, step, phase, attempt), so no RNG state ne
 resumed run draws exactly what an uninterrupted run draws. The metadata also holds the running
 fault counters and each network's `ModelConfig` (so `tempo-jax export` needs only the checkpoint).
 
+Several processes (`jax.distributed`, set up by the CLI): every process runs this same host
+program on the same data (streams and sampling seeds are functions of the seed; grader outcomes
+are process 0's, see `phases`); the compiled functions take global arrays built from that host
+data and their sharded outputs are gathered back to every host. Only process 0 writes
+metrics.jsonl, warmup_metrics.jsonl, TensorBoard, config.json and the report; all processes
+save and restore the Orbax checkpoints together, so the workdir must be shared.
+
 Faults:
   - kill -9 at any moment: the rerun resumes from the newest good checkpoint and drops the
     metrics.jsonl records past it, so the file reads as if the run never stopped.
@@ -36,7 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tempo_jax import train
+from tempo_jax import parallel, train
 from tempo_jax.tempo import methods, phases, report
 from tempo_jax.tempo.build import build_run, init_critic
 from tempo_jax.tempo.evaluation import evaluate
@@ -105,8 +112,10 @@ class Trainer:
         )
         self._model_configs = {"policy": model_config_to_dict(self._initial_policy.config)}
         self._last_saved_step: int | None = None
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(config.to_dict(), f, indent=1, sort_keys=True, default=str)
+        self.is_main_process = parallel.is_main_process()
+        if self.is_main_process:
+            with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+                json.dump(config.to_dict(), f, indent=1, sort_keys=True, default=str)
 
     # --- state ---------------------------------------------------------------------------
 
@@ -243,7 +252,8 @@ class Trainer:
             metrics.update(phases.rollout_metrics("warmup", rows, rewards))
             metrics.update(self._grader_counters(state, grader_before))
             metrics.update(self._count_nonfinite(state, metrics))
-            writer.write({"warmup_step": i + 1, **metrics, **timer.metrics()})
+            if self.is_main_process:
+                writer.write({"warmup_step": i + 1, **metrics, **timer.metrics()})
             self._halt_if_nonfinite(state, f"critic warm-up step {i + 1}")
         state.warmed_up = True
         return state
@@ -418,7 +428,7 @@ class Trainer:
                 cfg.total_steps,
                 initial_step=state.step,
                 progress_keys=PROGRESS_KEYS,
-                is_main_process=jax.process_index() == 0,
+                is_main_process=self.is_main_process,
                 progress=cfg.progress_bar,
             )
             try:
@@ -426,7 +436,7 @@ class Trainer:
             finally:
                 writers.close()
         self.checkpointer.wait()
-        if stopped:
+        if stopped or not self.is_main_process:
             return state
         summary_path, plot_path = report.write_report(self.workdir, title=f"{cfg.method}")
         with open(summary_path, encoding="utf-8") as f:
@@ -441,10 +451,12 @@ class Trainer:
         cfg = self.config
         # Records past the restored step (or all of them on a fresh start) are from a run that
         # did not reach its next checkpoint; they will be written again.
-        writers.jsonl.truncate_after(state.step if resumed else -1)
+        if self.is_main_process:  # the only process that writes metrics
+            writers.jsonl.truncate_after(state.step if resumed else -1)
         if not resumed:
             warmup_writer = JsonlWriter(os.path.join(self.workdir, "warmup_metrics.jsonl"))
-            warmup_writer.truncate_after(-1)
+            if self.is_main_process:
+                warmup_writer.truncate_after(-1)
             if self.method.uses_critic:
                 state = self._warmup(state, warmup_writer)
             if cfg.eval_every > 0:

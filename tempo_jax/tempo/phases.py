@@ -1,6 +1,10 @@
 """The phases of one loop step: sample, score, and update the critic (E-step) or the policy
 (M-step). Host-side glue between the sampler, the grader, `tempo_jax.rl` and the compiled steps.
 
+Multi-process runs: every process computes the same rows; rewards and self-reward scores (from
+a grader that may time out on one host only) are process 0's on every process, and sharded
+outputs of the compiled functions come back with `parallel.host_from_global`.
+
 Unlabeled ground truths never enter this module: rows carry `ground_truths` only for labeled
 prompts (`PromptBatch.labeled_answers`); evaluation reads hidden answers elsewhere.
 """
@@ -15,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tempo_jax import rl
+from tempo_jax import parallel, rl
 from tempo_jax.data.batch import PromptBatch
 from tempo_jax.rewards import self_rewards
 from tempo_jax.rewards.clusters import cluster_answers
@@ -79,7 +83,7 @@ def sample(
         rollouts = run.sampler.generate(
             params, batch.prompt_tokens, batch.prompt_mask, n=n, sampling=sampling, seed=seed
         )
-        rollouts = jax.device_get(rollouts)
+        rollouts = parallel.host_from_global(rollouts)
     return rollout_rows(
         rollouts,
         prompt_width=run.prompt_width,
@@ -105,6 +109,8 @@ def grade_labeled(run: Run, rows: RolloutRows, timer: Timer) -> tuple[np.ndarray
                 timeout_s=run.config.grader.timeout_s,
             )
         rewards[labeled] = grades.rewards
+        # A grader timeout on one process only must not give the processes different batches.
+        rewards = parallel.broadcast_from_main(rewards)
         counters = {f"grader/{k}": v for k, v in grades.counters.as_dict().items()}
     return rewards, counters
 
@@ -217,7 +223,7 @@ def critic_update(
     """`updates` value-loss steps on the labeled rows, V_old = values before the first update."""
     with timer("critic"):
         seqs = sequences(rows)
-        old_values = np.asarray(run.values(critic.params, seqs))
+        old_values = parallel.host_from_global(run.values(critic.params, seqs))
         returns = rewards[:, None] * rows.response_mask
         batch = rl_batch(rows, returns=returns.astype(np.float32), old_values=old_values)
         metrics = {}
@@ -261,7 +267,8 @@ def method_scores(
         if source == methods.MAJORITY_VOTE
         else self_rewards.cluster_frequency_reward
     )
-    scores = np.asarray(fn(ids, valid, rows.group_ids), np.float32)
+    # Clustering may time out on one process only: every process uses process 0's scores.
+    scores = parallel.broadcast_from_main(np.asarray(fn(ids, valid, rows.group_ids), np.float32))
     return scores, {"policy/self_reward": float(scores.mean())}
 
 
@@ -329,10 +336,10 @@ def policy_update(
     keep = np.ones(rows.num_rows, bool) if keep is None else keep
     seqs = sequences(rows)
     with timer("policy"):
-        stats = jax.device_get(run.token_stats(policy.params, seqs))
+        stats = parallel.host_from_global(run.token_stats(policy.params, seqs))
     if critic_params is not None:
         with timer("critic"):
-            values = np.asarray(run.values(critic_params, seqs))
+            values = parallel.host_from_global(run.values(critic_params, seqs))
     else:
         values = np.zeros(rows.response_mask.shape, np.float32)
     scores, metrics = method_scores(run, rows, rewards, np.asarray(stats.self_certainty), timer)

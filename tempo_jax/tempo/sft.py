@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
+from tempo_jax import parallel
 from tempo_jax.data.prompt import PromptFormatter
 from tempo_jax.data.records import Row
 from tempo_jax.train.batch import Sequences
@@ -122,7 +124,8 @@ def run_sft(run, policy, sft_dir: str):
     an earlier run from `sft_dir`); returns the fine-tuned policy module.
 
     SFT is not resumable mid-way (it is short); its final parameters are checkpointed, so a
-    rerun of the same command skips it.
+    rerun of the same command skips it. Several processes each run the same (unsharded) SFT on
+    identical data; only process 0 writes sft/metrics.jsonl.
     """
     from tqdm import tqdm
 
@@ -131,31 +134,54 @@ def run_sft(run, policy, sft_dir: str):
 
     cfg = run.config.sft
     graphdef, params = nnx.split(policy, nnx.Param)
+    # Several processes: each fine-tunes its own identical copy on one local device (the SFT
+    # step is not sharded); Orbax needs global arrays, so the checkpoint holds them replicated.
+    multiprocess = jax.process_count() > 1
+    replicated = NamedSharding(run.mesh, PartitionSpec())
+    main = parallel.is_main_process()
     with Checkpointer(sft_dir, keep=1, async_save=False) as ckpt:
         if ckpt.latest_good_step() == cfg.steps:
             abstract = jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params
+                lambda x: jax.ShapeDtypeStruct(
+                    x.shape, x.dtype, sharding=replicated if multiprocess else x.sharding
+                ),
+                params,
             )
             items, _ = ckpt.restore(cfg.steps, {"params": abstract})
+            if multiprocess:
+                return nnx.merge(graphdef, _uncommitted(items["params"]))
             return nnx.merge(graphdef, items["params"])
         optimizer = make_optimizer(cfg.learning_rate, cfg.steps, cfg.warmup_steps)
         opt_state = optimizer.init(params)
         step = make_sft_step(graphdef, optimizer)
         rows = iter(run.data.rows("labeled", seed=run.config.seed))
         writer = JsonlWriter(f"{sft_dir}/metrics.jsonl")
-        writer.truncate_after(-1)
-        bar = tqdm(total=cfg.steps, desc="sft", disable=not run.config.progress_bar)
+        if main:
+            writer.truncate_after(-1)
+        bar = tqdm(total=cfg.steps, desc="sft", disable=not (run.config.progress_bar and main))
         for i, chunk in zip(range(cfg.steps), batches(rows, cfg.batch_size), strict=False):
             b = sft_batch(chunk, run.data.formatter, run.prompt_width, run.response_length)
             params, opt_state, metrics = step(
                 params, opt_state, b.tokens, b.attention_mask, b.response_mask
             )
-            if (i + 1) % 10 == 0 or i + 1 == cfg.steps:
+            if main and ((i + 1) % 10 == 0 or i + 1 == cfg.steps):
                 record = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 writer.write({"step": i + 1, **record, "sft/truncated": b.truncated})
                 bar.set_postfix(loss=f"{record['sft/loss']:.3f}", refresh=False)
             bar.update(1)
         bar.close()
+        if multiprocess:
+            host = jax.device_get(params)
+            saved = parallel.global_from_host(host, replicated)
+            ckpt.save(cfg.steps, {"params": saved}, {"sft_steps": cfg.steps})
+            ckpt.wait()
+            return nnx.merge(graphdef, _uncommitted(host))
         ckpt.save(cfg.steps, {"params": params}, {"sft_steps": cfg.steps})
         ckpt.wait()
     return nnx.merge(graphdef, params)
+
+
+def _uncommitted(params):
+    """Host or replicated parameters as uncommitted local arrays: what a freshly initialised
+    module holds, so that `create_train_state` can place them on a multi-process mesh."""
+    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), params)
