@@ -168,9 +168,9 @@ def _block(
     eps = c.rms_norm_eps
 
     attn_in = layers.rms_norm(x, p["input_layernorm"], eps) if c.arch == "qwen3" else x
-    q = jnp.einsum("btd,dnh->btnh", attn_in, p["q_proj"].astype(dtype))
-    k = jnp.einsum("btd,dnh->btnh", attn_in, p["k_proj"].astype(dtype))
-    v = jnp.einsum("btd,dnh->btnh", attn_in, p["v_proj"].astype(dtype))
+    q = layers.dense(attn_in, p["q_proj"].astype(dtype))
+    k = layers.dense(attn_in, p["k_proj"].astype(dtype))
+    v = layers.dense(attn_in, p["v_proj"].astype(dtype))
     if c.arch == "qwen3":
         q = layers.rms_norm(q, p["q_norm"], eps)
         k = layers.rms_norm(k, p["k_norm"], eps)
@@ -194,7 +194,7 @@ def _block(
         if ctx.attend_cache:
             k, v = cache_k, cache_v
     attn = layers.attention(q, k, v, mask, dtype=dtype)
-    attn_out = jnp.einsum("btnh,nhd->btd", attn, p["o_proj"].astype(dtype))
+    attn_out = layers.dense(attn, p["o_proj"].astype(dtype), contract=2)
 
     if c.arch == "qwen3":
         x = x + attn_out

@@ -149,10 +149,28 @@ def attention(
     return out.reshape(batch, length, num_heads, head_dim).astype(dtype)
 
 
+def dense(x: jax.Array, w: jax.Array, *, contract: int = 1) -> jax.Array:
+    """x [..., *I] times w [*I, *O] -> [..., *O] as one 2-D matmul [M, prod(I)] @ [prod(I), N].
+
+    The last `contract` dims of x are contracted with the first `contract` dims of w. Merging
+    the leading dims of x (and the weight's input / output dims) is a free reshape, and it gives
+    the backward pass single-dimension contractions: the weight gradient becomes
+    `x2d^T @ g2d` over one M axis, which XLA:CPU emits as one dot on row-major operands. With
+    several contracted dims (`btd,btf->df` from an einsum over [B, T, D]) its dot canonicaliser
+    transposes the [B, T, F] cotangent into an [F, B * T] copy, fused into the elementwise
+    producer, which cost more than the dot it feeds.
+    """
+    lead = x.shape[: x.ndim - contract]
+    inner = math.prod(w.shape[:contract])
+    out = w.shape[contract:]
+    y = x.reshape(-1, inner) @ w.reshape(inner, -1)
+    return y.reshape(*lead, *out)
+
+
 def swiglu(
     x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array, *, dtype: jnp.dtype
 ) -> jax.Array:
     """down(silu(x @ gate) * (x @ up)) for x [B, T, D], gate/up [D, F], down [F, D]."""
     x = x.astype(dtype)
-    hidden = jax.nn.silu(x @ gate.astype(dtype)) * (x @ up.astype(dtype))
-    return hidden @ down.astype(dtype)
+    hidden = jax.nn.silu(dense(x, gate.astype(dtype))) * dense(x, up.astype(dtype))
+    return dense(hidden, down.astype(dtype))
