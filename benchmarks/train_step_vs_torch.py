@@ -12,7 +12,11 @@ warmed up (tempo_jax: compile), then the timed steps alternate between the two s
 peer, tempo, ...) so that both see the same background load; medians are compared. Prints one
 JSON object: tempo_tokens_per_s, peer_tokens_per_s, ratio (= tempo / peer), the settings, every
 timed step, the fastest step of each side and the first-step losses of both sides (equal up to
-float32 rounding).
+float32 rounding). It also prints the step's model FLOPs (`step_gflop`: 6 x trunk parameters x
+all tokens + 6 x LM-head parameters x response tokens + causal attention, forward + backward =
+3 x forward), each side's achieved GFLOP/s, and the best float32 GEMM rate this machine reaches
+in the same run (`gemm_peak_gflop_per_s`: torch and XLA on the LM-head GEMM and a square one),
+so a ratio can be read against what the hardware allows.
 
 Tokens per second count every slot of the batch (rows x (prompt + response)).
 
@@ -200,6 +204,42 @@ def torch_side(args, policy: tm.Policy, batch: train.RLBatch) -> dict:
     return run_one, losses
 
 
+def step_gflop(args: argparse.Namespace) -> float:
+    """Model FLOPs of one policy update (forward + backward = 3 x forward), in GFLOP."""
+    q, kv = args.heads * args.head_dim, args.kv_heads * args.head_dim
+    layer = args.hidden * (2 * q + 2 * kv) + 3 * args.hidden * args.intermediate
+    tokens = args.rows * (args.prompt + args.response)
+    trunk = 2 * args.layers * layer * tokens
+    # Scores and weighted values, causal (half of the T x T square), per layer and head.
+    attention = 2 * 2 * args.layers * args.rows * args.heads * args.head_dim
+    attention *= (args.prompt + args.response) ** 2 / 2
+    head = 2 * args.vocab * args.hidden * args.rows * args.response
+    return 3 * (trunk + attention + head) / 1e9
+
+
+def gemm_peak_gflop_per_s(args: argparse.Namespace) -> dict:
+    """The best float32 GEMM rate of torch and XLA on this machine (median of 5 after warm-up)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    shapes = [(args.rows * args.response, args.hidden, args.vocab), (2048, 2048, 2048)]
+    rates = {}
+    for m, k, n in shapes:
+        a = rng.standard_normal((m, k), np.float32)
+        b = rng.standard_normal((k, n), np.float32)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        ja, jb = jnp.asarray(a), jnp.asarray(b)
+        matmul = jax.jit(jnp.matmul)
+        for name, run_one in (
+            ("torch", lambda ta=ta, tb=tb: ta @ tb),
+            ("xla", lambda ja=ja, jb=jb, f=matmul: f(ja, jb).block_until_ready()),
+        ):
+            run_one()
+            times = sorted(timed(run_one) for _ in range(5))
+            rates[f"{name}_{m}x{k}x{n}"] = round(2 * m * k * n / times[2] / 1e9, 1)
+    return rates
+
+
 def main() -> None:
     args = parse_args()
     config = model_config(args)
@@ -256,6 +296,14 @@ def main() -> None:
         result["peer_threads"] = torch.get_num_threads()
         result["ratio"] = result["tempo_tokens_per_s"] / result["peer_tokens_per_s"]
         result["ratio_of_fastest_steps"] = result["peer_step_s_min"] / result["tempo_step_s_min"]
+        gemm = gemm_peak_gflop_per_s(args)
+        result["gemm_gflop_per_s"] = gemm
+        result["gemm_peak_gflop_per_s"] = max(gemm.values())
+    result["step_gflop"] = round(step_gflop(args), 1)
+    for name in sides:
+        result[f"{name}_gflop_per_s"] = round(
+            result["step_gflop"] / result[f"{name}_step_s_median"], 1
+        )
     print(json.dumps(result, indent=2))
 
 
