@@ -136,6 +136,8 @@ def attention(
     """
     batch, length, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[2]
+    if length == 1:
+        return _single_query_attention(q, k, v, mask, dtype=dtype)
     q = q.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)
     scores = jnp.einsum(
         "btkgh,bskh->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32
@@ -147,6 +149,32 @@ def attention(
         "bkgts,bskh->btkgh", probs, v.astype(dtype), preferred_element_type=jnp.float32
     )
     return out.reshape(batch, length, num_heads, head_dim).astype(dtype)
+
+
+def _single_query_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, dtype: jnp.dtype
+) -> jax.Array:
+    """`attention` for one query per row (a decode step) as products summed in place.
+
+    Written as elementwise products reduced over head_dim (scores) and over slots (output), the
+    key and value caches are read once in their stored [B, S, K, Dh] layout. The einsum form is
+    a dot batched over (b, k), which XLA:CPU feeds by transposing the whole key and value cache
+    to [B, K, S, Dh] at every step and layer, for [G, Dh] x [Dh, S] slivers of work. Sampler
+    benchmark (batch 64, 191 slots, 4 layers): decode step 29.7 -> 23.5 ms. (A batched dot over
+    the [B, S * K, Dh] view with other heads' pairs masked out was slower: 61 ms.)
+    """
+    batch, _, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[2]
+    q = q.reshape(batch, 1, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    # [B, 1, K, G, Dh] x [B, S, K, 1, Dh], summed over Dh -> [B, S, K, G]
+    scores = jnp.sum(q.astype(jnp.float32) * k.astype(jnp.float32)[:, :, :, None, :], axis=-1)
+    scores = scores * (head_dim**-0.5)
+    scores = jnp.where(mask[:, 0, :, None, None], scores, _MASKED_SCORE)
+    probs = jax.nn.softmax(scores, axis=1).astype(dtype).astype(jnp.float32)
+    # [B, S, K, G, 1] x [B, S, K, 1, Dh], summed over S -> [B, K, G, Dh]
+    values = v.astype(dtype).astype(jnp.float32)[:, :, :, None, :]
+    out = jnp.sum(probs[..., None] * values, axis=1)
+    return out.reshape(batch, 1, num_heads, head_dim).astype(dtype)
 
 
 def dense(x: jax.Array, w: jax.Array, *, contract: int = 1) -> jax.Array:
