@@ -28,12 +28,12 @@ Why these defaults (measured with configs/tiny_arith.py's 1.7M-parameter model, 
 digits, so carries still occur), `unlabeled` one step longer (3-4). After SFT the policy solves
 80% of the `labeled` distribution greedily (the `eval` holdout; mean@8 0.66) but 34% of
 `unlabeled` (mean@8 0.33, pass@8 0.55; `tempo-jax train --config=configs/tiny_arith.py`, step-0
-eval): the middle, where a reward that tracks correctness has room to help. Each extra step is another chance to slip and
-the 4-step chains are longer than anything seen in training, which is what makes `unlabeled` a
-shifted distribution. Two-digit operands (the first choice) were too hard for the same budget: 200
-SFT steps left `labeled` at 7.8%. `eval` is the labeled holdout: the `labeled` distribution with
-rows of its own, so critic quality is measured both in and out of distribution. Harder: more
-steps, more digits, "*"; easier: fewer.
+eval): the middle, where a reward that tracks correctness has room to help. Each extra step is
+another chance to slip and the 4-step chains are longer than anything seen in training, which is
+what makes `unlabeled` a shifted distribution. Two-digit operands (the first choice) were too
+hard for the same budget: 200 SFT steps left `labeled` at 7.8%. `eval` is the labeled holdout:
+the `labeled` distribution with rows of its own, so critic quality is measured both in and out
+of distribution. Harder: more steps, more digits, "*"; easier: fewer.
 
 Every row is a pure function of (seed, split, index): a numpy Generator seeded with
 `SeedSequence([seed, crc32(split), index])`, so any row can be regenerated alone.
