@@ -7,19 +7,20 @@ breaks a benchmark fails here rather than when someone next measures. Timings ar
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def run_benchmark(script: str, *args: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)  # one CPU device, as users run them
     done = subprocess.run(
-        [sys.executable, os.path.join(REPO, "benchmarks", script), *args],
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -49,7 +50,8 @@ def test_train_step_benchmark_runs_the_same_update_on_both_sides():
     # step_gflop from the formula: 3 x (trunk + causal attention + LM head) forward FLOPs.
     layer = 32 * (2 * 32 + 2 * 16) + 3 * 32 * 64
     forward = 2 * layer * 20 + 2 * 2 * 2 * 2 * 16 * 10**2 / 2 + 2 * 96 * 32 * 2 * 6
-    assert out["step_gflop"] == pytest.approx(round(3 * forward / 1e9, 1))
+    assert out["step_gflop"] == pytest.approx(3 * forward / 1e9, rel=1e-12)
+    assert out["tempo_gflop_per_s"] == pytest.approx(out["step_gflop"] / out["tempo_step_s_median"])
     assert out["gemm_peak_gflop_per_s"] == max(out["gemm_gflop_per_s"].values()) > 0
 
 
