@@ -48,6 +48,7 @@ from tempo_jax.tempo import methods, phases, report
 from tempo_jax.tempo.build import build_run, init_critic
 from tempo_jax.tempo.evaluation import evaluate
 from tempo_jax.tempo.export import model_config_to_dict
+from tempo_jax.tempo.rollout_data import concat_rows
 from tempo_jax.tempo.sft import run_sft
 from tempo_jax.train.checkpointing import Checkpointer, check_writable
 from tempo_jax.train.metric_writers import JsonlWriter, MetricWriters
@@ -389,8 +390,6 @@ class Trainer:
     def _with_labeled(self, rows, rewards, labeled):
         """The M-step batch plus this step's graded D_L rollouts (phased tempo option), with a
         fixed row count: steps without an E-step carry placeholder rows with keep = False."""
-        from tempo_jax.tempo.rollout_data import concat_rows
-
         n_unl = rows.num_rows
         if labeled is not None:
             l_rows, l_rewards = labeled
