@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -53,15 +52,11 @@ class JsonlWriter:
         """Drops records with `step > step` (and a torn last line); returns how many were kept."""
         if not os.path.exists(self.path):
             return 0
-        kept = []
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by a crash mid-write
-                if record.get("step", -1) <= step:
-                    kept.append(line if line.endswith("\n") else line + "\n")
+        kept = [
+            line if line.endswith("\n") else line + "\n"
+            for line, record in _records(self.path)
+            if record.get("step", -1) <= step
+        ]
         tmp = self.path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(kept)
@@ -71,16 +66,19 @@ class JsonlWriter:
         return len(kept)
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """All records of a metrics file (torn lines skipped)."""
-    out = []
+def _records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(line, record) for every parseable line of a metrics file."""
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
-                out.append(json.loads(line))
+                yield line, json.loads(line)
             except json.JSONDecodeError:
-                continue
-    return out
+                continue  # a line torn by a crash mid-write
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """All records of a metrics file (torn lines skipped)."""
+    return [record for _, record in _records(path)]
 
 
 class TensorBoardWriter:
@@ -117,7 +115,6 @@ class ProgressBar:
         self._bar = tqdm(
             total=total, initial=initial, disable=not enabled, dynamic_ncols=True, unit="step"
         )
-        self._start = time.monotonic()
 
     def update(self, record: Mapping[str, Any]) -> None:
         postfix = {"phase": record.get("phase", "")}
