@@ -27,7 +27,7 @@ import time
 from tempo_jax.tempo import grid as grids
 from tempo_jax.tempo.compare import aggregate, markdown_table, write_comparison
 from tempo_jax.tempo.grid import GridRun as SweepRun
-from tempo_jax.tempo.grid import collect, parse_overrides
+from tempo_jax.tempo.grid import collect
 from tempo_jax.train import storage
 
 
@@ -73,21 +73,12 @@ def run_all(runs: list[SweepRun]) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="config file (configs/X.py[:arg])")
-    parser.add_argument("--root", required=True, help="directory holding one workdir per run")
-    parser.add_argument("--methods", default="tempo,tempo_frozen,ttrl,empo,intuitor,rlvr")
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--recalibrate_every", default="", help="e.g. 2,4 (phased methods)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    grids.add_flags(parser)
     parser.add_argument("--dry_run", action="store_true", help="print the commands only")
     parser.add_argument("--compare_only", action="store_true", help="only write the comparison")
     args = parser.parse_args(argv)
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        ks = [int(k) for k in args.recalibrate_every.split(",") if k.strip()]
-        overrides = parse_overrides(args.set)
-        runs = grid(args.config, args.root, methods, seeds, overrides, recalibrate_every=ks)
+        runs = grids.runs_from_flags(args, (sys.executable, "-m", "tempo_jax.cli"))
     except ValueError as e:
         parser.error(str(e))
     if args.dry_run:

@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     # --- data --------------------------------------------------------------------------------
     c.data = ml_collections.ConfigDict()
     c.data.source = "builtin"  # builtin (arithmetic task) | files (local JSONL / Parquet)
-    c.data.dir = ""  # where tfds builds datasets ('' = WORKDIR/data)
+    c.data.dir = ""  # where tfds builds datasets ('' = WORKDIR/data; for gs:// a local cache)
     c.data.labeled_files = ""  # comma-separated files of D_L (source = files)
     c.data.unlabeled_files = ""  # comma-separated files of D_U (answers used by evaluation only)
     c.data.eval_files = ""  # comma-separated files of the labeled holdout (split 'eval')

@@ -9,6 +9,7 @@ Shared by `launch/sweep.py` (local subprocesses, one after another) and `launch/
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import itertools
 import os
@@ -149,6 +150,39 @@ def runs(
         )
         out.append(GridRun(point, workdir, command))
     return out
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """The grid's command-line flags (both launchers)."""
+    parser.add_argument("--config", required=True, help="config file (configs/X.py[:arg])")
+    parser.add_argument("--root", required=True, help="directory (or gs://) of the workdirs")
+    parser.add_argument("--methods", default="tempo,tempo_frozen,ttrl,empo,intuitor,rlvr")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--recalibrate_every", default="", help="e.g. 2,4 (phased methods)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+
+def runs_from_flags(
+    args: argparse.Namespace, executable: Sequence[str], extra_args: Sequence[str] = ()
+) -> list[GridRun]:
+    """The runs of the grid the `add_flags` flags describe.
+
+    Raises:
+      ValueError: a bad list, method, value or override (the message names the flag).
+    """
+
+    def ints(flag: str, text: str) -> list[int]:
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"{flag} expects comma-separated ints, got {text!r}") from None
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    grid_points = points(
+        methods, ints("--seeds", args.seeds), ints("--recalibrate_every", args.recalibrate_every)
+    )
+    overrides = parse_overrides(args.set)
+    return runs(args.config, args.root, grid_points, overrides, executable, extra_args)
 
 
 def collect(grid_runs: Sequence[GridRun]) -> dict[str, tuple[str, list[dict[str, Any]]]]:
