@@ -228,74 +228,84 @@ def _record(args: argparse.Namespace, entry: dict) -> None:
     storage.append_text(os.path.join(args.root, RECORD), json.dumps(entry, sort_keys=True) + "\n")
 
 
-async def _run_experiment(args: argparse.Namespace, runs, stopper: GroupStopper) -> dict[str, str]:
-    """Launches the units (at most --max_parallel at once); returns {name: outcome}."""
-    from xmanager import xm, xm_local
+class _Experiment:
+    """One launch of the grid as an xmanager experiment."""
 
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopper.request, sig)
-    outcomes: dict[str, str] = {}
-    parallel = (
-        args.max_parallel if args.executor == "local" else min(args.max_parallel, len(args.slices))
-    )
-    slots = asyncio.Semaphore(parallel)
-    free_slices: asyncio.Queue[str] = asyncio.Queue()
-    for s in args.slices:
-        free_slices.put_nowait(s)
-    title = args.title or f"tempo_jax {os.path.basename(args.root.rstrip('/'))}"
-    async with xm_local.create_experiment(experiment_title=title) as experiment:
-        [executable] = experiment.package(
-            [xm.binary(path=args.python, executor_spec=xm_local.LocalSpec())]
-        )
+    def __init__(self, args: argparse.Namespace, stopper: GroupStopper):
+        self.args = args
+        self.stopper = stopper
+        self.outcomes: dict[str, str] = {}
+        parallel = args.max_parallel
+        if args.executor == "tpu":
+            parallel = min(parallel, len(args.slices))
+        self.slots = asyncio.Semaphore(parallel)
+        self.free_slices: asyncio.Queue[str] = asyncio.Queue()
+        for s in args.slices:
+            self.free_slices.put_nowait(s)
 
-        async def unit(run) -> None:
-            async with slots:
-                tpu_slice = await free_slices.get() if args.executor == "tpu" else ""
-                try:
-                    if stopper.signal_name is not None:
-                        outcomes[run.name] = "not started"
-                        return
-                    command = unit_command(args, run, tpu_slice)
-                    wrapper = [os.path.abspath(__file__), "unit", stopper.pgid_file(run.name)]
-                    job = xm.Job(
-                        executable, executor=xm_local.Local(), name=run.name, args=wrapper + command
-                    )
-                    work_unit = await experiment.add(job, identity=run.name)
-                    _record(
-                        args,
-                        {
-                            "experiment_id": experiment.experiment_id,
-                            "work_unit_id": work_unit.work_unit_id,
-                            "name": run.name,
-                            "workdir": run.workdir,
-                            "executor": args.executor,
-                            "tpu": tpu_slice,
-                            "args": command,
-                            "time": time.time(),
-                        },
-                    )
-                    print(f"[{run.name}] work unit {work_unit.work_unit_id}: {shlex.join(command)}")
-                    try:
-                        await work_unit.wait_until_complete()
-                        outcomes[run.name] = "ok"
-                    except xm.ExperimentUnitError as e:
-                        outcomes[run.name] = f"failed ({e})"
-                finally:
-                    if tpu_slice:
-                        free_slices.put_nowait(tpu_slice)
+    async def run(self, runs) -> dict[str, str]:
+        """Launches the units (at most --max_parallel at once); returns {name: outcome}."""
+        from xmanager import xm, xm_local
 
-        async def sweep_while_running() -> None:
-            while True:
-                stopper.sweep()
-                await asyncio.sleep(0.5)
-
-        sweeper = asyncio.ensure_future(sweep_while_running())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopper.request, sig)
+        title = self.args.title or f"tempo_jax {os.path.basename(self.args.root.rstrip('/'))}"
+        sweeper = asyncio.ensure_future(self._sweep_while_running())
         try:
-            await asyncio.gather(*(unit(run) for run in runs))
+            async with xm_local.create_experiment(experiment_title=title) as experiment:
+                spec = xm.binary(path=self.args.python, executor_spec=xm_local.LocalSpec())
+                [executable] = experiment.package([spec])
+                await asyncio.gather(*(self._unit(experiment, executable, r) for r in runs))
+        except (RuntimeError, xm.ExperimentUnitError):
+            # xmanager raises again for a failed unit when the experiment closes; it is reported.
+            if not any(o.startswith("failed") for o in self.outcomes.values()):
+                raise
         finally:
             sweeper.cancel()
-    return outcomes
+        return self.outcomes
+
+    async def _sweep_while_running(self) -> None:
+        while True:
+            self.stopper.sweep()
+            await asyncio.sleep(0.5)
+
+    async def _unit(self, experiment, executable, run) -> None:
+        from xmanager import xm, xm_local
+
+        async with self.slots:
+            tpu_slice = await self.free_slices.get() if self.args.executor == "tpu" else ""
+            try:
+                if self.stopper.signal_name is not None:
+                    self.outcomes[run.name] = "not started"
+                    return
+                command = unit_command(self.args, run, tpu_slice)
+                wrapper = [os.path.abspath(__file__), "unit", self.stopper.pgid_file(run.name)]
+                job = xm.Job(
+                    executable, executor=xm_local.Local(), name=run.name, args=wrapper + command
+                )
+                work_unit = await experiment.add(job, identity=run.name)
+                unit_id = work_unit.work_unit_id
+                record = {
+                    "experiment_id": experiment.experiment_id,
+                    "work_unit_id": unit_id,
+                    "name": run.name,
+                    "workdir": run.workdir,
+                    "executor": self.args.executor,
+                    "tpu": tpu_slice,
+                    "args": command,
+                    "time": time.time(),
+                }
+                _record(self.args, record)
+                print(f"[{run.name}] work unit {unit_id}: {shlex.join(command)}", flush=True)
+                try:
+                    await work_unit.wait_until_complete()
+                    self.outcomes[run.name] = "ok"
+                except xm.ExperimentUnitError as e:
+                    self.outcomes[run.name] = f"failed ({e})"
+            finally:
+                if tpu_slice:
+                    self.free_slices.put_nowait(tpu_slice)
 
 
 def launch(args: argparse.Namespace, runs) -> int:
@@ -306,7 +316,7 @@ def launch(args: argparse.Namespace, runs) -> int:
     with tempfile.TemporaryDirectory(prefix="xm_launch_") as state_dir:
         stopper = GroupStopper(state_dir, args.stop_timeout_s)
         try:
-            outcomes = asyncio.run(_run_experiment(args, runs, stopper))
+            outcomes = asyncio.run(_Experiment(args, stopper).run(runs))
         finally:
             stopper.kill_all()
     for name, outcome in outcomes.items():

@@ -7,6 +7,7 @@ import os
 import pytest
 from tempo_micro import micro_config
 
+from tempo_jax.tempo.config_validation import ConfigError
 from tempo_jax.tempo.loop import Trainer
 from tempo_jax.train.checkpointing import Checkpointer
 
@@ -49,3 +50,17 @@ def test_a_metric_the_run_does_not_report_is_refused(tmp_path):
             trainer.train()
     finally:
         trainer.close()
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"checkpoint.keep_best": "policy/loss"}, "checkpoint.keep_best must name an eval metric"),
+        ({"checkpoint.keep_best": METRIC, "eval_every": 0}, "needs eval_every > 0"),
+        ({"checkpoint.keep_best_mode": "best"}, "checkpoint.keep_best_mode must be"),
+        ({"checkpoint.async_timeout_s": 0}, "checkpoint.async_timeout_s must be an int >= 1"),
+    ],
+)
+def test_bad_checkpoint_fields_fail_before_anything_runs(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        micro_config(**changes)
