@@ -4,8 +4,10 @@ the compiled step functions (compiled lazily on first use, each exactly once).""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
+import tempfile
 from typing import Any
 
 import jax
@@ -19,6 +21,7 @@ from tempo_jax.data.pipeline import Data, build_data, data_config_from
 from tempo_jax.rewards.grading_pool import GradingPool
 from tempo_jax.sampling import Sampler
 from tempo_jax.tempo.methods import Method, get_method
+from tempo_jax.train import storage
 from tempo_jax.train.batch import RLBatch, Sequences
 
 log = logging.getLogger(__name__)
@@ -185,11 +188,24 @@ class Run:
         return out
 
 
+def data_dir_for(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Where tfds builds the datasets: `config.data.dir`, else WORKDIR/data, else (a bucket
+    workdir: tfds' array_record files need a local disk) a host-local cache named after the
+    workdir. Datasets are rebuilt from the config, so a cache lost with its host costs time only.
+    """
+    if config.data.dir:
+        return config.data.dir
+    if storage.is_remote(workdir):
+        digest = hashlib.sha256(workdir.encode("utf-8")).hexdigest()[:16]
+        return os.path.join(tempfile.gettempdir(), "tempo_jax_data", digest)
+    return os.path.join(workdir, "data")
+
+
 def build_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, models.Policy]:
-    """Builds the data (under `config.data.dir` or WORKDIR/data), the initial policy, the mesh,
+    """Builds the data (under `data_dir_for(config, workdir)`), the initial policy, the mesh,
     the sampler and the grader pool. Returns the run and the initial policy module."""
     method = get_method(config.method)
-    data_dir = config.data.dir or os.path.join(workdir, "data")
+    data_dir = data_dir_for(config, workdir)
     data_config = data_config_from(config)
     # Process 0 builds the dataset; the others then reuse it (a shared data_dir) or build their
     # own (a host-local one), never racing on the same files.

@@ -106,6 +106,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive_int(config, "grader.num_workers")
     _positive_int(config, "checkpoint.keep")
     _positive_int(config, "checkpoint.max_consecutive_skips")
+    _positive_int(config, "checkpoint.async_timeout_s")
+    keep_best = config.checkpoint.keep_best
+    if keep_best:
+        _require(
+            isinstance(keep_best, str) and keep_best.startswith("eval/"),
+            "checkpoint.keep_best",
+            f"must name an eval metric (eval/<split>/<metric>), got {keep_best!r}",
+        )
+        _require(config.eval_every > 0, "checkpoint.keep_best", "needs eval_every > 0")
+    _require(
+        config.checkpoint.keep_best_mode in ("max", "min"),
+        "checkpoint.keep_best_mode",
+        f"must be 'max' or 'min', got {config.checkpoint.keep_best_mode!r}",
+    )
     try:
         train.settings_from_config(config.train)
         data_config_from(config)

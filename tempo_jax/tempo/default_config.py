@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     # --- data --------------------------------------------------------------------------------
     c.data = ml_collections.ConfigDict()
     c.data.source = "builtin"  # builtin (arithmetic task) | files (local JSONL / Parquet)
-    c.data.dir = ""  # where tfds builds datasets ('' = WORKDIR/data)
+    c.data.dir = ""  # where tfds builds datasets ('' = WORKDIR/data; for gs:// a local cache)
     c.data.labeled_files = ""  # comma-separated files of D_L (source = files)
     c.data.unlabeled_files = ""  # comma-separated files of D_U (answers used by evaluation only)
     c.data.eval_files = ""  # comma-separated files of the labeled holdout (split 'eval')
@@ -123,4 +123,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.async_save = True  # save in the background
     c.checkpoint.min_free_mb = 256  # fail before training when the workdir has less free space
     c.checkpoint.max_consecutive_skips = 3  # stop after K steps in a row with a non-finite update
+    c.checkpoint.async_timeout_s = 1200  # a background save failing after this long (Orbax's)
+    # An eval metric (e.g. "eval/unlabeled/mean@8"): its best checkpoint is kept besides the last
+    # `keep` (every eval step is then saved). "" = keep the last `keep` only.
+    c.checkpoint.keep_best = ""
+    c.checkpoint.keep_best_mode = "max"  # max | min: which value of keep_best is best
     return c
