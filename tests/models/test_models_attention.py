@@ -61,7 +61,10 @@ def test_blockwise_equals_dense_forward_and_gradient(case):
     forward = jax.jit(lambda fn, q, k, v: fn(q, k, v, window), static_argnums=0)
     assert _valid_max_diff(forward(_blockwise, q, k, v), forward(_dense, q, k, v)) < 1e-5
     for got, want, name in zip(
-        _grads(_blockwise, window, q, k, v, w), _grads(_dense, window, q, k, v, w), "qkv"
+        _grads(_blockwise, window, q, k, v, w),
+        _grads(_dense, window, q, k, v, w),
+        "qkv",
+        strict=True,
     ):
         scale = float(jnp.max(jnp.abs(want)))
         assert scale > 0.1, name  # a real gradient, not zeros on both sides
@@ -111,7 +114,7 @@ def test_cudnn_wrapper_equals_dense(case):
 
     assert _valid_max_diff(cudnn(q, k, v, window), _dense(q, k, v, window)) < 1e-5
     got, want = _grads(cudnn, window, q, k, v, w), _grads(_dense, window, q, k, v, w)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
@@ -128,7 +131,7 @@ def test_splash_kernel_in_interpret_mode_equals_dense():
     for window in CASES.values():
         assert _valid_max_diff(splash(q, k, v, window), _dense(q, k, v, window)) < 1e-5
     got, want = _grads(splash, None, q, k, v, w), _grads(_dense, None, q, k, v, w)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
@@ -193,7 +196,7 @@ def test_decoder_with_blockwise_attention_equals_dense():
     m = np.asarray(mask)[:, :, None]
     np.testing.assert_allclose(np.asarray(logits_b) * m, np.asarray(logits_d) * m, atol=1e-5)
     np.testing.assert_allclose(float(loss_b), float(loss_d), rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(grads_b), jax.tree.leaves(grads_d)):
+    for a, b in zip(jax.tree.leaves(grads_b), jax.tree.leaves(grads_d), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))) + 1e-8)
 
 

@@ -190,8 +190,8 @@ def test_several_policy_updates_per_step_move_the_ratio_off_one(data_dir, tmp_pa
 
 
 def test_evaluation_scores_exactly_the_requested_problems(data_dir, tmp_path):
-    # 6 problems with 4 prompts per batch: the second batch is padded to 4 and its 2 repeats are
-    # not scored; asking for more than the split holds (16) scores the whole split.
+    # 6 problems (more than the 4 prompts of a training batch) are sampled and scored as one
+    # batch of 6; asking for more than the split holds (16) scores the whole split.
     trainer = Trainer(micro_config(data_dir, "tempo_frozen"), str(tmp_path))
     try:
         state = trainer._fresh_state()
