@@ -22,4 +22,6 @@ def get_config(method: str = "") -> ml_collections.ConfigDict:
         prompts_per_step=256,
         prompts_per_update=64,
         micro_batches=16,
+        # 64 rows x 9.0 GiB of KV cache (32 KV heads) = 576 GiB a chunk (36 GiB a chip on 16)
+        max_rows_per_chunk=64,
     )

@@ -439,9 +439,45 @@ def splash_attention(
       dtype: compute dtype of the kernel's operands and output.
       interpret: Pallas interpret mode (runs on CPU).
 
+    Under a mesh context (`jax.set_mesh`) the kernel runs per shard (`jax.shard_map`): rows
+    split over the mesh's `data` / `fsdp` axes and heads over `tensor`, where they divide.
+
     Returns:
       [B, T, H, Dh] in `dtype`.
     """
+    mesh = jax.sharding.get_abstract_mesh()
+    run = functools.partial(_splash_local, window=window, dtype=dtype, interpret=interpret)
+    if mesh.empty:
+        return run(q, k, v, key_valid)
+    # A Pallas kernel is opaque to XLA's partitioner, which would gather every operand onto
+    # every chip: run it per shard instead, rows over the batch axes, heads over tensor.
+    batch_axes = _dividing_axes(mesh, ("data", "fsdp"), q.shape[0])
+    head_axes = _dividing_axes(mesh, ("tensor",), math.gcd(q.shape[2], k.shape[2]))
+    rows = batch_axes or None
+    heads = head_axes or None
+    spec = jax.sharding.PartitionSpec(rows, None, heads, None)
+    return jax.shard_map(
+        run,
+        mesh=mesh,
+        in_specs=(spec, spec, spec, jax.sharding.PartitionSpec(rows, None)),
+        out_specs=spec,
+        check_vma=False,
+    )(q, k, v, key_valid)
+
+
+def _dividing_axes(mesh, names: tuple[str, ...], size: int) -> tuple[str, ...]:
+    """The mesh axes among `names` (of size > 1) whose product divides `size`."""
+    axes, product = [], 1
+    for name in names:
+        if name in mesh.axis_names and mesh.shape[name] > 1:
+            if size % (product * mesh.shape[name]) == 0:
+                axes.append(name)
+                product *= mesh.shape[name]
+    return tuple(axes)
+
+
+def _splash_local(q, k, v, key_valid, *, window, dtype, interpret):
+    """`splash_attention` on one device's rows and heads."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
     batch, length, num_heads, head_dim = q.shape

@@ -26,6 +26,7 @@ tensor). An array whose batch does not divide over those axes is replicated inst
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from tempo_jax import parallel
 from tempo_jax.models import Policy
+from tempo_jax.models.attention import resolve as resolve_attention
 from tempo_jax.sampling.buckets import (
     check_buckets,
     choose_bucket,
@@ -204,9 +206,13 @@ class Sampler:
             out = self._call(
                 state, tokens[pick], mask[pick], chunk_rows, seed, start * n, stop_arrays, n, bucket
             )
-            out = jax.tree.map(lambda x, k=real * n: x[:k], parallel.host_from_global(out))
-            parts.append(out.replace(group_ids=out.group_ids + start))
-        return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+            parts.append((out, real * n, start))
+        # Fetched after every chunk is dispatched, so host copies overlap the next decode.
+        host = []
+        for out, real_rows, start in parts:
+            out = jax.tree.map(lambda x, k=real_rows: x[:k], parallel.host_from_global(out))
+            host.append(out.replace(group_ids=out.group_ids + start))
+        return jax.tree.map(lambda *xs: np.concatenate(xs), *host)
 
     def prompts_per_chunk(self, batch: int, n: int) -> int:
         """Prompts per compiled call for a batch of `batch` prompts with n samples each."""
@@ -250,7 +256,13 @@ class Sampler:
                     in_shardings=self._in_shardings(state, batch, n, stop),
                     out_shardings=self._out_shardings(batch * n, n),
                 )
-            self._executables[key] = jitted.lower(*args).compile()
+            # A Pallas attention kernel runs per shard under the mesh context (see
+            # tempo_jax.models.attention.splash_attention).
+            kernel_mesh = self.mesh is not None and "splash" == resolve_attention(
+                self.config.attention, self.mesh.devices.flat[0].platform, self.config.dtype
+            )
+            with jax.set_mesh(self.mesh) if kernel_mesh else contextlib.nullcontext():
+                self._executables[key] = jitted.lower(*args).compile()
         return self._executables[key]
 
     # --- sharding -----------------------------------------------------------------------------

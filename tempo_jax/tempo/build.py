@@ -3,6 +3,7 @@ the compiled step functions (compiled lazily on first use, each exactly once).""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -191,7 +192,15 @@ class Run:
                 name=name,
             ),
         )
-        return step(state, train.canonical_batch(batch))
+        with self._kernel_mesh():
+            return step(state, train.canonical_batch(batch))
+
+    def _kernel_mesh(self):
+        """The mesh as tracing context when attention is a Pallas kernel, which then runs per
+        shard (`tempo_jax.models.attention.splash_attention`); a no-op otherwise."""
+        if self.sampler.config.attention == "splash":
+            return jax.set_mesh(self.mesh)
+        return contextlib.nullcontext()
 
     def _forward(self, name: str, make, graphdef, params: nnx.State, seqs: Sequences):
         seqs, length = self._bucketed(seqs)
@@ -208,7 +217,9 @@ class Run:
                 name=name,
             ),
         )
-        return self._full_length(fn(params, train.canonical_batch(seqs)))
+        with self._kernel_mesh():
+            out = fn(params, train.canonical_batch(seqs))
+        return self._full_length(out)
 
     def policy_step(self, state: train.TrainState, batch: RLBatch):
         return self._train_step(

@@ -53,9 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.vocab_chunk_size = 8192  # log-probs: at most this many vocabulary rows per chunk
     cfg.compute_dtype = ""  # '' = the model's | float32 | bfloat16 (params stay as stored)
     cfg.remat = False  # recompute each decoder layer in the backward pass (saves activations)
-    # Response lengths the update, log-prob and value passes are compiled for: a batch runs on
-    # the smallest that holds its longest response (() = always rollout.max_new_tokens).
-    cfg.length_buckets = ()
+    # The update, log-prob and value passes run on the smallest of these response lengths that
+    # holds the batch's longest response, else at rollout.max_new_tokens.
+    cfg.length_buckets = ()  # response-length buckets (() = always the full length)
     return cfg
 
 
