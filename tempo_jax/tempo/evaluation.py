@@ -95,9 +95,11 @@ def evaluate_split(
 
 
 def _token_entropy_and_values(run: Run, rows, policy_params, critic_params, timer):
-    """Mean token entropy of the samples under the policy and the critic's values [N, L], batch
-    by batch in the training row count so the compiled forwards are reused."""
-    chunk = run.config.data.prompts_per_step * run.config.rollout.n
+    """Mean token entropy of the samples under the policy and the critic's values [N, L], in
+    batches of one policy update's rows (`data.prompts_per_update` x `rollout.n`; the whole
+    step's when 0), so 30 problems x 16 are padded to a multiple of that, not of a step."""
+    cfg = run.config
+    chunk = (cfg.data.prompts_per_update or cfg.data.prompts_per_step) * cfg.rollout.n
     ent_sum, tok_sum, values = 0.0, 0, []
     for start in range(0, rows.num_rows, chunk):
         part = rows.take_rows(slice(start, start + chunk))
