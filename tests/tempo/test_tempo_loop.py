@@ -152,6 +152,9 @@ def test_unlabeled_answers_never_reach_training(data_dir, tmp_path, monkeypatch)
         ("tempo.advantage", "gae", "config.tempo.advantage"),
         ("data.prompts_per_update", 3, "config.data.prompts_per_update"),
         ("data.prompts_per_update", 8, "config.data.prompts_per_update"),
+        ("model.attention", "flash", "config.model.attention"),
+        ("rollout.max_rows_per_chunk", 1, "config.rollout.max_rows_per_chunk"),  # < n = 2
+        ("train.length_buckets", (4, 16), "config.train.length_buckets"),  # 16 > L = 8
     ],
 )
 def test_invalid_config_names_the_field(data_dir, field, value, message):
