@@ -59,6 +59,7 @@ def aime_config(
     prompts_per_update: int,
     micro_batches: int,
     params: tuple[float, float],
+    max_rows_per_chunk: int,
 ) -> ml_collections.ConfigDict:
     """The authors' hyperparameters for one model.
 
@@ -71,6 +72,9 @@ def aime_config(
       prompts_per_update: prompts per policy optimizer update (authors: 32 / 64, one epoch).
       micro_batches: gradient-accumulation micro-batches per update (memory, not math).
       params: (policy, critic) parameter counts, for sizing the checkpoint save timeout.
+      max_rows_per_chunk: rollout rows whose KV cache is held at once (memory, not math: the
+        tokens are those of one call). A row's cache is 2 x layers x kv_heads x head_dim x
+        2 bytes x (2048 + 16384 - 1) slots; pick a multiple of the batch shards.
     """
     method = method or "tempo"
     if method not in METHODS:
@@ -113,6 +117,7 @@ def aime_config(
     c.rollout.temperature = 1.0
     c.rollout.top_p = 1.0
     c.rollout.max_new_tokens = 16384
+    c.rollout.max_rows_per_chunk = max_rows_per_chunk
 
     c.tempo.critic_warmup_steps = 16  # no published value model: fit one on D_L first
     c.tempo.recalibrate_every = 4
@@ -125,6 +130,10 @@ def aime_config(
     c.train.value_clip = 0.1
     c.train.micro_batches = micro_batches
     c.train.remat = True  # 16k-token responses: recompute activations in the backward pass
+    # Update / log-prob / value passes on the smallest of these response lengths (or 16384)
+    # holding the batch: early steps' shorter responses cost a fraction of the full length.
+    c.train.length_buckets = (4096, 8192, 12288)
+    c.model.attention = "auto"  # splash on TPU, cuDNN on GPU: no [T, S] scores at 18k tokens
 
     c.eval.n = 16
     c.eval.ks = (1, 2, 4, 8, 16)

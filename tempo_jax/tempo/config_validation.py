@@ -10,6 +10,7 @@ import ml_collections
 
 from tempo_jax import train
 from tempo_jax.data.pipeline import data_config_from
+from tempo_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from tempo_jax.tempo.methods import METHODS, get_method
 
 ADVANTAGES = ("em_token", "em_outcome")
@@ -57,9 +58,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "model.compute_dtype",
         f"must be one of {DTYPES}, got {config.model.compute_dtype!r}",
     )
+    _require(
+        config.model.attention in ATTENTION_IMPLEMENTATIONS,
+        "model.attention",
+        f"must be one of {ATTENTION_IMPLEMENTATIONS}, got {config.model.attention!r}",
+    )
+    _positive_int(config, "model.attention_block_size")
     _positive_int(config, "data.prompts_per_step")
     _positive_int(config, "data.max_prompt_length")
     _positive_int(config, "rollout.max_new_tokens")
+    _positive_int(config, "rollout.max_rows_per_chunk", 0)
+    longer = [b for b in config.train.length_buckets if b > config.rollout.max_new_tokens]
+    _require(
+        not longer,
+        "train.length_buckets",
+        f"{longer} exceed rollout.max_new_tokens={config.rollout.max_new_tokens}",
+    )
+    chunk = config.rollout.max_rows_per_chunk
+    _require(
+        chunk == 0 or chunk >= max(config.rollout.n, config.eval.n),
+        "rollout.max_rows_per_chunk",
+        f"must be 0 (off) or hold one prompt's samples (rollout.n={config.rollout.n}, "
+        f"eval.n={config.eval.n}), got {chunk}",
+    )
     _positive_int(config, "rollout.max_generation_batches")
     _positive_int(config, "rollout.n", 2 if method.advantage in ("grpo", "drgrpo") else 1)
     _require(

@@ -31,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.critic_hf_path = ""  # local HF token-classification checkpoint of the critic
     c.model.param_dtype = "float32"  # float32 | bfloat16: stored parameters
     c.model.compute_dtype = "float32"  # float32 | bfloat16: activations and matmuls
+    # auto | dense | blockwise | splash | cudnn: prefill and training attention (auto: splash on
+    # TPU, cuDNN on GPU in bfloat16, blockwise otherwise; tempo_jax.models.attention).
+    c.model.attention = "auto"
+    c.model.attention_block_size = 512  # keys per block of the blockwise attention
 
     # --- tokenizer (tempo_jax.data.pipeline.data_config_from reads it) ------------------------
     c.tokenizer = ml_collections.ConfigDict()
@@ -81,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.rollout.top_p = 1.0  # nucleus threshold (1 = off)
     c.rollout.top_k = 0  # top-k (0 = off)
     c.rollout.max_new_tokens = 64  # L: response slots
+    # Rows (prompts x n) sampled per compiled call, so the KV cache holds this many rows at
+    # once; each chunk stops when its own rows have (0 = the whole batch in one call).
+    c.rollout.max_rows_per_chunk = 0
     c.rollout.max_generation_batches = 10  # group filter: generation batches before an error
 
     # --- the TEMPO schedule ------------------------------------------------------------------
