@@ -22,6 +22,12 @@ Block (per layer l, x the residual stream, transformers' semantics):
 Padding: batches are left-padded. Positions (for RoPE) are `cumsum(attention_mask) - 1` clipped
 at 0 and padded keys are masked; padding queries produce finite garbage that callers mask out.
 
+Sharding: traced inside `tempo_jax.parallel.activation_sharding(mesh, rules)`, the residual
+stream is constrained to (batch, length, activation_embed), queries / attention outputs to
+(batch, length, activation_heads, -) and keys / values to (batch, length, activation_kv_heads, -),
+so activations stay split by rows (and heads over `tensor`) whatever the parameters' layout;
+outside such a context the model is mesh-agnostic and the constraints are not applied.
+
 KV cache: `KVCache(k, v)` with k, v [L, B, S_max, K, Dh] in the compute dtype; logical axes
 `KV_CACHE_LOGICAL_AXES`. Slot s of row b holds the key/value of the token fed at slot s; the
 sampler tracks which slots are real with a [B, S_max] bool `key_mask`. See `Decoder.prefill`
@@ -41,11 +47,20 @@ from flax import nnx
 
 from tempo_jax.models import layers
 from tempo_jax.models.config import ModelConfig
+from tempo_jax.parallel.activations import (
+    ActivationSharding,
+    constrain,
+    current_activation_sharding,
+)
 
 # Bigger than any slot distance: the window of a full-attention layer.
 _NO_WINDOW = 2**30
 
 KV_CACHE_LOGICAL_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+# Logical axes of the activations the blocks constrain (see tempo_jax.parallel.activations).
+RESIDUAL_AXES = ("batch", "length", "activation_embed")  # x [B, T, D]
+QUERY_AXES = ("batch", "length", "activation_heads", None)  # q, attention out [B, T, H, Dh]
+KEY_AXES = ("batch", "length", "activation_kv_heads", None)  # k, v [B, T, K, Dh]
 
 
 @flax.struct.dataclass
@@ -151,6 +166,11 @@ class _Attend(NamedTuple):
     mask_sliding: jax.Array
     index: jax.Array | None  # int32 scalar: cache slot of the first query; None without cache
     attend_cache: bool  # attend over the whole cache (decode) or only the new chunk (prefill)
+    sharding: ActivationSharding | None = None  # activation constraints; None = none
+
+
+def _shard(x: jax.Array, names: tuple, sharding: ActivationSharding | None) -> jax.Array:
+    return x if sharding is None else constrain(x, names, sharding)
 
 
 def _block(
@@ -166,6 +186,7 @@ def _block(
     c = config
     dtype = c.compute_dtype
     eps = c.rms_norm_eps
+    x = _shard(x, RESIDUAL_AXES, ctx.sharding)
 
     attn_in = layers.rms_norm(x, p["input_layernorm"], eps) if c.arch == "qwen3" else x
     q = layers.dense(attn_in, p["q_proj"].astype(dtype))
@@ -184,8 +205,9 @@ def _block(
         mask = jnp.where(is_sliding, ctx.mask_sliding, ctx.mask_full)
     else:
         (cos, sin), mask = ctx.rope_full, ctx.mask_full
-    q = layers.apply_rope(q, cos, sin)
-    k = layers.apply_rope(k, cos, sin)
+    q = _shard(layers.apply_rope(q, cos, sin), QUERY_AXES, ctx.sharding)
+    k = _shard(layers.apply_rope(k, cos, sin), KEY_AXES, ctx.sharding)
+    v = _shard(v, KEY_AXES, ctx.sharding)
 
     if cache_k is not None:
         start = (0, ctx.index, 0, 0)
@@ -193,7 +215,7 @@ def _block(
         cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
         if ctx.attend_cache:
             k, v = cache_k, cache_v
-    attn = layers.attention(q, k, v, mask, dtype=dtype)
+    attn = _shard(layers.attention(q, k, v, mask, dtype=dtype), QUERY_AXES, ctx.sharding)
     attn_out = layers.dense(attn, p["o_proj"].astype(dtype), contract=2)
 
     if c.arch == "qwen3":
@@ -204,7 +226,7 @@ def _block(
         x = x + layers.rms_norm(attn_out, p["post_attention_layernorm"], eps)
         mlp_out = layers.swiglu(x, p["gate_proj"], p["up_proj"], p["down_proj"], dtype=dtype)
         x = x + layers.rms_norm(mlp_out, p["post_feedforward_layernorm"], eps)
-    return x, cache_k, cache_v
+    return _shard(x, RESIDUAL_AXES, ctx.sharding), cache_k, cache_v
 
 
 class Decoder(nnx.Module):
@@ -318,6 +340,7 @@ class Decoder(nnx.Module):
         return _decoder_forward(
             _trunk_config(self.config),
             attend_cache,
+            current_activation_sharding(),
             self.embed_tokens[...],
             self.layers.arrays(),
             self.norm[...],
@@ -349,10 +372,13 @@ def _trunk_config(config: ModelConfig) -> ModelConfig:
 # jit with the (hashable) config static: eager calls of a model reuse one compiled executable
 # per config and shape instead of re-tracing the scan each call; under an outer jit / grad the
 # inner jit is inlined and costs nothing.
-@functools.partial(jax.jit, static_argnums=(0, 1))
+# The activation-sharding context is static too: a trace under one mesh is never reused for
+# another (or for an unconstrained call).
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _decoder_forward(
     c: ModelConfig,
     attend_cache: bool,
+    sharding: ActivationSharding | None,
     embed: jax.Array,
     stacked: dict[str, jax.Array],
     final_norm: jax.Array,
@@ -365,7 +391,7 @@ def _decoder_forward(
     index: jax.Array | None,
 ) -> tuple[jax.Array, KVCache | None]:
     """The trunk as a pure function of arrays; see Decoder.__call__ / prefill / decode."""
-    x = jnp.take(embed, tokens, axis=0).astype(c.compute_dtype)
+    x = _shard(jnp.take(embed, tokens, axis=0).astype(c.compute_dtype), RESIDUAL_AXES, sharding)
 
     rope_full = layers.rope_cos_sin(positions, c.rope, c.head_dim)
     if c.resolved_sliding_rope == c.rope:
@@ -377,7 +403,7 @@ def _decoder_forward(
         mask_sliding = layers.attention_mask(query_slots, key_slots, key_valid, c.sliding_window)
     else:
         mask_sliding = mask_full
-    ctx = _Attend(rope_full, rope_sliding, mask_full, mask_sliding, index, attend_cache)
+    ctx = _Attend(rope_full, rope_sliding, mask_full, mask_sliding, index, attend_cache, sharding)
     is_sliding = jnp.asarray(
         [kind == "sliding_attention" for kind in c.resolved_layer_types], dtype=bool
     )
@@ -391,6 +417,6 @@ def _decoder_forward(
         body = jax.checkpoint(body)
     cache_xs = (None, None) if cache is None else (cache.k, cache.v)
     x, (new_k, new_v) = jax.lax.scan(body, x, (stacked, is_sliding, *cache_xs))
-    hidden = layers.rms_norm(x, final_norm, c.rms_norm_eps)
+    hidden = _shard(layers.rms_norm(x, final_norm, c.rms_norm_eps), RESIDUAL_AXES, sharding)
     new_cache = None if cache is None else KVCache(k=new_k, v=new_v)
     return hidden, new_cache

@@ -227,6 +227,29 @@ def _read_tensors(
                 on_tensor(name, spec, f.get_tensor(name))
 
 
+def read_hf_config(
+    path: str | os.PathLike, role: str = "policy", dtype: object = "float32", param_dtype=None
+) -> tuple[ModelConfig, dict[str, Any]]:
+    """The ModelConfig of a checkpoint directory's config.json (no weights are read).
+
+    Returns:
+      (config, extras), extras["score_bias"] saying whether a critic has a `score.bias`.
+
+    Raises:
+      CheckpointError: naming config.json when it is missing, unparsable or unsupported.
+    """
+    dtype = dtype_name(dtype)
+    param_dtype = dtype if param_dtype is None else dtype_name(param_dtype)
+    config_path = pathlib.Path(path) / CONFIG_FILE
+    return config_from_hf(
+        _read_json(config_path),
+        role=role,
+        source=str(config_path),
+        param_dtype=param_dtype,
+        dtype=dtype,
+    )
+
+
 def load_hf(
     path: str | os.PathLike,
     role: str = "policy",
@@ -255,16 +278,8 @@ def load_hf(
     directory = pathlib.Path(path)
     if not directory.is_dir():
         raise CheckpointError(directory, "checkpoint directory not found")
-    dtype = dtype_name(dtype)
-    param_dtype = dtype if param_dtype is None else dtype_name(param_dtype)
-    config_path = directory / CONFIG_FILE
-    config, extras = config_from_hf(
-        _read_json(config_path),
-        role=role,
-        source=str(config_path),
-        param_dtype=param_dtype,
-        dtype=dtype,
-    )
+    config, extras = read_hf_config(directory, role, dtype, param_dtype)
+    param_dtype = config.param_dtype
     cls = Policy if role == "policy" else Critic
     abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
     specs = _specs(abstract)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from tempo_jax.models import KV_CACHE_LOGICAL_AXES, KVCache, Policy
 from tempo_jax.models import decoder as model_decoder
 from tempo_jax.models import layers as model_layers
+from tempo_jax.parallel.activations import current_activation_sharding
 
 # Logical axes of one layer's cache [B, S, K, Dh].
 LAYER_CACHE_LOGICAL_AXES = KV_CACHE_LOGICAL_AXES[1:]
@@ -119,7 +120,15 @@ def decode_step(
         )
     else:
         mask_sliding = mask_full
-    ctx = model_decoder._Attend(rope_full, rope_sliding, mask_full, mask_sliding, index, True)
+    ctx = model_decoder._Attend(
+        rope_full,
+        rope_sliding,
+        mask_full,
+        mask_sliding,
+        index,
+        True,
+        current_activation_sharding(),
+    )
 
     x = jnp.take(weights.embed, tokens[:, None], axis=0).astype(c.compute_dtype)
     new_k, new_v = [], []

@@ -13,11 +13,19 @@ compiles at most len(buckets) times; `num_compilations` counts them and each exe
 built ahead of time (`jit(...).lower(...).compile()`), so a shape or sharding mismatch can only
 fail loudly, never recompile silently.
 
-Sharding: with a `mesh` (from `tempo_jax.parallel.make_mesh`) the parameters take the shardings
-of their `logical_axes` under `rules`, the prompt batch, per-row parameters and every output
-array are split along the batch over the rules' `batch` axes (data, fsdp by default), and the
-KV cache is constrained to `KV_CACHE_LOGICAL_AXES` (batch over data / fsdp, kv heads over
-tensor). An array whose batch does not divide over those axes is replicated instead.
+Sharding: with a `mesh` (from `tempo_jax.parallel.make_mesh`) the parameters come in with the
+training shardings of their `logical_axes` under `rules` and are laid out once per call, after
+the cast to the compute dtype, by `parallel.inference_rules(rules)`: no parameter is split over
+the batch's mesh axes, so no decode step all-gathers a weight. The rows (prompts, per-row
+sampling parameters, every output array, the KV cache) are split over the `batch` rule's mesh
+axes, the cache's kv heads over `tensor`, and activations are constrained by their logical axes.
+A row count N = B * n that the batch axes do not divide is an error naming the numbers (never
+a silent replication); B prompts that do not divide while N does are prefilled row by row
+(`DecodeSpec.shared_prefill`).
+
+Ahead-of-time: `compile(state, num_prompts, n, bucket)` builds (and keeps) the executable that
+`generate` would run for that shape; `state` may be abstract (`jax.ShapeDtypeStruct`s), which is
+how `tempo-jax compile` measures a sampler without allocating anything.
 """
 
 from __future__ import annotations
@@ -93,7 +101,8 @@ class Sampler:
         pad_id: fills prompt padding and response slots after the end.
         max_top_k: static candidate cap of top-k / top-p rows (the sort width).
         mesh: shard over this mesh (see the module docstring); None = one device.
-        rules: logical-axis rules for `tempo_jax.parallel` (default rules when None).
+        rules: the training logical-axis rules for `tempo_jax.parallel` (default rules when
+          None): the parameters' layout on entry; decoding uses `inference_rules(rules)`.
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
@@ -117,6 +126,7 @@ class Sampler:
         self.pad_id = pad_id
         self.mesh = mesh
         self.rules = parallel.make_rules(rules) if mesh is not None else None
+        self.inference_rules = parallel.inference_rules(self.rules) if mesh is not None else None
         self._graphdef = nnx.split(policy)[0]
         self._executables: dict[tuple, Any] = {}
         self._state_shardings: dict[tuple, Any] = {}
@@ -176,10 +186,37 @@ class Sampler:
         args = (state, tokens, mask, rows, np.uint32(seed), stop_arrays)
         if self.mesh is not None:
             args = jax.device_put(args, self._in_shardings(state, batch, n, stop_arrays))
-        return self._executable(args, batch, n, bucket)(*args)
+        return self._executable(state, batch, n, bucket, stop_arrays)(*args)
 
-    def _executable(self, args: tuple, batch: int, n: int, bucket: int):
-        state, stop = args[0], args[-1]
+    def shares_prefill(self, num_prompts: int) -> bool:
+        """Whether B prompts are prefilled once for their n samples (else row by row)."""
+        return self.mesh is None or self._divides(num_prompts)
+
+    def compile(
+        self,
+        state: nnx.State,
+        num_prompts: int,
+        n: int,
+        bucket: int,
+        stop: StopCriteria | None = None,
+    ) -> jax.stages.Compiled:
+        """The executable `generate` runs for B = num_prompts prompts of width `bucket` and n
+        samples each, built now (and reused by later `generate` calls of that shape).
+
+        Args:
+          state: the policy's parameters, concrete or abstract (`jax.ShapeDtypeStruct`s).
+          num_prompts: B.
+          n: samples per prompt.
+          bucket: the prompt width P (any width; `generate` uses one of `buckets`).
+          stop: stop criteria whose array shapes to compile for (default: the sampler's).
+
+        Raises:
+          ValueError: when B * n rows do not divide over the mesh's batch axes.
+        """
+        stop_arrays = (stop or self.stop).arrays()
+        return self._executable(state, num_prompts, n, bucket, stop_arrays)
+
+    def _executable(self, state, batch: int, n: int, bucket: int, stop: StopArrays):
         signature = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(state))
         stop_shapes = (stop.eos_ids.shape, stop.table.shape)
         key = (batch, n, bucket, stop_shapes, jax.tree.structure(state), signature)
@@ -189,48 +226,75 @@ class Sampler:
                 max_new_tokens=self.max_new_tokens,
                 max_top_k=self.max_top_k,
                 pad_id=self.pad_id,
+                shared_prefill=self.shares_prefill(batch),
             )
-            fn = functools.partial(
-                generate_rollouts, self._graphdef, spec=spec, constrain=self._constrain
-            )
+            args = self._abstract_args(state, batch, n, bucket, stop)
             if self.mesh is None:
+                fn = functools.partial(generate_rollouts, self._graphdef, spec=spec)
                 jitted = jax.jit(fn)
             else:
+                weights = parallel.state_shardings(state, self.mesh, self.inference_rules)
+                fn = functools.partial(
+                    generate_rollouts,
+                    self._graphdef,
+                    spec=spec,
+                    place_weights=functools.partial(_place, shardings=weights),
+                )
                 jitted = jax.jit(
-                    fn,
+                    _under(fn, self.mesh, self.inference_rules),
                     in_shardings=self._in_shardings(state, batch, n, stop),
                     out_shardings=self._out_shardings(batch * n, n),
                 )
             self._executables[key] = jitted.lower(*args).compile()
         return self._executables[key]
 
+    def _abstract_args(self, state, batch: int, n: int, bucket: int, stop: StopArrays) -> tuple:
+        def like(shape, dtype):
+            return jax.ShapeDtypeStruct(shape, dtype)
+
+        rows = batch * n
+        row_params = RowSamplingParams(
+            temperature=like((rows,), np.float32),
+            top_k=like((rows,), np.int32),
+            top_p=like((rows,), np.float32),
+            greedy=like((rows,), np.bool_),
+        )
+        abstract_state = jax.tree.map(lambda x: like(x.shape, x.dtype), state)
+        stop = jax.tree.map(lambda x: like(x.shape, x.dtype), stop)
+        prompts = like((batch, bucket), np.int32)
+        return (abstract_state, prompts, prompts, row_params, like((), np.uint32), stop)
+
     # --- sharding -----------------------------------------------------------------------------
 
-    def _constrain(self, x: jax.Array, names: Sequence[str | None]) -> jax.Array:
-        if self.mesh is None:
-            return x
-        return parallel.with_logical_constraint(x, names, self.mesh, self.rules)
+    def _shards(self) -> int:
+        """How many ways the batch's mesh axes split rows."""
+        (axes,) = parallel.mesh_axes_for(("batch",), self.rules)
+        return int(np.prod([self.mesh.shape[a] for a in axes], dtype=np.int64))
 
-    def _rows_sharding(self, rows: int) -> NamedSharding:
-        """Batch sharding for leading dim `rows`, or replicated when it does not divide."""
-        sharding = parallel.batch_sharding(self.mesh, self.rules)
-        axes = sharding.spec[0]
-        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-        shards = int(np.prod([self.mesh.shape[a] for a in axes], dtype=np.int64))
-        if rows % shards:
-            return NamedSharding(self.mesh, PartitionSpec())
-        return sharding
+    def _divides(self, rows: int) -> bool:
+        return rows % self._shards() == 0
+
+    def _rows_sharding(self, rows: int, what: str) -> NamedSharding:
+        """Batch sharding for leading dim `rows`; raises when the batch axes do not divide it."""
+        if not self._divides(rows):
+            raise ValueError(
+                f"sampler: {what} ({rows}) do not divide over the {self._shards()} batch shards "
+                f"of mesh {dict(self.mesh.shape)}; they would be replicated on every device. "
+                "Use a number of prompts x samples that is a multiple of the batch shards."
+            )
+        return parallel.batch_sharding(self.mesh, self.rules)
 
     def _in_shardings(self, state: nnx.State, batch: int, n: int, stop: StopArrays) -> tuple:
         key = jax.tree.structure(state), tuple(x.shape for x in jax.tree.leaves(state))
         if key not in self._state_shardings:
             self._state_shardings[key] = parallel.state_shardings(state, self.mesh, self.rules)
-        prompts = self._rows_sharding(batch)
-        per_row = self._rows_sharding(batch * n)
+        per_row = self._rows_sharding(batch * n, f"{batch} prompts x {n} samples = rows")
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        # Prompts that do not divide are tiny int arrays; they are spread to rows in the jit.
+        prompts = per_row if self._divides(batch) else replicated
         row_params = RowSamplingParams(
             temperature=per_row, top_k=per_row, top_p=per_row, greedy=per_row
         )
-        replicated = NamedSharding(self.mesh, PartitionSpec())
         stop_shardings = jax.tree.map(lambda _: replicated, stop)
         return (
             self._state_shardings[key],
@@ -242,5 +306,20 @@ class Sampler:
         )
 
     def _out_shardings(self, rows: int, n: int) -> Rollouts:
-        sharding = self._rows_sharding(rows)
+        sharding = self._rows_sharding(rows, "rows")
         return Rollouts(**{name: sharding for name in _ROLLOUT_FIELDS}, samples_per_prompt=n)
+
+
+def _place(state: nnx.State, shardings: Any) -> nnx.State:
+    """The state constrained to `shardings` (a tree of the same structure)."""
+    return jax.tree.map(jax.lax.with_sharding_constraint, state, shardings)
+
+
+def _under(fn, mesh: jax.sharding.Mesh, rules: Any):
+    """`fn` traced with activation constraints over `mesh` by `rules`."""
+
+    def traced(*args):
+        with parallel.activation_sharding(mesh, rules):
+            return fn(*args)
+
+    return traced

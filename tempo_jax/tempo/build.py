@@ -9,7 +9,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -18,20 +17,62 @@ from tempo_jax import models, parallel, train
 from tempo_jax.data.pipeline import Data, build_data, data_config_from
 from tempo_jax.rewards.grading_pool import GradingPool
 from tempo_jax.sampling import Sampler
+from tempo_jax.tempo.functions import RunFunctions
 from tempo_jax.tempo.methods import Method, get_method
 from tempo_jax.train.batch import RLBatch, Sequences
 
 log = logging.getLogger(__name__)
 
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> models.ModelConfig:
-    """The policy's architecture: a preset with overrides (vocabulary from the tokenizer)."""
+def model_config(config: ml_collections.ConfigDict, vocab_size: int | None) -> models.ModelConfig:
+    """The policy's architecture: a preset with overrides (vocabulary from the tokenizer; None
+    keeps the preset's)."""
     overrides = dict(config.model.overrides.to_dict()) if "overrides" in config.model else {}
-    if config.model.preset in ("tiny", "tiny_olmo3") or overrides.get("vocab_size") is None:
+    tiny = config.model.preset in ("tiny", "tiny_olmo3")
+    if vocab_size is not None and (tiny or overrides.get("vocab_size") is None):
         overrides.setdefault("vocab_size", vocab_size)
     overrides["dtype"] = config.model.compute_dtype
     overrides["param_dtype"] = config.model.param_dtype
     return models.get_preset(config.model.preset, **overrides)
+
+
+def planned_model_config(
+    config: ml_collections.ConfigDict, role: str
+) -> tuple[models.ModelConfig, str]:
+    """The architecture a run of `config` builds for `role`, read without weights or tokenizer:
+    the checkpoint's config.json when one exists, else the preset (the built-in task's trained
+    SentencePiece vocabulary size for the tiny presets). Returns (config, where it came from)."""
+    path = config.model.hf_path if role == "policy" else config.model.critic_hf_path
+    dtypes = {"dtype": config.model.compute_dtype, "param_dtype": config.model.param_dtype}
+    if path and os.path.isfile(os.path.join(path, "config.json")):
+        return models.read_hf_config(path, role, **dtypes)[0], f"{path}/config.json"
+    if role == "critic":  # critic_from_policy: the policy's decoder and config
+        return planned_model_config(config, "policy")
+    trained_vocab = config.tokenizer.kind == "sentencepiece" and not config.tokenizer.path
+    vocab = config.tokenizer.vocab_size if trained_vocab else None
+    source = f"preset {config.model.preset}" + (f" (no config.json in {path})" if path else "")
+    return model_config(config, vocab), source
+
+
+def make_sampler(
+    config: ml_collections.ConfigDict,
+    policy: models.Policy,
+    mesh: jax.sharding.Mesh,
+    rules: Any,
+    eos_ids: tuple[int, ...],
+    pad_id: int,
+) -> Sampler:
+    """The run's sampler (`policy` may be abstract)."""
+    return Sampler(
+        policy,
+        max_new_tokens=config.rollout.max_new_tokens,
+        max_prompt_length=config.data.max_prompt_length,
+        eos_ids=eos_ids,
+        pad_id=pad_id,
+        max_top_k=max(1, min(64, config.rollout.top_k or 64)),
+        mesh=mesh,
+        rules=rules,
+    )
 
 
 def init_policy(config: ml_collections.ConfigDict, vocab_size: int) -> models.Policy:
@@ -69,11 +110,12 @@ class Run:
       data: dataset, tokenizer and prompt formatter.
       mesh, rules: where the steps run.
       settings: validated train settings.
-      policy_graphdef, critic_graphdef: model structures (critic None for critic-free methods).
       sampler: the rollout engine.
       pool: the grader's worker pool.
       prompt_width, response_length: P and L of every RL batch.
       eos_ids, pad_id: from the tokenizer.
+      functions: the compiled steps and forwards; `policy_graphdef` / `critic_graphdef` are
+        theirs (the critic's is set once the critic exists).
     """
 
     config: ml_collections.ConfigDict
@@ -82,105 +124,47 @@ class Run:
     mesh: jax.sharding.Mesh
     rules: Any
     settings: train.TrainSettings
-    policy_graphdef: nnx.GraphDef
-    critic_graphdef: nnx.GraphDef | None
     sampler: Sampler
     pool: GradingPool
     prompt_width: int
     response_length: int
     eos_ids: tuple[int, ...]
     pad_id: int
-    _compiled: dict[str, train.CompiledStep] = dataclasses.field(default_factory=dict)
+    functions: RunFunctions
 
-    # --- compiled functions, each built on first use from an example and never again --------
+    @property
+    def policy_graphdef(self) -> nnx.GraphDef:
+        return self.functions.policy_graphdef
 
-    def _example_batch(self, rows: int) -> RLBatch:
-        s, length = self.prompt_width + self.response_length, self.response_length
-        zeros = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
-        return RLBatch(
-            tokens=zeros((rows, s), jnp.int32),
-            attention_mask=zeros((rows, s), jnp.bool_),
-            response_mask=zeros((rows, length), jnp.bool_),
-            old_logprobs=zeros((rows, length), jnp.float32),
-            advantages=zeros((rows, length), jnp.float32),
-            returns=zeros((rows, length), jnp.float32),
-            old_values=zeros((rows, length), jnp.float32),
-            is_labeled=zeros((rows,), jnp.bool_),
-            keep=zeros((rows,), jnp.bool_),
-        )
+    @property
+    def critic_graphdef(self) -> nnx.GraphDef | None:
+        return self.functions.critic_graphdef
 
-    def _get(self, key: str, build):
-        if key not in self._compiled:
-            self._compiled[key] = build()
-        return self._compiled[key]
+    @critic_graphdef.setter
+    def critic_graphdef(self, graphdef: nnx.GraphDef) -> None:
+        self.functions.critic_graphdef = graphdef
+
+    # --- compiled functions, each built on first use (see tempo_jax.tempo.functions) --------
 
     def policy_step(self, state: train.TrainState, batch: RLBatch):
-        rows = batch.tokens.shape[0]
-        step = self._get(
-            f"policy_step/{rows}",
-            lambda: train.compile_train_step(
-                train.make_policy_step(self.policy_graphdef, self.settings),
-                state,
-                self._example_batch(rows),
-                self.mesh,
-                self.rules,
-                micro_batches=self.settings.micro_batches,
-                name="policy_step",
-            ),
-        )
+        step = self.functions.policy_step(state, batch.tokens.shape[0])
         return step(state, train.canonical_batch(batch))
 
     def critic_step(self, state: train.TrainState, batch: RLBatch):
-        rows = batch.tokens.shape[0]
-        step = self._get(
-            f"critic_step/{rows}",
-            lambda: train.compile_train_step(
-                train.make_critic_step(self.critic_graphdef, self.settings),
-                state,
-                self._example_batch(rows),
-                self.mesh,
-                self.rules,
-                micro_batches=self.settings.micro_batches,
-                name="critic_step",
-            ),
-        )
+        step = self.functions.critic_step(state, batch.tokens.shape[0])
         return step(state, train.canonical_batch(batch))
 
     def token_stats(self, params: nnx.State, seqs: Sequences) -> train.TokenStats:
-        rows = seqs.tokens.shape[0]
-        fn = self._get(
-            f"token_stats/{rows}",
-            lambda: train.compile_forward(
-                train.make_policy_token_stats_fn(self.policy_graphdef, self.settings),
-                params,
-                self._example_batch(rows).sequences(),
-                self.mesh,
-                self.rules,
-                micro_batches=self.settings.micro_batches,
-                name="token_stats",
-            ),
-        )
+        fn = self.functions.token_stats(params, seqs.tokens.shape[0])
         return fn(params, train.canonical_batch(seqs))
 
     def values(self, params: nnx.State, seqs: Sequences) -> jax.Array:
-        rows = seqs.tokens.shape[0]
-        fn = self._get(
-            f"values/{rows}",
-            lambda: train.compile_forward(
-                train.make_critic_values_fn(self.critic_graphdef, self.settings),
-                params,
-                self._example_batch(rows).sequences(),
-                self.mesh,
-                self.rules,
-                micro_batches=self.settings.micro_batches,
-                name="critic_values",
-            ),
-        )
+        fn = self.functions.values(params, seqs.tokens.shape[0])
         return fn(params, train.canonical_batch(seqs))
 
     def compile_counts(self) -> dict[str, int]:
         """Executables per compiled function (each should stay 1) plus the sampler's."""
-        out = {k: v.cache_size() for k, v in self._compiled.items()}
+        out = self.functions.compile_counts()
         out["sampler"] = self.sampler.num_compilations
         return out
 
@@ -211,16 +195,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, mod
     policy_graphdef, _ = train.split_for_training(policy, settings)
     # The critic's graphdef is set when the critic is created (it needs a concrete module).
     eos_ids = tuple(int(e) for e in np.atleast_1d(tokenizer.eos_id))
-    sampler = Sampler(
-        policy,
-        max_new_tokens=config.rollout.max_new_tokens,
-        max_prompt_length=config.data.max_prompt_length,
-        eos_ids=eos_ids,
-        pad_id=tokenizer.pad_id,
-        max_top_k=max(1, min(64, config.rollout.top_k or 64)),
-        mesh=mesh,
-        rules=rules,
-    )
+    sampler = make_sampler(config, policy, mesh, rules, eos_ids, tokenizer.pad_id)
     pool = GradingPool(num_workers=config.grader.num_workers, timeout_s=config.grader.timeout_s)
     run = Run(
         config=config,
@@ -229,13 +204,12 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, mod
         mesh=mesh,
         rules=rules,
         settings=settings,
-        policy_graphdef=policy_graphdef,
-        critic_graphdef=None,
         sampler=sampler,
         pool=pool,
         prompt_width=config.data.max_prompt_length,
         response_length=config.rollout.max_new_tokens,
         eos_ids=eos_ids,
         pad_id=tokenizer.pad_id,
+        functions=RunFunctions.for_run(config, mesh, rules, settings, policy_graphdef),
     )
     return run, policy
