@@ -21,5 +21,4 @@ def get_config(method: str = "") -> ml_collections.ConfigDict:
         method=method,
         prompts_per_step=256,
         prompts_per_update=64,
-        micro_batches=16,
     )

@@ -21,5 +21,4 @@ def get_config(method: str = "") -> ml_collections.ConfigDict:
         method=method,
         prompts_per_step=128,
         prompts_per_update=32,
-        micro_batches=16,
     )

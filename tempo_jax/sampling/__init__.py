@@ -6,7 +6,9 @@ Public API (B prompts, n samples each, N = B * n rows, P prompt bucket, L = max_
           pad_id=0, max_top_k=64, mesh=None, rules=None)                      (sampler.py)
     .generate(state, prompt_tokens [B, T], prompt_mask [B, T], n=1, sampling=SamplingParams(),
               seed=0, stop=None) -> Rollouts
-    .num_compilations, .compiled_shapes, .buckets
+    .compile(state, num_prompts, n, bucket) -> the executable generate runs (state may be
+        abstract); .num_compilations, .compiled_shapes, .buckets, .row_shards,
+        .divisible_prompts(B, n): what to pad B to so B * n rows split over the mesh
   SamplingParams(temperature, top_k, top_p, greedy): scalars or per-prompt [B] / per-row [N]
       arrays; changing values never recompiles                                 (params.py)
   Rollouts: prompt_tokens / prompt_mask [N, P], tokens / response_mask / logprobs (untempered) /

@@ -31,6 +31,7 @@ how `tempo-jax compile` measures a sampler without allocating anything.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,6 +65,13 @@ _ROLLOUT_FIELDS = (
     "sampling_logprobs",
     "group_ids",
 )
+
+
+def divisible_prompts(num_prompts: int, n: int, row_shards: int) -> int:
+    """The smallest prompt count >= num_prompts whose num_prompts x n rows divide over
+    `row_shards` batch shards (what a caller pads a short batch to)."""
+    step = row_shards // math.gcd(row_shards, n)
+    return -(-num_prompts // step) * step
 
 
 class Sampler:
@@ -187,6 +195,15 @@ class Sampler:
         if self.mesh is not None:
             args = jax.device_put(args, self._in_shardings(state, batch, n, stop_arrays))
         return self._executable(state, batch, n, bucket, stop_arrays)(*args)
+
+    @property
+    def row_shards(self) -> int:
+        """How many ways the mesh's batch axes split rows (1 without a mesh)."""
+        return 1 if self.mesh is None else self._shards()
+
+    def divisible_prompts(self, num_prompts: int, n: int) -> int:
+        """`divisible_prompts` for this sampler's mesh."""
+        return divisible_prompts(num_prompts, n, self.row_shards)
 
     def shares_prefill(self, num_prompts: int) -> bool:
         """Whether B prompts are prefilled once for their n samples (else row by row)."""

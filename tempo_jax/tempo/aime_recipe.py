@@ -42,7 +42,7 @@ def aime_config(
     method: str,
     prompts_per_step: int,
     prompts_per_update: int,
-    micro_batches: int,
+    micro_batch_rows: int = 32,
 ) -> ml_collections.ConfigDict:
     """The authors' hyperparameters for one model.
 
@@ -53,7 +53,8 @@ def aime_config(
       method: a registry method ('' = tempo).
       prompts_per_step: prompts per rollout batch (authors: 128 for 14B, 256 for 8B / 7B).
       prompts_per_update: prompts per policy optimizer update (authors: 32 / 64, one epoch).
-      micro_batches: gradient-accumulation micro-batches per update (memory, not math).
+      micro_batch_rows: rows per gradient-accumulation micro-batch of every step and forward
+        (memory, not math): 32 is 2 rows per chip on 16 chips, 1 on 32 (`tempo-jax compile`).
     """
     method = method or "tempo"
     if method not in METHODS:
@@ -106,7 +107,7 @@ def aime_config(
     c.train.critic_optimizer.learning_rate = 1e-6
     c.train.critic_optimizer.weight_decay = 0.01
     c.train.value_clip = 0.1
-    c.train.micro_batches = micro_batches
+    c.train.micro_batch_rows = micro_batch_rows
     c.train.remat = True  # 16k-token responses: recompute activations in the backward pass
 
     c.eval.n = 16

@@ -75,27 +75,43 @@ def make_sampler(
     )
 
 
-def init_policy(config: ml_collections.ConfigDict, vocab_size: int) -> models.Policy:
-    """The initial policy: a local HF checkpoint, or a preset initialised from the seed."""
+def init_policy(
+    config: ml_collections.ConfigDict,
+    vocab_size: int,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: Any = None,
+) -> models.Policy:
+    """The initial policy: a local HF checkpoint (read shard by shard onto `mesh`: each process
+    reads only its slices), or a preset initialised from the seed."""
     if config.model.hf_path:
         return models.load_hf(
             config.model.hf_path,
             role="policy",
             dtype=config.model.compute_dtype,
             param_dtype=config.model.param_dtype,
+            mesh=mesh,
+            rules=rules,
         )
     return models.Policy(model_config(config, vocab_size), rngs=nnx.Rngs(config.seed))
 
 
-def init_critic(config: ml_collections.ConfigDict, policy: models.Policy) -> models.Critic:
-    """The initial critic: a local HF token-classification checkpoint, or the policy's decoder
-    with a fresh value head (outputs ~0)."""
+def init_critic(
+    config: ml_collections.ConfigDict,
+    policy: models.Policy,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: Any = None,
+) -> models.Critic:
+    """The initial critic: a local HF token-classification checkpoint (sharded like the
+    policy's), or the policy's decoder with a fresh value head (outputs ~0), copied on the
+    devices where the policy's parameters live (no host copy)."""
     if config.model.critic_hf_path:
         return models.load_hf(
             config.model.critic_hf_path,
             role="critic",
             dtype=config.model.compute_dtype,
             param_dtype=config.model.param_dtype,
+            mesh=mesh,
+            rules=rules,
         )
     return models.critic_from_policy(policy, rngs=nnx.Rngs(config.seed + 1))
 
@@ -183,14 +199,14 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, mod
     if not parallel.is_main_process():
         data = build_data(data_config, data_dir)
     tokenizer = data.tokenizer
-    policy = init_policy(config, tokenizer.vocab_size)
+    mesh = parallel.make_mesh(config.parallel.mesh)
+    rules = parallel.make_rules(config.parallel.rules)
+    policy = init_policy(config, tokenizer.vocab_size, mesh, rules)
     if policy.config.vocab_size < tokenizer.vocab_size:
         raise ValueError(
             f"model vocabulary ({policy.config.vocab_size}) is smaller than the tokenizer's "
             f"({tokenizer.vocab_size}); check config.model / config.tokenizer"
         )
-    mesh = parallel.make_mesh(config.parallel.mesh)
-    rules = parallel.make_rules(config.parallel.rules)
     settings = train.settings_from_config(config.train)
     policy_graphdef, _ = train.split_for_training(policy, settings)
     # The critic's graphdef is set when the critic is created (it needs a concrete module).

@@ -321,11 +321,11 @@ def _measure(plan: _Plan, call: fns.Call, chip: ChipSpec) -> FunctionReport:
         tokens = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
         shape = f"{call.rows} rows x {tokens} tokens"
     report = FunctionReport(call.key, call.purpose, shape)
-    report.state_bytes, report.resident_bytes = _own_and_resident(plan, call)
-    report.kv_cache_bytes = _kv_cache_bytes(plan, call)
-    report.flops, report.roofline_s = _flops_and_roofline(plan, call, chip)
     start = time.perf_counter()
     try:
+        report.state_bytes, report.resident_bytes = _own_and_resident(plan, call)
+        report.kv_cache_bytes = _kv_cache_bytes(plan, call)
+        report.flops, report.roofline_s = _flops_and_roofline(plan, call, chip)
         compiled = _lower(plan, call)
     except Exception as e:  # the compiler's OOM is an XlaRuntimeError; sharding checks raise
         report.compile_s = time.perf_counter() - start
@@ -387,9 +387,8 @@ def compile_report(
     if hbm_gib is not None:
         chip = dataclasses.replace(chip, hbm_bytes=int(hbm_gib * GIB))
     plan, source = _plan(config, devices)
-    calls = [
-        c for c in fns.planned_calls(config) if not only or c.function in only or c.key in only
-    ]
+    planned = fns.planned_calls(config, plan.sampler.row_shards)
+    calls = [c for c in planned if not only or c.function in only or c.key in only]
     measured = []
     for call in calls:
         log(f"compiling {call.key} ({call.purpose}) for {topology} ...")

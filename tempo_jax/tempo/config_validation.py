@@ -128,11 +128,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"got {config.data.prompts_per_update}",
     )
     rows = per_update * config.rollout.n
-    _require(
-        rows % config.train.micro_batches == 0,
-        "train.micro_batches",
-        f"must divide the rows per policy update (prompts per update * rollout.n = {rows})",
-    )
+    if config.train.micro_batch_rows:
+        step_rows = config.data.prompts_per_step * config.rollout.n
+        _require(
+            rows % config.train.micro_batch_rows == 0
+            and step_rows % config.train.micro_batch_rows == 0,
+            "train.micro_batch_rows",
+            f"must divide the rows per policy update ({rows}) and per step ({step_rows})",
+        )
+    else:
+        _require(
+            rows % config.train.micro_batches == 0,
+            "train.micro_batches",
+            f"must divide the rows per policy update (prompts per update * rollout.n = {rows})",
+        )
 
 
 def _check_bfloat16_updates(config: ml_collections.ConfigDict) -> None:

@@ -34,6 +34,14 @@ def _batches(run: Run, split: str):
         seen += real
 
 
+def _sample_padded(run: Run, policy_params, batch, real: int, *, n: int, **kwargs):
+    """n samples of the first `real` prompts of `batch`, the prompts padded (repeated) so that
+    their rows divide over the mesh's batch shards (`Sampler.divisible_prompts`)."""
+    padded = batch.pad_to(run.sampler.divisible_prompts(batch.batch_size, n))
+    rows = sample(run, policy_params, padded, n=n, **kwargs)
+    return rows.take_groups(range(real)) if real < padded.batch_size else rows
+
+
 def evaluate_split(
     run: Run, split: str, label: str, policy_params, critic_params, *, step: int, timer: Timer
 ) -> dict[str, float]:
@@ -44,31 +52,29 @@ def evaluate_split(
     greedy_correct = []
     for i, (batch, real) in enumerate(_batches(run, split)):
         answers = batch.evaluation_answers()[:real]
-        rows = sample(
+        rows = _sample_padded(
             run,
             policy_params,
             batch,
+            real,
             n=n,
             timer=timer,
             seed=step_seed(cfg.seed, step, "eval", i),
             sampling=SamplingParams(temperature=cfg.eval.temperature),
         )
-        if real < batch.batch_size:
-            rows = rows.take_groups(range(real))
         parts.append(rows)
         truths.extend(answers[g] for g in rows.group_ids)
         if cfg.eval.greedy:
-            greedy = sample(
+            greedy = _sample_padded(
                 run,
                 policy_params,
                 batch,
+                real,
                 n=1,
                 timer=timer,
                 seed=0,
                 sampling=SamplingParams(temperature=0.0, greedy=True),
             )
-            if real < batch.batch_size:
-                greedy = greedy.take_groups(range(real))
             with timer("grading"):
                 graded = grade_batch(
                     greedy.texts,

@@ -21,6 +21,7 @@ import ml_collections
 from flax import nnx
 
 from tempo_jax import train
+from tempo_jax.sampling.sampler import divisible_prompts
 from tempo_jax.tempo.methods import get_method
 from tempo_jax.train.batch import RLBatch
 
@@ -58,9 +59,15 @@ class Call:
         return f"{self.function}/{self.rows}"
 
 
-def planned_calls(config: ml_collections.ConfigDict) -> list[Call]:
+def planned_calls(config: ml_collections.ConfigDict, row_shards: int = 1) -> list[Call]:
     """Every (function, shape) a run of `config` executes, each once, in the order they first
-    run (see `tempo_jax.tempo.phases` and `evaluation` for where each is called)."""
+    run (see `tempo_jax.tempo.phases` and `evaluation` for where each is called).
+
+    Args:
+      config: the run's config.
+      row_shards: how many ways the mesh splits rows (`Sampler.row_shards`): evaluation pads
+        its prompts to a count whose rows divide over them.
+    """
     method = get_method(config.method)
     prompts, n = config.data.prompts_per_step, config.rollout.n
     step_rows = prompts * n
@@ -80,9 +87,11 @@ def planned_calls(config: ml_collections.ConfigDict) -> list[Call]:
     calls.append(Call(TOKEN_STATS, refine_rows, purpose="old log-probs"))
     calls.append(Call(POLICY_STEP, update_rows, purpose="M-step"))
     if config.eval_every > 0:
-        calls.append(Call(SAMPLER, prompts * config.eval.n, prompts, config.eval.n, "eval"))
-        if config.eval.greedy:
-            calls.append(Call(SAMPLER, prompts, prompts, 1, "eval greedy"))
+        for samples, purpose in ((config.eval.n, "eval"), (1, "eval greedy")):
+            if samples == 1 and not config.eval.greedy:
+                continue
+            padded = divisible_prompts(prompts, samples, row_shards)
+            calls.append(Call(SAMPLER, padded * samples, padded, samples, purpose))
         calls.append(Call(TOKEN_STATS, step_rows, purpose="eval entropy"))
         if method.uses_critic:
             calls.append(Call(VALUES, step_rows, purpose="eval critic"))
@@ -160,13 +169,16 @@ class RunFunctions:
             batch = abstract_batch(rows, self.prompt_width, self.response_length)
             if compile_fn is train.compile_forward:
                 batch = batch.sequences()
+            # This row count's micro-batches (train.micro_batch_rows fixes their size).
+            micro_batches = train.micro_batches_for(self.settings, rows)
+            settings = dataclasses.replace(self.settings, micro_batches=micro_batches)
             self.compiled[key] = compile_fn(
-                make(graphdef, self.settings),
+                make(graphdef, settings),
                 example,
                 batch,
                 self.mesh,
                 self.rules,
-                micro_batches=self.settings.micro_batches,
+                micro_batches=micro_batches,
                 name=name,
             )
         return self.compiled[key]

@@ -9,7 +9,7 @@ import pytest
 from tempo_micro import micro_config
 
 from tempo_jax.data import batch as data_batch
-from tempo_jax.tempo import methods
+from tempo_jax.tempo import functions, methods
 from tempo_jax.tempo.config_validation import ConfigError
 from tempo_jax.tempo.evaluation import evaluate
 from tempo_jax.tempo.loop import Trainer
@@ -28,6 +28,16 @@ def params_of(state):
 
 def tree_equal(a, b):
     return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b)))
+
+
+def assert_calls_planned(trainer):
+    """Every function and shape the run compiled is one `planned_calls` names (so that
+    `tempo-jax compile` measures what the loop runs)."""
+    run = trainer.run
+    planned = functions.planned_calls(run.config, run.sampler.row_shards)
+    assert set(run.functions.compiled) <= {c.key for c in planned}
+    sampled = {(c.prompts, c.samples) for c in planned if c.function == functions.SAMPLER}
+    assert {(b, n) for b, n, _ in run.sampler.compiled_shapes} <= sampled
 
 
 def run_steps(config, workdir):
@@ -49,7 +59,8 @@ def test_every_method_runs_two_steps(method, data_dir, tmp_path):
                 micro_config(data_dir, method, **{"rollout.max_generation_batches": 2}), tmp_path
             )
         return
-    _, state = run_steps(config, tmp_path)
+    trainer, state = run_steps(config, tmp_path)
+    assert_calls_planned(trainer)
     assert state.step == 2
     records = read_jsonl(str(tmp_path / "metrics.jsonl"))
     assert [r["step"] for r in records] == [1, 2]
@@ -203,5 +214,7 @@ def test_evaluation_scores_exactly_the_requested_problems(data_dir, tmp_path):
             assert out["eval/holdout/problems"] == scored
             assert out["eval/unlabeled/problems"] == min(wanted, 32)
             assert out["eval/holdout/pass@2"] >= out["eval/holdout/mean@2"]
+        trainer.run.config.eval_every = 2  # what a run that evaluates plans
+        assert_calls_planned(trainer)
     finally:
         trainer.close()
