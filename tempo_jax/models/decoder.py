@@ -24,7 +24,8 @@ at 0 and padded keys are masked; padding queries produce finite garbage that cal
 
 Sharding: traced inside `tempo_jax.parallel.activation_sharding(mesh, rules)`, the residual
 stream is constrained to (batch, length, activation_embed), queries / attention outputs to
-(batch, length, activation_heads, -) and keys / values to (batch, length, activation_kv_heads, -),
+(batch, length, activation_heads, -), keys / values to (batch, length, activation_kv_heads, -)
+and the MLP hidden to (batch, length, activation_mlp),
 so activations stay split by rows (and heads over `tensor`) whatever the parameters' layout;
 outside such a context the model is mesh-agnostic and the constraints are not applied.
 
@@ -61,6 +62,7 @@ KV_CACHE_LOGICAL_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_di
 RESIDUAL_AXES = ("batch", "length", "activation_embed")  # x [B, T, D]
 QUERY_AXES = ("batch", "length", "activation_heads", None)  # q, attention out [B, T, H, Dh]
 KEY_AXES = ("batch", "length", "activation_kv_heads", None)  # k, v [B, T, K, Dh]
+MLP_AXES = ("batch", "length", "activation_mlp")  # MLP hidden [B, T, F]
 
 
 @flax.struct.dataclass
@@ -218,13 +220,20 @@ def _block(
     attn = _shard(layers.attention(q, k, v, mask, dtype=dtype), QUERY_AXES, ctx.sharding)
     attn_out = layers.dense(attn, p["o_proj"].astype(dtype), contract=2)
 
+    def mlp(hidden: jax.Array) -> jax.Array:
+        return _shard(hidden, MLP_AXES, ctx.sharding)
+
     if c.arch == "qwen3":
         x = x + attn_out
         mlp_in = layers.rms_norm(x, p["post_attention_layernorm"], eps)
-        x = x + layers.swiglu(mlp_in, p["gate_proj"], p["up_proj"], p["down_proj"], dtype=dtype)
+        x = x + layers.swiglu(
+            mlp_in, p["gate_proj"], p["up_proj"], p["down_proj"], dtype=dtype, constrain_hidden=mlp
+        )
     else:
         x = x + layers.rms_norm(attn_out, p["post_attention_layernorm"], eps)
-        mlp_out = layers.swiglu(x, p["gate_proj"], p["up_proj"], p["down_proj"], dtype=dtype)
+        mlp_out = layers.swiglu(
+            x, p["gate_proj"], p["up_proj"], p["down_proj"], dtype=dtype, constrain_hidden=mlp
+        )
         x = x + layers.rms_norm(mlp_out, p["post_feedforward_layernorm"], eps)
     return _shard(x, RESIDUAL_AXES, ctx.sharding), cache_k, cache_v
 

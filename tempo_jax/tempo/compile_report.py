@@ -376,7 +376,7 @@ def compile_report(
       config_name: for the report's title.
       hbm_gib: the chip's memory instead of its spec (GiB).
       only: function names or call keys to compile (default: all).
-      log: where to print progress (default stderr; None-like to silence: pass a no-op).
+      log: called with each progress line (default: print to stderr).
 
     Raises:
       ValueError: for an unknown topology, a mesh the devices do not fill, or a parameter the

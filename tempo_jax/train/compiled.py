@@ -9,9 +9,10 @@ The in/out shardings come from `tempo_jax.parallel`: parameters and optimizer st
 params' logical axes, batch leaves split over the `batch` rule's mesh axes on dim 0, metrics
 replicated. The function is traced inside `parallel.activation_sharding(mesh, rules)`, so the
 model's activation constraints (rows over the batch axes) apply. `step.lower()` lowers it for
-its example arguments, which may be abstract: what `tempo-jax compile` measures. Every check (divisible dimensions, micro-batches, batch shapes and dtypes) runs in
-Python before tracing, and each call is checked against the example it was built with, so a
-batch of another shape fails with a message instead of silently compiling a second executable.
+its example arguments, which may be abstract: what `tempo-jax compile` measures. Every check
+(divisible dimensions, micro-batches, batch shapes and dtypes) runs in Python before tracing,
+and each call is checked against the example it was built with, so a batch of another shape
+fails with a message instead of silently compiling a second executable.
 
 Multi-process: host (numpy) inputs must be equal on every process (they become global arrays,
 each process placing its own shards); sharded outputs come back to the host with
