@@ -2,9 +2,9 @@
 
     python benchmarks/compile/table.py benchmarks/compile/*.json
 
-Each JSON is what `tempo-jax compile --out=F.json` wrote (the command that made each file is
-in the README next to the table). One row per compiled function: per-chip total (peak +
-resident) against HBM, and the compiler's own verdict when it refused the program.
+Each JSON is what `tempo-jax compile --out=F.json` wrote, named <recipe>.<topology>.<run>.json
+(the commands are in the README next to the table). One row per compiled function: per-chip
+total (peak + resident) against HBM, and the compiler's own verdict when it refused the program.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ def _total(f: dict) -> str:
 def rows(path: pathlib.Path) -> list[str]:
     report = json.loads(path.read_text())
     recipe = pathlib.Path(report["config"]).stem
+    run = path.stem.split(".")[-1]  # <recipe>.<topology>.<run>.json
     chip = f"{report['topology']} ({report['chips']} x {report['chip']['hbm_bytes'] / GIB:.0f} GiB)"
     out = []
     for f in report["functions"]:
         out.append(
-            f"| {recipe} | {chip} | {f['name']} | {f['shape']} | {_total(f)} "
+            f"| {recipe} | {chip} | {run} | {f['name']} | {f['shape']} | {_total(f)} "
             f"| {f['temp_bytes'] / GIB:.1f} | {f['kv_cache_bytes'] / GIB:.1f} "
             f"| {f['roofline_s']:.3g} | {f['compile_s']:.0f} |"
         )
@@ -42,10 +43,10 @@ def rows(path: pathlib.Path) -> list[str]:
 
 def main(paths: list[str]) -> None:
     print(
-        "| recipe | topology | function | shape | per-chip total / HBM | temp GiB | KV GiB "
+        "| recipe | topology | run | function | shape | per-chip total / HBM | temp GiB | KV GiB "
         "| roofline s | compile s |"
     )
-    print("|" + "---|" * 9)
+    print("|" + "---|" * 10)
     for path in paths:
         print("\n".join(rows(pathlib.Path(path))))
 
