@@ -134,7 +134,7 @@ class Trainer:
         )
         critic = None
         if self.method.uses_critic:
-            critic_module = init_critic(self.config, policy_module)
+            critic_module = init_critic(self.config, policy_module, self.run.mesh, self.run.rules)
             self._model_configs["critic"] = model_config_to_dict(critic_module.config)
             graphdef, critic_params = train.split_for_training(critic_module, self.run.settings)
             self.run.critic_graphdef = graphdef
@@ -193,7 +193,9 @@ class Trainer:
         )
         abstract = {"policy": policy_abstract}
         if self.method.uses_critic:
-            critic_module = init_critic(self.config, self._initial_policy)
+            critic_module = init_critic(
+                self.config, self._initial_policy, self.run.mesh, self.run.rules
+            )
             self._model_configs["critic"] = model_config_to_dict(critic_module.config)
             graphdef, critic_params = train.split_for_training(critic_module, self.run.settings)
             self.run.critic_graphdef = graphdef

@@ -525,6 +525,21 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ restore
 
+    def metadata(self, step: int) -> dict[str, Any]:
+        """The metadata dict saved with finalized checkpoint `step` (no array is read).
+
+        Raises:
+          FileNotFoundError: naming the finalized steps when `step` is not one of them.
+        """
+        self._mgr.wait_until_finished()
+        finalized = self._finalized_steps()
+        if step not in finalized:
+            raise FileNotFoundError(
+                f"no finalized checkpoint for step {step} in {self.directory}; "
+                f"finalized steps: {finalized}"
+            )
+        return self._read_metadata(step)
+
     def _read_metadata(self, step: int) -> dict[str, Any]:
         restored = self._mgr.restore(
             step, args=ocp.args.Composite(**{METADATA_ITEM: ocp.args.JsonRestore()})

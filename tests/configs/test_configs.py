@@ -94,3 +94,20 @@ def test_cli_reports_a_missing_checkpoint_without_a_traceback(tmp_path):
     assert "tempo-jax: error: config.model.hf_path is not a directory" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()  # nothing written before the config is known good
+
+
+@pytest.mark.parametrize("name", sorted(AIME))
+def test_bfloat16_parameters_at_the_recipe_learning_rate_are_rejected(name):
+    c = load(ROOT / "configs" / f"{name}.py")
+    c.model.param_dtype = "bfloat16"
+    # 1e-6 updates are ~40x below half the bfloat16 spacing of a 0.02 weight (3.9e-5).
+    with pytest.raises(ConfigError) as info:
+        validate(c)
+    message = str(info.value)
+    assert "config.model.param_dtype" in message
+    assert "config.train.policy_optimizer.learning_rate=1e-06" in message
+    c.train.policy_optimizer.learning_rate = 1e-4
+    with pytest.raises(ConfigError, match=r"critic_optimizer\.learning_rate=1e-06"):
+        validate(c)
+    c.train.critic_optimizer.learning_rate = 1e-4
+    validate(c)  # updates above the spacing: bfloat16 storage is a choice, not a bug

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sampling_helpers import MAX_NEW, PAD, UNUSED_EOS, VOCAB
 
-from tempo_jax.sampling import Sampler, SamplingParams
+from tempo_jax.sampling import Sampler, SamplingParams, chunk_prompts
 
 SAMPLED = SamplingParams(temperature=1.0, top_k=0, top_p=0.95)
 FIELDS = ("tokens", "response_mask", "lengths", "finish_reason", "logprobs", "group_ids")
@@ -81,5 +81,12 @@ def test_chunk_size_validation_and_no_padding_for_a_short_batch(policy, state):
         _sampler(policy, rows=0)
     assert sampler.prompts_per_chunk(3, 2) == 2
     assert sampler.prompts_per_chunk(1, 2) == 1  # a short batch is not padded up to a chunk
+    # Over 8 row shards: chunks of whole groups whose rows divide (4 prompts x 2 = 8 rows), a
+    # short batch padded only to the shards' multiple, and a chunk too small for one such
+    # group named.
+    assert chunk_prompts(30, 2, 8, 20) == 8 and chunk_prompts(3, 2, 8, 20) == 4
+    assert chunk_prompts(31, 16, 8) == 31 and chunk_prompts(31, 1, 8) == 32
+    with pytest.raises(ValueError, match="max_rows_per_chunk=6 rows hold 3 prompts"):
+        chunk_prompts(30, 2, 8, 6)
     out = sampler.generate(state, tokens[:1], mask[:1], n=2, sampling=SAMPLED, seed=1)
     assert isinstance(out.tokens, jax.Array) and out.tokens.shape == (2, MAX_NEW)
