@@ -111,3 +111,22 @@ def test_bfloat16_parameters_at_the_recipe_learning_rate_are_rejected(name):
         validate(c)
     c.train.critic_optimizer.learning_rate = 1e-4
     validate(c)  # updates above the spacing: bfloat16 storage is a choice, not a bug
+
+
+def test_qwen3_8b_v6e_layout_changes_memory_settings_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEMPO_ROOT", str(tmp_path))
+    path = ROOT / "configs" / "qwen3_8b_aime.py"
+    v5p, v6e, ttrl = load(path), load(path, "v6e"), load(path, "ttrl,v6e")
+    assert (v6e.parallel.mesh.tensor, v6e.train.micro_batch_rows) == (4, 8)
+    assert (v5p.parallel.mesh.tensor, v5p.train.micro_batch_rows) == (1, 32)
+    assert ttrl.method == "ttrl" and ttrl.parallel.mesh.tensor == 4
+    for c in (v6e, ttrl):
+        validate(c)
+
+    def flat(tree, prefix=""):
+        if not isinstance(tree, dict):
+            return {prefix: tree}
+        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+
+    a, b = flat(v5p.to_dict()), flat(v6e.to_dict())
+    assert {k for k in a if a[k] != b[k]} == {"parallel.mesh.tensor.", "train.micro_batch_rows."}
