@@ -100,6 +100,7 @@ class Report:
     chips: int
     mesh: dict[str, int]
     model: str
+    attention: str
     hbm_limit_fraction: float
     functions: list[FunctionReport]
 
@@ -114,7 +115,8 @@ class Report:
         hbm = self.chip["hbm_bytes"] / GIB
         lines = [
             f"{self.config} on {self.topology}: {self.chips} x {self.chip['name']} "
-            f"({hbm:.0f} GiB HBM), mesh {self.mesh}, model {self.model}",
+            f"({hbm:.0f} GiB HBM), mesh {self.mesh}, model {self.model}, "
+            f"attention {self.attention}",
             "",
             "| function | purpose | shape | status | args | temp | peak | resident | total / HBM "
             "| params+opt | KV cache | TFLOP | roofline s | compile s |",
@@ -408,6 +410,7 @@ def compile_report(
         chips=len(devices),
         mesh=dict(plan.mesh.shape),
         model=source,
+        attention=plan.model.attention,
         hbm_limit_fraction=HBM_LIMIT_FRACTION,
         functions=measured,
     )

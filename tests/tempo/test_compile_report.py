@@ -38,6 +38,7 @@ def report(tmp_path_factory) -> dict:
 def test_every_planned_function_is_compiled_and_every_field_filled(report):
     assert report["chips"] == 8 and report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
     assert report["chip"]["hbm_bytes"] > 0 and report["hbm_limit_fraction"] == 0.9
+    assert report["attention"] == "blockwise"  # model.attention=auto on CPU devices
     names = [f["name"] for f in report["functions"]]
     assert names == [
         "sft_step/8",
