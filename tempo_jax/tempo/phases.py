@@ -5,8 +5,10 @@ Multi-process runs: every process computes the same rows; rewards and self-rewar
 a grader that may time out on one host only) are process 0's on every process, and sharded
 outputs of the compiled functions come back with `parallel.host_from_global`.
 
-Unlabeled ground truths never enter this module: rows carry `ground_truths` only for labeled
-prompts (`PromptBatch.labeled_answers`); evaluation reads hidden answers elsewhere.
+Unlabeled ground truths never enter training: rows carry `ground_truths` only for labeled
+prompts (`PromptBatch.labeled_answers`); evaluation reads hidden answers elsewhere. The one
+exception is the `oracle` upper bound, whose reward is D_U's hidden answers (`grade_hidden`,
+refused for every other method).
 """
 
 from __future__ import annotations
@@ -95,24 +97,40 @@ def sample(
     )
 
 
-def grade_labeled(run: Run, rows: RolloutRows, timer: Timer) -> tuple[np.ndarray, dict]:
-    """±1 rewards for labeled rows (0 for unlabeled rows, which are never graded here)."""
+def _grade(run: Run, rows: RolloutRows, which: np.ndarray, truths, timer: Timer):
+    """±1 rewards of rows `which` (indices) against `truths` (one tuple per row), 0 elsewhere."""
     rewards = np.zeros(rows.num_rows, np.float32)
-    labeled = np.flatnonzero(rows.is_labeled)
     counters = {}
-    if len(labeled):
+    if len(which):
         with timer("grading"):
             grades = grade_batch(
-                [rows.texts[i] for i in labeled],
-                [list(rows.ground_truths[i]) for i in labeled],
+                [rows.texts[i] for i in which],
+                [list(truths[i]) for i in which],
                 pool=run.pool,
                 timeout_s=run.config.grader.timeout_s,
             )
-        rewards[labeled] = grades.rewards
+        rewards[which] = grades.rewards
         # A grader timeout on one process only must not give the processes different batches.
         rewards = parallel.broadcast_from_main(rewards)
         counters = {f"grader/{k}": v for k, v in grades.counters.as_dict().items()}
     return rewards, counters
+
+
+def grade_labeled(run: Run, rows: RolloutRows, timer: Timer) -> tuple[np.ndarray, dict]:
+    """±1 rewards for labeled rows (0 for unlabeled rows, which are never graded here)."""
+    return _grade(run, rows, np.flatnonzero(rows.is_labeled), rows.ground_truths, timer)
+
+
+def grade_hidden(
+    run: Run, rows: RolloutRows, batch: PromptBatch, timer: Timer
+) -> tuple[np.ndarray, dict]:
+    """±1 rewards of every row against its prompt's answer, hidden ones included: the `oracle`
+    upper bound only (`Method.reads_hidden_answers`), never a self-reward method."""
+    if not run.method.reads_hidden_answers:
+        raise ValueError(f"method {run.method.name!r} may not read D_U's hidden answers")
+    answers = batch.evaluation_answers()
+    truths = [answers[g] for g in rows.group_ids]
+    return _grade(run, rows, np.arange(rows.num_rows), truths, timer)
 
 
 @functools.partial(jax.jit, static_argnames=("kind",))
@@ -135,12 +153,14 @@ def collect_groups(
     stream (at most `rollout.max_generation_batches` batches). Without a filter: one batch.
 
     Returns:
-      rows (B * n), their rewards (±1 on labeled rows), and metrics.
+      rows (B * n), their rewards (±1 on labeled rows; on every row for the oracle's M-step),
+      and metrics.
     """
     cfg = run.config
     kind = run.method.group_filter if phase != "recalibrate" else "none"
     need = cfg.data.prompts_per_step
     kept_parts, reward_parts, counters, attempts, dropped = [], [], {}, 0, 0
+    generated, hidden_correct = [], []  # correctness of every generated labeled / oracle row
     while sum(int(p.group_ids.max()) + 1 for p in kept_parts) < need:
         if attempts == cfg.rollout.max_generation_batches:
             raise RuntimeError(
@@ -157,7 +177,12 @@ def collect_groups(
             timer=timer,
             seed=step_seed(cfg.seed, step, phase, attempts),
         )
-        rewards, counters = grade_labeled(run, rows, timer)
+        if run.method.reads_hidden_answers and phase == "refine":
+            rewards, counters = grade_hidden(run, rows, batch, timer)
+            hidden_correct.append(rewards > 0)
+        else:
+            rewards, counters = grade_labeled(run, rows, timer)
+        generated.append(rewards[rows.is_labeled] > 0)
         attempts += 1
         if kind == "none":
             kept_parts, reward_parts = [rows], [rewards]
@@ -173,6 +198,12 @@ def collect_groups(
             kept_parts.append(part)
             reward_parts.append(rewards[idx])
     metrics = {f"{phase}/generation_batches": attempts, f"{phase}/dropped_groups": dropped}
+    if kind != "none" and np.concatenate(generated).size:
+        # The filtered batch's accuracy is biased towards 1/2 (all-wrong and all-right groups
+        # are dropped); this is the accuracy of everything sampled, what the policy really does.
+        metrics[f"{phase}/accuracy_before_filter"] = float(np.concatenate(generated).mean())
+    if hidden_correct:
+        metrics["rollout/hidden_answer_accuracy"] = float(np.concatenate(hidden_correct).mean())
     metrics.update(counters)
     return concat_rows(kept_parts), np.concatenate(reward_parts), metrics
 
@@ -251,7 +282,7 @@ def method_scores(
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Per-row scores the advantage estimator reads, by the method's reward source."""
     source = run.method.reward
-    if source in (methods.CRITIC, methods.GROUND_TRUTH):
+    if source in (methods.CRITIC, methods.GROUND_TRUTH, methods.HIDDEN_GROUND_TRUTH):
         return rewards, {}
     if source == methods.SELF_CERTAINTY:
         mask = rows.response_mask
