@@ -175,6 +175,16 @@ def _pinning(jobs: int):
     return lambda slot: {cpus[slot % len(cpus)]}
 
 
+def _child_env(root: str) -> dict[str, str]:
+    """The children's environment: a persistent compilation cache shared by every run of the
+    sweep (ROOT/jax_cache unless JAX_COMPILATION_CACHE_DIR is set), since all runs compile the
+    same shapes; each run otherwise spends its first step compiling."""
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(root, "jax_cache"))
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    return env
+
+
 def run_all(runs: list[SweepRun], jobs: int = 1) -> dict[str, int]:
     """Runs each run in a subprocess (output appended to WORKDIR/sweep.log), `jobs` at a time,
     every seed's SFT before the runs that copy it; returns `{name: exit code}`. A finished run
@@ -182,6 +192,7 @@ def run_all(runs: list[SweepRun], jobs: int = 1) -> dict[str, int]:
     more steps) continues from its checkpoint."""
     codes: dict[str, int] = {}
     pin = _pinning(jobs)
+    env = _child_env(os.path.dirname(os.path.abspath(runs[0].workdir)) if runs else ".")
     free_slots = list(range(max(jobs, 1)))
     lock = threading.Lock()
     total = len(runs)
@@ -206,6 +217,7 @@ def run_all(runs: list[SweepRun], jobs: int = 1) -> dict[str, int]:
                     stderr=subprocess.STDOUT,
                     check=False,
                     preexec_fn=preexec,
+                    env=env,
                 ).returncode
             codes[run.name] = code
             status = "ok" if code == 0 else f"FAILED (exit {code}, see log)"
