@@ -226,14 +226,26 @@ def run_all(runs: list[SweepRun], jobs: int = 1) -> dict[str, int]:
             with lock:
                 free_slots.append(slot)
 
-    sft = [r for r in runs if not r.method]
-    rest = [r for r in runs if r.method]
+    # Every SFT is queued first; a run waits only for its own seed's SFT, and runs go seed by
+    # seed, so the first seeds' runs use the CPUs while the last SFT is still going.
+    sft_done = {r.seed: threading.Event() for r in runs if not r.method}
+    order = [r for r in runs if not r.method] + sorted(
+        (r for r in runs if r.method), key=lambda r: r.seed
+    )
+    index = {r.name: i for i, r in enumerate(runs, 1)}
+
+    def task(run: SweepRun) -> None:
+        if run.sft_from:
+            sft_done[run.seed].wait()
+        try:
+            one(index[run.name], run)
+        finally:
+            if not run.method:
+                sft_done[run.seed].set()
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
-        numbered = list(enumerate(runs, 1))
-        for stage in (sft, rest):
-            futures = [pool.submit(one, i, r) for i, r in numbered if r in stage]
-            for future in futures:
-                future.result()
+        for future in [pool.submit(task, r) for r in order]:
+            future.result()
     return codes
 
 
