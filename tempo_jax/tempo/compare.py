@@ -31,7 +31,6 @@ Runs = Mapping[str, tuple[str, Sequence[Mapping[str, Any]]]]  # name -> (method,
 HEADLINE = (
     "eval/unlabeled/mean@*",
     "eval/unlabeled/maj@*",
-    "eval/unlabeled/pass@1",
     "eval/unlabeled/pass@*",
     "eval/unlabeled/answer_entropy",
     "eval/unlabeled/greedy_accuracy",
@@ -164,7 +163,7 @@ def paired_deltas(
                 continue
             mean = statistics.fmean(diffs)
             se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
-            z = mean / se if se and not math.isnan(se) else math.nan
+            z = mean / se if se > 0 else math.nan  # (NaN > 0 is False)
             out[method][metric] = {"mean": mean, "se": se, "n": len(diffs), "z": z}
     return out
 
@@ -203,7 +202,11 @@ def delta_table(deltas: Mapping[str, Any], reference: str = BASE) -> str:
         cells = []
         for m in metrics:
             d = per.get(m)
-            cells.append("–" if d is None else f"{d['mean']:+.3f} ± {d['se']:.3f} ({d['z']:+.1f})")
+            if d is None:
+                cells.append("–")
+            else:
+                z = "–" if math.isnan(d["z"]) else f"{d['z']:+.1f}"
+                cells.append(f"{d['mean']:+.3f} ± {d['se']:.3f} ({z})")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

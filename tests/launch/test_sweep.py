@@ -158,6 +158,10 @@ def test_base_rows_paired_deltas_pass_at_k_and_auroc_curves(tmp_path):
     assert "| tempo | 0.725 | 0.550 |" in report
     # 32 problems x 8 samples at p = 0.5 (seed 0's step-0 record comes first).
     assert "binomial s.e. of mean@8 at 0.500: 0.031" in report
+    # Equal differences on every seed: s.e. 0, no z.
+    same = compare.paired_deltas(runs, ["eval/unlabeled/pass@1"])["tempo"]["eval/unlabeled/pass@1"]
+    assert (same["mean"], same["se"], math.isnan(same["z"])) == (0.0, 0.0, True)
+    assert "| tempo | +0.000 ± 0.000 (–) |" in compare.delta_table({"tempo": {"m": same}})
     with pytest.raises(ValueError, match="does not end in -s<seed>"):
         compare.run_seed("tempo")
 
