@@ -36,6 +36,7 @@ HEADLINE = (
     "eval/unlabeled/greedy_accuracy",
     "eval/holdout/mean@*",
     "eval/unlabeled/critic/auroc",
+    "eval/unlabeled/critic/auroc_within_question",
 )
 # Compared with the reference method, paired by seed.
 DELTA = ("eval/unlabeled/mean@*", "eval/unlabeled/maj@*", "eval/unlabeled/pass@*")
@@ -47,7 +48,15 @@ CURVES = (
     "eval/unlabeled/answer_entropy",
     "eval/holdout/mean@*",
     "eval/unlabeled/critic/auroc",
+    "eval/unlabeled/critic/auroc_within_question",
 )
+AUROC_CURVES = {
+    "eval/unlabeled/critic/auroc": "Critic AUROC on D_U over steps (pooled over questions)",
+    "eval/unlabeled/critic/auroc_within_question": (
+        "Critic AUROC on D_U within a question over steps (mean over questions with both right "
+        "and wrong samples)"
+    ),
+}
 _SEED = re.compile(r"-s(\d+)$")
 
 
@@ -315,9 +324,10 @@ def comparison_markdown(runs: Runs) -> str:
                 "\n## Difference to base, paired by seed (Δ ± s.e. over seeds, (z = Δ / s.e.))\n",
                 delta_table(deltas),
             ]
-    auroc = {m: c for m, c in mean_curves(runs, "eval/unlabeled/critic/auroc").items() if c}
-    if auroc:
-        parts += ["\n## Critic AUROC on D_U over steps (seed means)\n", curve_table(auroc)]
+    for metric, title in AUROC_CURVES.items():
+        curves = {m: c for m, c in mean_curves(runs, metric).items() if c}
+        if curves:
+            parts += [f"\n## {title}, seed means\n", curve_table(curves)]
     note = _binomial_note(runs)
     if note:
         parts += ["\n", note]
@@ -347,13 +357,13 @@ def write_comparison(root: str, runs: Runs) -> dict[str, str]:
     """Writes comparison.md, comparison.json and comparison.png under `root`; returns paths.
 
     The JSON holds `summary` (aggregate), `deltas` (paired to base, when base is among the runs)
-    and `auroc_curves` (critic D_U AUROC over steps)."""
+    and `auroc_curves` (critic D_U AUROC over steps, pooled and within a question)."""
     summary = aggregate(runs)
     keys = {k for per in summary.values() for k in per}
     payload = {
         "summary": summary,
         "deltas": paired_deltas(runs, headline_metrics(keys, DELTA)) if BASE in summary else {},
-        "auroc_curves": mean_curves(runs, "eval/unlabeled/critic/auroc"),
+        "auroc_curves": {m: mean_curves(runs, m) for m in AUROC_CURVES},
     }
     paths = {
         "markdown": os.path.join(root, "comparison.md"),
