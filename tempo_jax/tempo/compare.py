@@ -288,23 +288,29 @@ def plot_comparison(runs: Runs, path: str, metrics: Sequence[str] | None = None)
         return []
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.2 * rows + 0.8), squeeze=False)
+    # One colour per method in every panel, one legend for the figure.
+    names = list(_ordered({m: None for _, curves in panels for m in curves}))
+    cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    colors = {m: cmap(i) for i, m in enumerate(names)}
     for ax, (metric, curves) in zip(axes.flat, panels, strict=False):
         for method, points in curves.items():
+            style = {"marker": "o", "markersize": 3, "label": method, "color": colors[method]}
             if metric.endswith("(final, over k)"):
                 ks, means, stds = zip(*points, strict=True)
-                ax.errorbar(ks, means, yerr=stds, marker="o", markersize=3, capsize=2, label=method)
+                ax.errorbar(ks, means, yerr=stds, capsize=2, **style)
                 ax.set_xlabel("k")
             else:
                 steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, marker="o", markersize=3, label=method)
+                ax.plot(steps, values, **style)
                 ax.set_xlabel("step")
         ax.set_title(metric.removeprefix("eval/"), fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+    handles = [plt.Line2D([], [], color=colors[m], marker="o", label=m) for m in names]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(names), 6), fontsize=8)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.8 / (3.2 * rows + 0.8) + 0.02, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
