@@ -21,7 +21,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tempo_jax.tempo.report import eval_series
+from tempo_jax.tempo.report import eval_series, save_png
+from tempo_jax.train import storage
 
 BASE = "base"
 Runs = Mapping[str, tuple[str, Sequence[Mapping[str, Any]]]]  # name -> (method, records)
@@ -311,9 +312,7 @@ def plot_comparison(runs: Runs, path: str, metrics: Sequence[str] | None = None)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout(rect=(0, 0.8 / (3.2 * rows + 0.8) + 0.02, 1, 1))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
     return [m for m, _ in panels]
 
 
@@ -376,9 +375,7 @@ def write_comparison(root: str, runs: Runs) -> dict[str, str]:
         "json": os.path.join(root, "comparison.json"),
         "plot": os.path.join(root, "comparison.png"),
     }
-    with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write(comparison_markdown(runs))
-    with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1, sort_keys=True, allow_nan=True)
+    storage.write_atomic(paths["markdown"], comparison_markdown(runs))
+    storage.write_atomic(paths["json"], json.dumps(payload, indent=1, sort_keys=True))
     plot_comparison(runs, paths["plot"])
     return paths

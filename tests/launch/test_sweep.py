@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tempo_jax.tempo import compare
+from tempo_jax.tempo import compare, grid
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MICRO = ROOT / "tests" / "tempo" / "tempo_micro.py"
@@ -35,7 +35,7 @@ def test_grid_commands_and_bad_arguments(tmp_path):
         str(tmp_path),
         ["tempo", "ttrl"],
         [0, 3],
-        sweep.parse_overrides(["total_steps=8", "rollout.n=2"]),
+        grid.parse_overrides(["total_steps=8", "rollout.n=2"]),
         executable=("tempo-jax",),
     )
     assert [r.name for r in runs] == ["tempo-s0", "tempo-s3", "ttrl-s0", "ttrl-s3"]
@@ -55,7 +55,7 @@ def test_grid_commands_and_bad_arguments(tmp_path):
         sweep.grid("c.py", "r", ["tempo"], [0, 0], [])
     for bad in ("total_steps", "config.seed=1", "seed=2"):
         with pytest.raises(ValueError, match="--set"):
-            sweep.parse_overrides([bad])
+            grid.parse_overrides([bad])
 
 
 def test_dry_run_prints_every_command(tmp_path, capsys):
@@ -109,7 +109,7 @@ def test_aggregate_table_and_curves_match_a_hand_computation(tmp_path):
     assert pathlib.Path(paths["plot"]).stat().st_size > 5000
 
 
-def _eval(step, mean, pass8, auroc=None):
+def _eval(step, mean, pass8, auroc=None, within=None):
     record = {
         "step": step,
         "eval/unlabeled/mean@8": mean,
@@ -119,6 +119,8 @@ def _eval(step, mean, pass8, auroc=None):
     }
     if auroc is not None:
         record["eval/unlabeled/critic/auroc"] = auroc
+    if within is not None:
+        record["eval/unlabeled/critic/auroc_within_question"] = within
     return record
 
 
@@ -126,8 +128,8 @@ def test_base_rows_paired_deltas_pass_at_k_and_auroc_curves(tmp_path):
     runs = {
         "oracle-s0": ("oracle", [_eval(0, 0.5, 0.9), _eval(4, 0.75, 0.95)]),
         "oracle-s1": ("oracle", [_eval(0, 0.4, 0.8), _eval(4, 0.5, 0.85)]),
-        "tempo-s0": ("tempo", [_eval(0, 0.5, 0.9, 0.75), _eval(4, 0.5, 0.9, 0.5)]),
-        "tempo-s1": ("tempo", [_eval(0, 0.4, 0.8, 0.7), _eval(4, 0.4, 0.7, 0.6)]),
+        "tempo-s0": ("tempo", [_eval(0, 0.5, 0.9, 0.75, 0.5), _eval(4, 0.5, 0.9, 0.5, 0.25)]),
+        "tempo-s1": ("tempo", [_eval(0, 0.4, 0.8, 0.7, 0.5), _eval(4, 0.4, 0.7, 0.6, 0.375)]),
     }
     base = compare.base_runs(runs)
     # Each seed's base is its first run's step-0 evaluation, critic metrics left out.
@@ -156,6 +158,13 @@ def test_base_rows_paired_deltas_pass_at_k_and_auroc_curves(tmp_path):
     report = compare.comparison_markdown(runs)
     assert "| oracle | +0.175 ± 0.075 (+2.3) |" in report
     assert "| tempo | 0.725 | 0.550 |" in report
+    # The within-question AUROC over steps: its own section, curve and table column.
+    within = report[report.index("## Critic AUROC on D_U within a question") :]
+    assert "| tempo | 0.500 | 0.312 |" in within
+    assert compare.aggregate(runs)["tempo"]["eval/unlabeled/critic/auroc_within_question"][
+        "mean"
+    ] == pytest.approx(0.3125)
+    assert "unlabeled/critic/auroc_within_question" in report.splitlines()[1]
     # 32 problems x 8 samples at p = 0.5 (seed 0's step-0 record comes first).
     assert "binomial s.e. of mean@8 at 0.500: 0.031" in report
     # Equal differences on every seed: s.e. 0, no z.
@@ -166,29 +175,29 @@ def test_base_rows_paired_deltas_pass_at_k_and_auroc_curves(tmp_path):
         compare.run_seed("tempo")
 
 
-def test_variants_base_and_shared_sft_commands(tmp_path):
-    specs = sweep.parse_variants(["tempo:tempo.recalibrate_every=1,8"])
-    assert [s.label for s in specs] == ["tempo-recalibrate_every=1", "tempo-recalibrate_every=8"]
+def test_base_recalibrate_every_and_shared_sft_commands(tmp_path, capsys):
     runs = sweep.grid(
         "c.py",
         str(tmp_path),
-        ["base", "ttrl", *specs],
+        ["base", "ttrl", "tempo"],
         [0, 1],
         [("total_steps", "4")],
         executable=("tempo-jax",),
-        share_sft=True,
+        recalibrate_every=[1, 8],
     )
+    # base has no run of its own; only the phased method is multiplied by recalibrate_every.
     assert [r.name for r in runs] == [
-        "sft-s0",
-        "sft-s1",
         "ttrl-s0",
         "ttrl-s1",
-        "tempo-recalibrate_every=1-s0",
-        "tempo-recalibrate_every=1-s1",
-        "tempo-recalibrate_every=8-s0",
-        "tempo-recalibrate_every=8-s1",
+        "tempo-r1-s0",
+        "tempo-r1-s1",
+        "tempo-r8-s0",
+        "tempo-r8-s1",
     ]
-    assert runs[0].command == (
+    assert runs[5].command[-2:] == ("--config.tempo.recalibrate_every=8", "--config.total_steps=4")
+    sfts = sweep.shared_sft("c.py", str(tmp_path), [0, 1], [("total_steps", "4")], ("tempo-jax",))
+    assert [s.name for s in sfts] == ["sft-s0", "sft-s1"]
+    assert sfts[0].command == (
         "tempo-jax",
         "sft",
         "--config=c.py",
@@ -196,14 +205,16 @@ def test_variants_base_and_shared_sft_commands(tmp_path):
         "--config.seed=0",
         "--config.total_steps=4",
     )
-    assert runs[7].command[-2:] == ("--config.total_steps=4", "--config.tempo.recalibrate_every=8")
-    assert runs[7].sft_from == str(tmp_path / "sft-s1")
-    with pytest.raises(ValueError, match="changes the SFT"):
-        sweep.grid("c.py", "r", sweep.parse_variants(["ttrl:sft.steps=1"]), [0], [], share_sft=True)
     with pytest.raises(ValueError, match="add one"):
         sweep.grid("c.py", "r", ["base"], [0], [])
-    with pytest.raises(ValueError, match="--variants expects"):
-        sweep.parse_variants(["tempo=1"])
+    code = sweep.main(
+        ["--config=c.py", f"--root={tmp_path}", "--methods=base,ttrl", "--share_sft", "--dry_run"]
+    )
+    lines = [shlex.split(x) for x in capsys.readouterr().out.splitlines()]
+    assert code == 0 and [x[3:5] for x in lines] == [["sft", "--config=c.py"]] + [
+        ["train", "--config=c.py"]
+    ]
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_real_sweep_runs_each_method_and_compares(tmp_path, capsys, monkeypatch):
