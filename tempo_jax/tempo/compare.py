@@ -241,6 +241,17 @@ def pass_at_k_curves(summary: Mapping[str, Any], split: str = "unlabeled") -> di
     return out
 
 
+def pass_at_k_table(curves: Mapping[str, list[tuple[int, float, float]]]) -> str:
+    """Markdown: one row per method, one column per k (`pass_at_k_curves`' seed means)."""
+    ks = sorted({k for points in curves.values() for k, _, _ in points})
+    lines = ["| method | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    for method, points in curves.items():
+        means = {k: mean for k, mean, _ in points}
+        cells = [f"{means[k]:.3f}" if k in means else "–" for k in ks]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def mean_curves(runs: Runs, metric: str) -> dict[str, list[tuple[int, float]]]:
     """`{method: [(step, seed-mean value), ...]}` over the steps every seed evaluated."""
     per_method: dict[str, list[dict[int, float]]] = {}
@@ -317,8 +328,8 @@ def plot_comparison(runs: Runs, path: str, metrics: Sequence[str] | None = None)
 
 
 def comparison_markdown(runs: Runs) -> str:
-    """The report: final metrics per method, differences to base, the critic's D_U AUROC over
-    steps, and the evaluation's binomial standard error."""
+    """The report: final metrics per method, differences to base, the final D_U pass@k over k,
+    the critic's D_U AUROC over steps, and the evaluation's binomial standard error."""
     summary = aggregate(runs)
     parts = ["## Final evaluation (mean ± std over seeds)\n", markdown_table(summary)]
     keys = {k for per in summary.values() for k in per}
@@ -329,6 +340,9 @@ def comparison_markdown(runs: Runs) -> str:
                 "\n## Difference to base, paired by seed (Δ ± s.e. over seeds, (z = Δ / s.e.))\n",
                 delta_table(deltas),
             ]
+    pass_k = pass_at_k_curves(summary)
+    if pass_k:
+        parts += ["\n## Final D_U pass@k over k, seed means\n", pass_at_k_table(pass_k)]
     for metric, title in AUROC_CURVES.items():
         curves = {m: c for m, c in mean_curves(runs, metric).items() if c}
         if curves:

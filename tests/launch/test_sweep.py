@@ -156,6 +156,7 @@ def test_base_rows_paired_deltas_pass_at_k_and_auroc_curves(tmp_path):
         "tempo": [(0, pytest.approx(0.725)), (4, pytest.approx(0.55))]
     }
     report = compare.comparison_markdown(runs)
+    assert "| k=1 | k=8 |" in report and "| oracle | 0.625 | 0.900 |" in report
     assert "| oracle | +0.175 ± 0.075 (+2.3) |" in report
     assert "| tempo | 0.725 | 0.550 |" in report
     # The within-question AUROC over steps: its own section, curve and table column.

@@ -48,6 +48,8 @@ def test_the_study_config_runs_and_reports_what_the_comparison_reads(tmp_path):
         assert record["eval/unlabeled/problems"] == 8
         for key in ("mean@8", "maj@8", "answer_entropy", "critic/auroc", "pass@1", "pass@8"):
             assert f"eval/unlabeled/{key}" in record
+        # (NaN, like the pooled AUROC, where no question has both right and wrong samples.)
+        assert "eval/unlabeled/critic/auroc_within_question" in record
         assert not any(k.startswith("eval/holdout/") for k in record)
 
 
