@@ -131,21 +131,31 @@ def _child_env(root: str) -> dict[str, str]:
     return env
 
 
-def _run_logged(command: Sequence[str], workdir: str, env: dict, preexec) -> int:
-    """Runs `command` with its output appended to WORKDIR/sweep.log; returns its exit code. A
-    local log is written as the run goes; a bucket's (objects cannot be appended to while a
+def _run_logged(
+    command: Sequence[str], workdir: str, env: dict, preexec
+) -> tuple[int, float | None]:
+    """Runs `command` with its output appended to WORKDIR/sweep.log; returns its exit code and
+    the CPU seconds (user + system) it and its children used (None where `os.wait4` is missing).
+    A local log is written as the run goes; a bucket's (objects cannot be appended to while a
     process writes them) is staged locally and appended when the run ends."""
     log_path = os.path.join(workdir, "sweep.log")
     storage.makedirs(workdir)
     remote = storage.is_remote(log_path)
     with tempfile.TemporaryFile() if remote else open(log_path, "ab") as log:  # noqa: SIM115
-        code = subprocess.run(
-            command, stdout=log, stderr=subprocess.STDOUT, check=False, preexec_fn=preexec, env=env
-        ).returncode
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec, env=env
+        )
+        cpu = None
+        if hasattr(os, "wait4"):
+            # The run's own CPU time: on a shared machine its wall time measures the load too.
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+            cpu = usage.ru_utime + usage.ru_stime
+        code = process.wait()
         if remote:
             log.seek(0)
             storage.append_text(log_path, log.read().decode("utf-8", errors="replace"))
-    return code
+    return code, cpu
 
 
 def run_all(
@@ -184,10 +194,11 @@ def run_all(
             start = time.monotonic()
             print(f"{prefix} {shlex.join(job.command)}", flush=True)
             preexec = (lambda s=slot: os.sched_setaffinity(0, pin(s))) if pin else None
-            codes[job.name] = _run_logged(job.command, job.workdir, env, preexec)
-            code = codes[job.name]
+            code, cpu = _run_logged(job.command, job.workdir, env, preexec)
+            codes[job.name] = code
             status = "ok" if code == 0 else f"FAILED (exit {code}, see log)"
-            print(f"{prefix} {status} in {time.monotonic() - start:.0f}s", flush=True)
+            used = "" if cpu is None else f" (CPU {cpu:.0f}s)"
+            print(f"{prefix} {status} in {time.monotonic() - start:.0f}s{used}", flush=True)
         finally:
             with lock:
                 free_slots.append(slot)

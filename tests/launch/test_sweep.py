@@ -235,6 +235,9 @@ def test_a_real_sweep_runs_each_method_and_compares(tmp_path, capsys, monkeypatc
     assert sweep.main(args) == 0
     out = capsys.readouterr().out
     assert "[1/3] sft-s5: ok" in out and "ttrl-s5: ok" in out and "tempo-s5: ok" in out
+    # Each run's own CPU seconds besides its wall time (on a shared machine they differ).
+    cpu = [float(x.split("(CPU ")[1].split("s)")[0]) for x in out.splitlines() if "(CPU " in x]
+    assert len(cpu) == 3 and all(c > 0.5 for c in cpu), out
     root = tmp_path / "sweep"
     # Both runs start from the seed's one SFT, copied in with its timestamps (a run that ran
     # its own SFT would have rewritten sft/metrics.jsonl).
