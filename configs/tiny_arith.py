@@ -3,8 +3,9 @@ Qwen3-shaped model, in a few minutes on 2 cores.
 
 Difficulty: single-digit operands; D_L and the labeled holdout have 2-3 steps, D_U (the
 test-time questions) 3-4. Measured by the main-job command in the README (2 cores, 4.5 min in
-all): after 400 SFT steps the policy solves 80% of the holdout greedily (mean@8 0.66) but 34% of
-D_U (mean@8 0.33, pass@8 0.55): the middling regime where test-time training can move. The 16
+all): after 400 SFT steps the policy solves 66% of the holdout greedily (mean@8 0.61, 64
+problems) but 33% of D_U (mean@8 0.31, pass@8 0.52): the middling regime where test-time
+training can move. The 16
 TEMPO steps at policy learning rate 1e-5 are a smoke test of the whole loop; they leave the eval
 numbers within noise (see the README for what larger learning rates do).
 

@@ -6,9 +6,9 @@ on D_L) and changes what the paper's regime needs (TEMPO_ALGORITHM.md §7):
 - D_U is 32 three-step questions, trained on for many epochs (8 prompts a step: one epoch
   every 4 steps, 6 epochs in 24 steps) and evaluated itself (`eval.splits`: D_U only; the
   labeled holdout stays a separate split, unused here to save time). Three steps sit at the
-  long end of D_L's 2-3, where the SFT policy is right about half the time: base D_U mean@8
-  0.54, maj@8 0.59, pass@8 0.91 (one seed), so the headroom (pass@8 - mean@8) is large and
-  the majority / critic carry signal.
+  long end of D_L's 2-3, where the SFT policy is right about two times in three: base D_U
+  mean@8 0.647 ± 0.092, maj@8 0.729, pass@8 0.917 (3 seeds, docs/tiny_repro/), so the headroom
+  (pass@8 - mean@8) is large and the majority carries signal.
 - 8 samples a prompt (GRPO groups and majority votes of 8), pass@k for every k <= 8, no greedy
   pass, a critic warmed up for 8 E-steps.
 
