@@ -261,19 +261,3 @@ def abstract_state(tree: Any, shardings: Any) -> Any:
         tree,
         shardings,
     )
-
-
-def with_logical_constraint(
-    x: jax.Array,
-    logical_axes: Sequence[str | None],
-    mesh: jax.sharding.Mesh,
-    rules: Rules | None = None,
-) -> jax.Array:
-    """`jax.lax.with_sharding_constraint` by logical names, for activations inside a jit.
-
-    Dimensions that their mesh axes do not divide are left unconstrained (replicated) rather than
-    failing: activation shapes vary with the batch, and a constraint is only a hint.
-    """
-    checker = Checker(mesh, rules, "replicate")
-    sharding = checker.sharding(tuple(x.shape), tuple(logical_axes), "activation")
-    return jax.lax.with_sharding_constraint(x, sharding)
