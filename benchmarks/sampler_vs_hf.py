@@ -14,6 +14,10 @@ median seconds of each side and the fraction of generated tokens on which the tw
     python benchmarks/sampler_vs_hf.py --preset qwen3_0p6b --batch 256 --skip_peer \
         --dtype bfloat16 --peak_bandwidth_gbs 4800                         # GPU (H200)
 
+`--max_rows_per_chunk R` adds a third side, the same Sampler sampling in chunks of R rows
+(`rollout.max_rows_per_chunk`), timed interleaved with the unchunked one: chunked_tokens_per_s,
+chunked_vs_unchunked (= chunked / unchunked tokens/s) and whether their tokens are identical.
+
 `--breakdown` also times the parts of one tempo_jax rollout separately (prefill, one decode
 step of the loop, its output projection, one sampling step) to show where the time goes.
 """
@@ -60,6 +64,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip_peer", action="store_true", help="time tempo_jax only")
     parser.add_argument("--breakdown", action="store_true", help="time prefill / step / sample")
+    parser.add_argument(
+        "--max_rows_per_chunk",
+        type=int,
+        default=0,
+        help="also time the sampler in chunks of this many rows (0 = do not)",
+    )
     parser.add_argument(
         "--peak_bandwidth_gbs",
         type=float,
@@ -114,7 +124,7 @@ def interleaved_medians(runners: dict, runs: int, warmup: int) -> dict[str, floa
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def tempo_runner(policy, prompts, args):
+def tempo_runner(policy, prompts, args, max_rows_per_chunk=None):
     """A callable running one greedy tempo_jax rollout; returns its response tokens [B, L]."""
     sampler = Sampler(
         policy,
@@ -122,6 +132,7 @@ def tempo_runner(policy, prompts, args):
         prompt_buckets=(args.prompt,),
         eos_ids=(),
         pad_id=0,
+        max_rows_per_chunk=max_rows_per_chunk,
     )
     state = nnx.state(policy)
     mask = np.ones_like(prompts)
@@ -263,6 +274,8 @@ def main() -> None:
     generated = args.batch * args.new_tokens
 
     runners = {"tempo": tempo_runner(policy, prompts, args)}
+    if args.max_rows_per_chunk:
+        runners["chunked"] = tempo_runner(policy, prompts, args, args.max_rows_per_chunk)
     if not args.skip_peer:
         runners["peer"] = peer_runner(policy, prompts, args)
     seconds = interleaved_medians(runners, args.runs, max(args.warmup, 1))
@@ -288,6 +301,14 @@ def main() -> None:
             peer_tokens_per_s=generated / seconds["peer"],
             ratio=seconds["peer"] / seconds["tempo"],
             tokens_agree_fraction=float(np.mean(runners["peer"]() == runners["tempo"]())),
+        )
+    if args.max_rows_per_chunk:
+        result.update(
+            max_rows_per_chunk=args.max_rows_per_chunk,
+            chunked_seconds=seconds["chunked"],
+            chunked_tokens_per_s=generated / seconds["chunked"],
+            chunked_vs_unchunked=seconds["tempo"] / seconds["chunked"],
+            chunked_tokens_identical=bool(np.array_equal(runners["chunked"](), runners["tempo"]())),
         )
     if args.peak_bandwidth_gbs:
         result.update(bandwidth_roofline(config, args, seconds["tempo"]))

@@ -22,4 +22,9 @@ def get_config(method: str = "") -> ml_collections.ConfigDict:
         prompts_per_step=256,
         prompts_per_update=64,
         micro_batches=16,
+        # (policy, critic) parameters: with AdamW states a checkpoint is 189 GB, so its
+        # async save timeout is 1891 s at 100 MB/s -> 2400 s (tempo_jax/tempo/aime_recipe.py)
+        params=(8.19e9, 7.57e9),
+        # 128 rows x 2.53 GiB of KV cache = 324 GiB a chunk (20.3 GiB a chip on 16)
+        max_rows_per_chunk=128,
     )

@@ -39,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.prompts_per_step = 8
     c.rollout.n = 4
     c.rollout.max_new_tokens = 56
+    # Evaluation samples 64 problems x 8 in calls of 8 prompts (64 rows), as training-sized
+    # batches did before chunking; training's 8 x 4 rows fit one call.
+    c.rollout.max_rows_per_chunk = 64
 
     c.sft.steps = 400
     c.sft.batch_size = 32

@@ -6,7 +6,9 @@
 
 `train` runs SFT (if `sft.steps > 0`), the critic warm-up and test-time training, writing
 DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/, DIR/summary.txt and DIR/eval_curves.png;
-rerunning the same command resumes. SIGTERM / SIGINT finish the current step, save and exit 0.
+rerunning the same command resumes. DIR may be a bucket (`gs://bucket/runs/x`; needs the `.[gcs]`
+extra unless TensorFlow is installed), and so may HF_DIR. SIGTERM / SIGINT finish the current step,
+save and exit 0.
 `sft` runs only the fine-tuning stage (DIR/sft/). `export` writes checkpoint N (default: the
 newest good one) as Hugging Face checkpoints HF_DIR/policy (and HF_DIR/critic when the method has
 a critic) that `transformers` loads.
@@ -14,7 +16,8 @@ a critic) that `transformers` loads.
 Multi-process runs (a TPU pod, several GPU hosts): start the same command on every host with
 `config.parallel.distributed` (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) set;
 every process runs the whole loop on the same data, only process 0 writes metrics and reports,
-and all of them write the checkpoints together (the workdir must be shared).
+and all of them write the checkpoints together (the workdir must be shared: a bucket, or a
+filesystem every host mounts).
 
 Errors the user can act on (an unwritable or full workdir, a run halted by non-finite updates, no
 usable checkpoint to resume or export) end the process with exit code 1 and a one-line message,
@@ -45,11 +48,12 @@ def _export() -> None:
     if not _WORKDIR.value or not _OUT.value:
         raise app.UsageError("usage: tempo-jax export --workdir=DIR [--step=N] --out=HF_DIR")
     from tempo_jax.tempo.export import export_hf
+    from tempo_jax.train import storage
     from tempo_jax.train.checkpointing import CheckpointError
 
     try:
         written = export_hf(
-            os.path.abspath(_WORKDIR.value), os.path.abspath(_OUT.value), _STEP.value
+            storage.absolute(_WORKDIR.value), storage.absolute(_OUT.value), _STEP.value
         )
     except (FileNotFoundError, ValueError, CheckpointError) as e:
         _fail(str(e))
@@ -87,7 +91,9 @@ def main(argv: list[str]) -> None:
         parallel.initialize_distributed(config.parallel.distributed)
     except ValueError as e:
         _fail(f"parallel.{e}")
-    workdir = os.path.abspath(_WORKDIR.value)
+    from tempo_jax.train import storage
+
+    workdir = storage.absolute(_WORKDIR.value)  # a local directory or a bucket (gs://...)
     try:  # before any data is built: an unwritable or full disk fails here
         check_writable(workdir, min_free_bytes=config.checkpoint.min_free_mb << 20)
     except CheckpointDirectoryError as e:

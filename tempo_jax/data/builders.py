@@ -148,7 +148,14 @@ class TempoLocalFiles(tfds.core.GeneratorBasedBuilder):
 
 
 def _prepare(builder: tfds.core.GeneratorBasedBuilder, data_dir: str) -> str:
-    builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
+    try:
+        builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
+    except FileExistsError:
+        # Another process (a parallel run sharing data_dir) finished the same build first; the
+        # directory name is a digest of everything that determines the rows, so its dataset is
+        # the one this build would have written.
+        if not os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json")):
+            raise
     return builder.data_dir
 
 

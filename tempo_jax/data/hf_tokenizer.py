@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import tokenizers
 
 from tempo_jax.data.chat_template import ChatTemplate
@@ -173,7 +174,12 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`, special tokens skipped."""
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+        return self.decode_batch([ids])[0]
+
+    def decode_batch(self, rows: Sequence[Sequence[int]]) -> list[str]:
+        """`decode` of each row, in one call into the (Rust, multi-threaded) tokenizers library."""
+        rows = [np.asarray(row, np.int64).reshape(-1).tolist() for row in rows]
+        return self._tok.decode_batch(rows, skip_special_tokens=True)
 
     def special_tokens(self) -> dict[str, str]:
         """bos_token / eos_token / pad_token named by tokenizer_config.json, for chat templates."""

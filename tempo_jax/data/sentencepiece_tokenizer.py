@@ -6,6 +6,7 @@ import io
 import os
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import sentencepiece as spm
 
 from tempo_jax.data.chat_template import ChatTemplate
@@ -49,7 +50,10 @@ class SentencePieceTokenizer:
         pad = self._sp.pad_id()
         # Many released models have no pad piece; padding is masked out, so eos serves.
         self.pad_id = int(pad) if pad >= 0 else self.eos_id
-        self._special = {i for i in (self.bos_id, self.eos_id, self.pad_id) if i is not None}
+        self._is_special = np.zeros(self.vocab_size, bool)
+        self._is_special[[i for i in (self.bos_id, self.eos_id, self.pad_id) if i is not None]] = (
+            True
+        )
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> SentencePieceTokenizer:
@@ -73,14 +77,20 @@ class SentencePieceTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`; pad / bos / eos are left out."""
+        return self.decode_batch([ids])[0]
+
+    def decode_batch(self, rows: Sequence[Sequence[int]]) -> list[str]:
+        """`decode` of each row; SentencePiece decodes the batch in one call."""
         kept = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"{self.origin}: token id {i} outside [0, {self.vocab_size})")
-            if i not in self._special:
-                kept.append(i)
-        return self._sp.decode(kept)
+        for row in rows:
+            ids = np.asarray(row, np.int64).reshape(-1)
+            outside = (ids < 0) | (ids >= self.vocab_size)
+            if outside.any():
+                raise ValueError(
+                    f"{self.origin}: token id {ids[outside][0]} outside [0, {self.vocab_size})"
+                )
+            kept.append(ids[~self._is_special[ids]].tolist())
+        return self._sp.decode(kept) if kept else []
 
     def id_to_piece(self, i: int) -> str:
         """The piece of id `i` (for debugging and tests)."""

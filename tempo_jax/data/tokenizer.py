@@ -40,6 +40,10 @@ class Tokenizer(Protocol):
         """Text of `ids`; special tokens (pad, bos, eos) are left out."""
         ...
 
+    def decode_batch(self, rows: Sequence[Sequence[int]]) -> list[str]:
+        """`decode` of each row, in one call into the tokenizer library."""
+        ...
+
     def special_tokens(self) -> dict[str, str]:
         """Jinja variables for chat templates: bos_token, eos_token, pad_token as text.
 

@@ -16,6 +16,7 @@ Public API (shapes: B rows, T tokens, P prompt tokens, S_max cache slots, D widt
     critic.hidden_states(tokens, attention_mask) -> [B, T, D]; critic.values_from_hidden(h)
   critic_from_policy(policy, rngs=None) -> Critic (decoder copied, value head ~0)
   with_dtypes(model, dtype=None, param_dtype=None) -> same model, other dtypes
+  with_attention(model, implementation, block_size=None) -> same parameters, other attention
   KVCache(k, v) [L, B, S_max, K, Dh]; init_cache(config, batch_size, max_length);
   KV_CACHE_LOGICAL_AXES; positions_from_mask(attention_mask) -> [B, T]   (decoder.py)
   load_hf(path, role="policy"|"critic", dtype="float32", param_dtype=None)  (hf_io.py)
@@ -36,7 +37,13 @@ from tempo_jax.models.decoder import (
 )
 from tempo_jax.models.errors import CheckpointError
 from tempo_jax.models.hf_io import load_hf, save_hf
-from tempo_jax.models.roles import Critic, Policy, critic_from_policy, with_dtypes
+from tempo_jax.models.roles import (
+    Critic,
+    Policy,
+    critic_from_policy,
+    with_attention,
+    with_dtypes,
+)
 
 __all__ = [
     "KV_CACHE_LOGICAL_AXES",
@@ -54,5 +61,6 @@ __all__ = [
     "load_hf",
     "positions_from_mask",
     "save_hf",
+    "with_attention",
     "with_dtypes",
 ]

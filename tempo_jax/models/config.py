@@ -18,6 +18,8 @@ from typing import Literal
 
 import jax.numpy as jnp
 
+from tempo_jax.models.attention import IMPLEMENTATIONS
+
 Arch = Literal["qwen3", "olmo3"]
 LayerType = Literal["full_attention", "sliding_attention"]
 
@@ -100,6 +102,11 @@ class ModelConfig:
       dtype: compute dtype of activations, "float32" or "bfloat16". Softmax, norms and the
         logits / values matmul accumulate in float32 either way; logits and values are float32.
       remat: recompute each layer's activations in the backward pass (jax.checkpoint per layer).
+      attention: attention implementation of prefill and full forwards, one of
+        `tempo_jax.models.attention.IMPLEMENTATIONS` (auto | dense | blockwise | splash | cudnn;
+        auto picks by platform). Decode steps read the cache the same way whatever the choice.
+      attention_block_size: keys per block of the blockwise implementation (its memory is
+        O(T * attention_block_size) per row and head).
     """
 
     arch: str
@@ -124,6 +131,8 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False
+    attention: str = "auto"
+    attention_block_size: int = 512
 
     def __post_init__(self):
         def fail(field: str, why: str):
@@ -151,6 +160,7 @@ class ModelConfig:
             "num_kv_heads",
             "head_dim",
             "max_position_embeddings",
+            "attention_block_size",
         ):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -195,6 +205,8 @@ class ModelConfig:
             value = getattr(self, field)
             if value not in DTYPES:
                 fail(field, f"must be one of {DTYPES}, got {value!r}")
+        if self.attention not in IMPLEMENTATIONS:
+            fail("attention", f"must be one of {IMPLEMENTATIONS}, got {self.attention!r}")
         if not self.initializer_range > 0:
             fail("initializer_range", f"must be > 0, got {self.initializer_range}")
 

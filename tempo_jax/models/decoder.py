@@ -6,7 +6,7 @@ body whatever the depth, so compile time on CPU (and TPU) stays flat from the 2-
 to the 40-layer Qwen3-14B, where an unrolled Python loop would grow linearly; the stacked axis
 also gives the sharding layer one `layers` dimension to leave replicated or to pipeline later.
 OLMo3's per-layer attention pattern survives the scan as a per-layer `is_sliding` flag scanned
-alongside the parameters: it selects that layer's mask (full or sliding window) and rotary
+alongside the parameters: it selects that layer's window (full or sliding) and rotary
 table. The stacked parameters live directly on `DecoderLayers` (no nnx.vmap / nnx.scan), so
 their `logical_axes` metadata is exactly what is written below and the forward is a plain scan
 over arrays, which keeps `nnx.split` / `nnx.merge` pure functions trivially correct. The trunk
@@ -39,11 +39,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tempo_jax.models import layers
+from tempo_jax.models import attention, layers
 from tempo_jax.models.config import ModelConfig
-
-# Bigger than any slot distance: the window of a full-attention layer.
-_NO_WINDOW = 2**30
 
 KV_CACHE_LOGICAL_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
 
@@ -147,10 +144,25 @@ class _Attend(NamedTuple):
 
     rope_full: tuple[jax.Array, jax.Array]  # cos, sin [B, T, Dh]
     rope_sliding: tuple[jax.Array, jax.Array]
-    mask_full: jax.Array  # [B, T, S] bool
-    mask_sliding: jax.Array
+    slots: attention.Slots  # query / key slots and key validity (no [B, T, S] mask)
     index: jax.Array | None  # int32 scalar: cache slot of the first query; None without cache
     attend_cache: bool  # attend over the whole cache (decode) or only the new chunk (prefill)
+
+
+def _attend_context(
+    c: ModelConfig,
+    positions: jax.Array,
+    slots: attention.Slots,
+    index: jax.Array | None,
+    attend_cache: bool,
+) -> _Attend:
+    """Rotary tables of both layer kinds for `positions` [B, T], with the call's slots."""
+    rope_full = layers.rope_cos_sin(positions, c.rope, c.head_dim)
+    if c.resolved_sliding_rope == c.rope:
+        rope_sliding = rope_full
+    else:
+        rope_sliding = layers.rope_cos_sin(positions, c.resolved_sliding_rope, c.head_dim)
+    return _Attend(rope_full, rope_sliding, slots, index, attend_cache)
 
 
 def _block(
@@ -181,9 +193,8 @@ def _block(
     if c.has_sliding_layers:
         cos = jnp.where(is_sliding, ctx.rope_sliding[0], ctx.rope_full[0])
         sin = jnp.where(is_sliding, ctx.rope_sliding[1], ctx.rope_full[1])
-        mask = jnp.where(is_sliding, ctx.mask_sliding, ctx.mask_full)
     else:
-        (cos, sin), mask = ctx.rope_full, ctx.mask_full
+        cos, sin = ctx.rope_full
     q = layers.apply_rope(q, cos, sin)
     k = layers.apply_rope(k, cos, sin)
 
@@ -193,7 +204,18 @@ def _block(
         cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
         if ctx.attend_cache:
             k, v = cache_k, cache_v
-    attn = layers.attention(q, k, v, mask, dtype=dtype)
+    attn = attention.attention(
+        q,
+        k,
+        v,
+        ctx.slots,
+        window=c.sliding_window if c.has_sliding_layers else None,
+        sliding=is_sliding,
+        implementation=c.attention,
+        dtype=dtype,
+        self_attention=not ctx.attend_cache,
+        block_size=c.attention_block_size,
+    )
     attn_out = layers.dense(attn, p["o_proj"].astype(dtype), contract=2)
 
     if c.arch == "qwen3":
@@ -367,17 +389,8 @@ def _decoder_forward(
     """The trunk as a pure function of arrays; see Decoder.__call__ / prefill / decode."""
     x = jnp.take(embed, tokens, axis=0).astype(c.compute_dtype)
 
-    rope_full = layers.rope_cos_sin(positions, c.rope, c.head_dim)
-    if c.resolved_sliding_rope == c.rope:
-        rope_sliding = rope_full
-    else:
-        rope_sliding = layers.rope_cos_sin(positions, c.resolved_sliding_rope, c.head_dim)
-    mask_full = layers.attention_mask(query_slots, key_slots, key_valid, _NO_WINDOW)
-    if c.has_sliding_layers:
-        mask_sliding = layers.attention_mask(query_slots, key_slots, key_valid, c.sliding_window)
-    else:
-        mask_sliding = mask_full
-    ctx = _Attend(rope_full, rope_sliding, mask_full, mask_sliding, index, attend_cache)
+    slots = attention.Slots(query_slots, key_slots, key_valid)
+    ctx = _attend_context(c, positions, slots, index, attend_cache)
     is_sliding = jnp.asarray(
         [kind == "sliding_attention" for kind in c.resolved_layer_types], dtype=bool
     )

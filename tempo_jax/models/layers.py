@@ -1,4 +1,5 @@
-"""Pure building blocks of the decoder: RMSNorm, rotary embeddings, masked GQA attention, SwiGLU.
+"""Pure building blocks of the decoder: RMSNorm, rotary embeddings, SwiGLU (attention has its own
+module, `tempo_jax.models.attention`).
 
 Each function computes exactly what transformers' Qwen3 / OLMo3 modules compute in float32; in
 bfloat16 they keep the numerically sensitive parts (norm statistics, rotary angles, softmax,
@@ -17,10 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempo_jax.models.config import RopeConfig
-
-# Finite rather than -inf so that a query with no visible key (a padding position) gets a
-# uniform softmax instead of NaN, which would poison masked sums downstream.
-_MASKED_SCORE = float(np.finfo(np.float32).min)
 
 
 def rms_norm(
@@ -94,87 +91,6 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
     out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
     return out.astype(x.dtype)
-
-
-def attention_mask(
-    query_slots: jax.Array, key_slots: jax.Array, key_valid: jax.Array, window: jax.Array
-) -> jax.Array:
-    """Which keys each query sees: valid, causal and inside the window. Returns [B, T, S] bool.
-
-    Slots are sequence (or cache) indices, not rotary positions: transformers' causal and
-    sliding-window masks compare indices, which for left-padded rows differ from positions
-    only by a per-row constant.
-
-    Args:
-      query_slots: [T] int, the slot of each query.
-      key_slots: [S] int, the slot of each key.
-      key_valid: [B, S] bool, False for padding / empty cache slots.
-      window: int scalar; a query at slot i sees key slots j with i - window < j <= i. Full
-        attention passes a window larger than any slot distance.
-    """
-    distance = query_slots[:, None] - key_slots[None, :]
-    visible = (distance >= 0) & (distance < window)
-    return visible[None, :, :] & key_valid[:, None, :]
-
-
-def attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, dtype: jnp.dtype
-) -> jax.Array:
-    """Scaled dot-product attention with grouped key/value heads.
-
-    Query head n uses key/value head n // G, as transformers' `repeat_kv` does.
-
-    Args:
-      q: [B, T, H, Dh] queries.
-      k: [B, S, K, Dh] keys.
-      v: [B, S, K, Dh] values.
-      mask: [B, T, S] bool, True where the query may attend the key.
-      dtype: compute dtype of the probability-weighted sum.
-
-    Returns:
-      [B, T, H, Dh] in `dtype`.
-    """
-    batch, length, num_heads, head_dim = q.shape
-    num_kv_heads = k.shape[2]
-    if length == 1:
-        return _single_query_attention(q, k, v, mask, dtype=dtype)
-    q = q.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    scores = jnp.einsum(
-        "btkgh,bskh->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32
-    )
-    scores = scores * (head_dim**-0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED_SCORE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum(
-        "bkgts,bskh->btkgh", probs, v.astype(dtype), preferred_element_type=jnp.float32
-    )
-    return out.reshape(batch, length, num_heads, head_dim).astype(dtype)
-
-
-def _single_query_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, dtype: jnp.dtype
-) -> jax.Array:
-    """`attention` for one query per row (a decode step) as products summed in place.
-
-    Written as elementwise products reduced over head_dim (scores) and over slots (output), the
-    key and value caches are read once in their stored [B, S, K, Dh] layout. The einsum form is
-    a dot batched over (b, k), which XLA:CPU feeds by transposing the whole key and value cache
-    to [B, K, S, Dh] at every step and layer, for [G, Dh] x [Dh, S] slivers of work. Sampler
-    benchmark (batch 64, 191 slots, 4 layers): decode step 29.7 -> 23.5 ms. (A batched dot over
-    the [B, S * K, Dh] view with other heads' pairs masked out was slower: 61 ms.)
-    """
-    batch, _, num_heads, head_dim = q.shape
-    num_kv_heads = k.shape[2]
-    q = q.reshape(batch, 1, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    # [B, 1, K, G, Dh] x [B, S, K, 1, Dh], summed over Dh -> [B, S, K, G]
-    scores = jnp.sum(q.astype(jnp.float32) * k.astype(jnp.float32)[:, :, :, None, :], axis=-1)
-    scores = scores * (head_dim**-0.5)
-    scores = jnp.where(mask[:, 0, :, None, None], scores, _MASKED_SCORE)
-    probs = jax.nn.softmax(scores, axis=1).astype(dtype).astype(jnp.float32)
-    # [B, S, K, G, 1] x [B, S, K, 1, Dh], summed over S -> [B, K, G, Dh]
-    values = v.astype(dtype).astype(jnp.float32)[:, :, :, None, :]
-    out = jnp.sum(probs[..., None] * values, axis=1)
-    return out.reshape(batch, 1, num_heads, head_dim).astype(dtype)
 
 
 def dense(x: jax.Array, w: jax.Array, *, contract: int = 1) -> jax.Array:

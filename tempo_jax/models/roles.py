@@ -216,7 +216,28 @@ def with_dtypes(model: Policy | Critic, *, dtype=None, param_dtype=None) -> Poli
     if param_dtype is not None:
         changes["param_dtype"] = dtype_name(param_dtype)
     config = dataclasses.replace(model.config, **changes)
+    state = jax.tree.map(lambda x: x.astype(config.weight_dtype), nnx.state(model))
+    return _rebuilt(model, config, state)
+
+
+def with_attention(
+    model: Policy | Critic, implementation: str, block_size: int | None = None
+) -> Policy | Critic:
+    """The same model (the same parameter arrays) with another attention implementation.
+
+    Args:
+      model: a Policy or Critic.
+      implementation: one of `tempo_jax.models.attention.IMPLEMENTATIONS`.
+      block_size: keys per block of the blockwise implementation; None keeps it.
+    """
+    changes = {"attention": implementation}
+    if block_size is not None:
+        changes["attention_block_size"] = block_size
+    return _rebuilt(model, dataclasses.replace(model.config, **changes), nnx.state(model))
+
+
+def _rebuilt(model: Policy | Critic, config: ModelConfig, state: nnx.State) -> Policy | Critic:
+    """A model of `model`'s role with `config` (built abstractly) and the given parameters."""
     abstract = nnx.eval_shape(lambda: type(model)(config, rngs=nnx.Rngs(0)))
     graphdef, _ = nnx.split(abstract)
-    state = jax.tree.map(lambda x: x.astype(config.weight_dtype), nnx.state(model))
     return nnx.merge(graphdef, state)

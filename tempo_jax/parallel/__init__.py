@@ -12,7 +12,7 @@ Public API (all sharding trees mirror their input's structure; Variables stay Va
   place(tree, shardings) -> tree on the mesh; abstract_state(tree, shardings) -> ShapeDtypeStructs
   with_logical_constraint(x, names, mesh, rules=None) -> x constrained (inside jit)
   initialize_distributed(config=None) -> bool; process_batch_slice(B, sharding) -> slice;
-  process_batch_rows(B, sharding) -> rows [n]; global_batch_from_local(local, mesh, sharding=None)
+  process_batch_rows(B, sharding) -> rows [n] (then jax.make_array_from_process_local_data)
   global_from_host(tree, shardings) / host_from_global(tree): host values equal on every process
     <-> global arrays; broadcast_from_main(tree); is_main_process(); sync_processes(name)
 
@@ -25,7 +25,6 @@ from tempo_jax.parallel.mesh import MESH_AXES, make_mesh, resolve_mesh_shape
 from tempo_jax.parallel.multihost import (
     DistributedConfig,
     broadcast_from_main,
-    global_batch_from_local,
     global_from_host,
     host_from_global,
     initialize_distributed,
@@ -61,7 +60,6 @@ __all__ = [
     "batch_shardings",
     "broadcast_from_main",
     "get_config",
-    "global_batch_from_local",
     "global_from_host",
     "host_from_global",
     "initialize_distributed",

@@ -3,8 +3,8 @@
 Every process runs the same program (multi-controller JAX). Two ways to feed it:
 
   - Each process loads only the batch rows its own devices hold (`process_batch_slice`) and
-    `global_batch_from_local` stitches the local pieces into global arrays sharded over the mesh,
-    without any host ever holding the full batch.
+    `jax.make_array_from_process_local_data(shardings, local_batch)` stitches the local pieces
+    into global arrays sharded over the mesh, without any host ever holding the full batch.
   - Every process holds the same host values (the TEMPO loop: identical data streams, sampling
     seeds and gathered rollouts): `global_from_host` builds global arrays from them (each process
     places only its own shards), `host_from_global` gathers sharded outputs back to every host,
@@ -18,16 +18,12 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec, Sharding
-
-from tempo_jax.parallel.rules import Rules
-from tempo_jax.parallel.shardings import batch_sharding as default_batch_sharding
 
 logger = logging.getLogger(__name__)
 
@@ -216,56 +212,6 @@ def process_batch_slice(global_batch_size: int, sharding: NamedSharding) -> slic
             "use process_batch_rows"
         )
     return slice(start, stop)
-
-
-def global_batch_from_local(
-    local_batch: Any,
-    mesh: jax.sharding.Mesh,
-    batch_sharding: NamedSharding | Any | None = None,
-    *,
-    rules: Rules | None = None,
-) -> Any:
-    """Builds global arrays from each process's share of a batch.
-
-    Args:
-      local_batch: pytree of host arrays `[B_local, ...]`: the rows `process_batch_slice` gives
-        this process, in order. Scalar leaves must be equal on every process.
-      mesh: the global mesh.
-      batch_sharding: one NamedSharding for every leaf, or a tree of them matching `local_batch`;
-        default dim 0 over the `batch` rule's mesh axes.
-      rules: rules table used for the default sharding.
-
-    Returns:
-      Pytree of global `jax.Array`s `[B, ...]`, B = B_local x (number of processes the batch is
-      split over).
-    """
-    if batch_sharding is None:
-        batch_sharding = default_batch_sharding(mesh, rules)
-    if isinstance(batch_sharding, jax.sharding.Sharding):
-        shardings = jax.tree.map(lambda _: batch_sharding, local_batch)
-    else:
-        shardings = batch_sharding
-
-    def one(path: Sequence[Any], local: Any, sharding: NamedSharding) -> jax.Array:
-        local = np.asarray(local)
-        if local.ndim == 0:
-            replicated = NamedSharding(mesh, PartitionSpec())
-            return jax.make_array_from_process_local_data(replicated, local, local.shape)
-        blocks = _row_blocks(sharding)
-        index_map = _batch_dim_sharding(sharding).addressable_devices_indices_map((blocks,))
-        local_blocks = len({rows.start for (rows,) in index_map.values()})
-        if local.shape[0] % local_blocks:
-            where = jax.tree_util.keystr(tuple(path), simple=True, separator=".")
-            raise ValueError(
-                f"{where}: local batch of {local.shape[0]} rows cannot be split into the "
-                f"{local_blocks} batch shards this process holds"
-            )
-        global_rows = local.shape[0] // local_blocks * blocks
-        return jax.make_array_from_process_local_data(
-            sharding, local, (global_rows,) + local.shape[1:]
-        )
-
-    return jax.tree_util.tree_map_with_path(one, local_batch, shardings)
 
 
 def is_main_process() -> bool:

@@ -8,10 +8,10 @@ An answer matches when any of these holds, tried in order of cost:
 
 1. the cheap verdicts of quick_match.py: equal normalised strings (latex_normalize.py), plain
    numbers, word answers (compared as strings only), oversized answers (strings only);
-2. structured comparison on the normalised strings: sets `\\{..\\}`, bare comma lists and unions
-   `A \\cup B` match in any order; tuples and intervals `(..)`, `[..)` match element-wise in order
-   with the same brackets; each element (or a plain scalar) is compared by value through the
-   restricted parser (expression_parser.py);
+2. structured comparison of the normalised strings read by expression_parser.py: sets `\\{..\\}`,
+   bare comma lists and unions `A \\cup B` match in any order; tuples and intervals `(..)`, `[..)`
+   match element-wise in order with the same brackets; each element (or a plain scalar) is
+   compared by value (`values_equal`);
 3. the same after taking the text after the last `=` (`f(2)=5` -> `5`) of the answer, and of the
    ground truth too when both contain one;
 4. math-verify (`math_verify.verify`, LaTeX extraction only: its plain-expression extractor goes
@@ -31,8 +31,8 @@ import logging
 
 import sympy
 
-from tempo_jax.rewards import expression_parser, latex_normalize
-from tempo_jax.rewards.expression_parser import Parsed, ParseError, TooLargeError
+from tempo_jax.rewards import latex_normalize
+from tempo_jax.rewards.expression_parser import Parsed, ParseError, TooLargeError, parse_answer
 from tempo_jax.rewards.quick_match import REL_TOL, is_parseable_size, is_word_answer, quick_match
 
 # "Exact" comparisons go through 40-digit numerics; distinct exact answers differ far more.
@@ -46,95 +46,40 @@ _SAMPLE_POINTS = (
 )
 MAX_ITEMS = 50
 
-_OPENERS = {"(": ")", "[": "]", "{": "}"}
-_CLOSERS = frozenset(")]}")
-
 
 # -- structure ---------------------------------------------------------------------------------
 
 
-def _split_top_level(s: str, separator: str) -> list[str]:
-    """Splits on `separator` outside any brackets (`\\{`, `\\}` count as brackets)."""
-    parts = []
-    depth = 0
-    start = 0
-    i = 0
-    n = len(s)
-    while i < n:
-        ch = s[i]
-        if ch == "\\":
-            if s.startswith(separator, i) and depth == 0:
-                parts.append(s[start:i])
-                i += len(separator)
-                start = i
-                continue
-            if i + 1 < n and s[i + 1] in "{}":
-                depth += 1 if s[i + 1] == "{" else -1
-            i += 2
-            continue
-        if ch in _OPENERS:
-            depth += 1
-        elif ch in _CLOSERS:
-            depth -= 1
-        elif depth == 0 and s.startswith(separator, i):
-            parts.append(s[start:i])
-            i += len(separator)
-            start = i
-            continue
-        i += 1
-    parts.append(s[start:])
-    return parts
-
-
-def _wraps_whole(s: str, open_len: int, close_len: int) -> bool:
-    """Whether the opening bracket at 0 is closed exactly by the closing bracket at the end."""
-    inner = s[open_len : len(s) - close_len]
-    depth = 0
-    i = 0
-    while i < len(inner):
-        ch = inner[i]
-        if ch == "\\" and i + 1 < len(inner) and inner[i + 1] in "{}":
-            depth += 1 if inner[i + 1] == "{" else -1
-            i += 2
-            continue
-        if ch in _OPENERS:
-            depth += 1
-        elif ch in _CLOSERS:
-            depth -= 1
-        if depth < 0:
-            return False
-        i += 1
-    return depth == 0
-
-
-def split_structure(s: str) -> tuple[str, list[str]]:
-    """Classifies a normalised answer.
+def split_structure(expr: sympy.Basic) -> tuple[str, list[sympy.Basic]]:
+    """Classifies a parsed answer.
 
     Returns:
-      (kind, items): kind is "scalar" (items = [s]), "set" (`\\{a,b\\}`), "union" (`A\\cupB`),
-      "list" (`a,b`), or a bracket pair such as "()" / "[)" (tuples, points, intervals).
+      (kind, items): kind is "scalar" (items = [expr]), "set" (`\\{a,b\\}` or `a,b`), "union"
+      (`A\\cupB`, nested unions flattened) or a bracket pair: "()" for tuples and open intervals,
+      "[]", "[)", "(]" for the other intervals.
     """
-    if len(_split_top_level(s, "\\cup")) > 1:
-        return "union", _split_top_level(s, "\\cup")
-    if s.startswith("\\{") and s.endswith("\\}") and len(s) >= 4 and _wraps_whole(s, 2, 2):
-        return "set", _split_top_level(s[2:-2], ",")
-    if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _wraps_whole(s, 1, 1):
-        items = _split_top_level(s[1:-1], ",")
-        if len(items) > 1 or s[0] + s[-1] not in ("()", "[]"):
-            return s[0] + s[-1], items
-    items = _split_top_level(s, ",")
-    if len(items) > 1:
-        return "list", items
-    return "scalar", [s]
+    if isinstance(expr, sympy.Union):
+        items = []
+        for arg in expr.args:
+            items += split_structure(arg)[1] if isinstance(arg, sympy.Union) else [arg]
+        return "union", items
+    if isinstance(expr, sympy.FiniteSet):
+        return "set", list(expr.args)
+    if isinstance(expr, sympy.Interval):
+        kind = ("(" if expr.left_open else "[") + (")" if expr.right_open else "]")
+        return kind, [expr.start, expr.end]
+    if isinstance(expr, sympy.Tuple):
+        return "()", list(expr.args)
+    return "scalar", [expr]
 
 
 # -- values ------------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_cached(text: str) -> Parsed | ParseError:
+def _parse_cached(text: str) -> sympy.Basic | ParseError:
     try:
-        return expression_parser.parse_expression(text)
+        return parse_answer(text)
     except ParseError as err:
         return err
 
@@ -189,36 +134,32 @@ class _Comparison:
     def __init__(self) -> None:
         self.too_large = False
 
-    def parse(self, text: str) -> Parsed | None:
+    def parse(self, text: str) -> sympy.Basic | None:
         result = _parse_cached(text)
         if isinstance(result, TooLargeError):
             self.too_large = True
         return None if isinstance(result, ParseError) else result
 
-    def scalars(self, a: str, b: str) -> bool:
+    def texts(self, a: str, b: str) -> bool:
         if a == b:
             return True
         if is_word_answer(a) or is_word_answer(b):
             return a.lower() == b.lower()
-        pa, pb = self.parse(a), self.parse(b)
-        if pa is None or pb is None:
-            return False
-        return values_equal(pa, pb)
+        x, y = self.parse(a), self.parse(b)
+        return x is not None and y is not None and self.structures(x, y)
 
-    def structures(self, a: str, b: str) -> bool:
-        if a == b:
-            return True
-        kind_a, items_a = split_structure(a)
-        kind_b, items_b = split_structure(b)
-        if kind_a != kind_b or len(items_a) != len(items_b) or len(items_a) > MAX_ITEMS:
+    def structures(self, x: sympy.Basic, y: sympy.Basic) -> bool:
+        kind_x, items_x = split_structure(x)
+        kind_y, items_y = split_structure(y)
+        if kind_x != kind_y or len(items_x) != len(items_y) or len(items_x) > MAX_ITEMS:
             return False
-        if kind_a == "scalar":
-            return self.scalars(a, b)
-        if kind_a in ("set", "list", "union"):
-            return self._unordered(items_a, items_b)
-        return all(self.structures(x, y) for x, y in zip(items_a, items_b, strict=True))
+        if kind_x == "scalar":
+            return x == y or values_equal(Parsed.of(x), Parsed.of(y))
+        if kind_x in ("set", "union"):
+            return self._unordered(items_x, items_y)
+        return all(self.structures(p, q) for p, q in zip(items_x, items_y, strict=True))
 
-    def _unordered(self, items_a: list[str], items_b: list[str]) -> bool:
+    def _unordered(self, items_a: list[sympy.Basic], items_b: list[sympy.Basic]) -> bool:
         """A perfect matching between the two item lists (augmenting paths; n <= MAX_ITEMS)."""
         n = len(items_a)
         match = [[self.structures(x, y) for y in items_b] for x in items_a]
@@ -260,7 +201,7 @@ def answer_matches(answer: str, ground_truth: str, use_math_verify: bool = True)
     norm_truth = latex_normalize.normalize_answer(ground_truth)
     comparison = _Comparison()
     for a, b in _strings_for_retry(norm_answer, norm_truth):
-        if comparison.structures(a, b):
+        if comparison.texts(a, b):
             return True
     if comparison.too_large or not use_math_verify:
         return False
@@ -275,7 +216,10 @@ def _both_plain_values(norm_answer: str, norm_truth: str, answer: str, truth: st
     if "%" in answer or "%" in truth:
         return False
     parsed = [_parse_cached(norm_answer), _parse_cached(norm_truth)]
-    return all(isinstance(p, Parsed) and not p.expr.free_symbols for p in parsed)
+    return all(
+        not isinstance(p, ParseError) and split_structure(p)[0] == "scalar" and not p.free_symbols
+        for p in parsed
+    )
 
 
 def answers_equivalent(a: str, b: str) -> bool:

@@ -37,8 +37,9 @@ def value_loss(
       keep: [N] bool rows that survived filtering (None keeps all).
 
     Returns:
-      (loss scalar, metrics) with `clipfrac` (fraction of labeled response tokens where the clipped
-      term won) and `labeled_rows` (rows that took part).
+      (loss scalar, metrics) with `clipfrac` (fraction of the labeled response tokens that lie
+      in a row whose mean shift was clipped, the authors' definition) and `labeled_rows` (rows
+      that took part).
     """
     check_shapes(
         "value_loss",
@@ -60,12 +61,13 @@ def value_loss(
 
     lengths = jnp.maximum(jnp.sum(mask, axis=-1, dtype=values.dtype), 1.0)
     shift = (jnp.sum(values, axis=-1) - jnp.sum(old, axis=-1)) / lengths
-    clipped_values = values + (jnp.clip(shift, -clip, clip) - shift)[:, None]
+    clipped_shift = jnp.clip(shift, -clip, clip)
+    clipped_values = values + (clipped_shift - shift)[:, None]
     unclipped_loss = (values - target) ** 2
     clipped_loss = (clipped_values - target) ** 2
     per_token = jnp.maximum(unclipped_loss, clipped_loss)
     metrics = {
-        "clipfrac": masked_mean(clipped_loss > unclipped_loss, mask),
+        "clipfrac": masked_mean((clipped_shift != shift)[:, None], mask),
         "labeled_rows": jnp.sum(jnp.any(mask, axis=-1), dtype=jnp.float32),
     }
     return 0.5 * seq_mean_token_mean(per_token, mask), metrics

@@ -3,7 +3,8 @@
 Public API (B prompts, n samples each, N = B * n rows, P prompt bucket, L = max_new_tokens):
 
   Sampler(policy, max_new_tokens=L, max_prompt_length=..., eos_ids=..., stop_sequences=...,
-          pad_id=0, max_top_k=64, mesh=None, rules=None)                      (sampler.py)
+          pad_id=0, max_top_k=64, mesh=None, rules=None,
+          max_rows_per_chunk=None)                                              (sampler.py)
     .generate(state, prompt_tokens [B, T], prompt_mask [B, T], n=1, sampling=SamplingParams(),
               seed=0, stop=None) -> Rollouts
     .num_compilations, .compiled_shapes, .buckets
@@ -13,7 +14,8 @@ Public API (B prompts, n samples each, N = B * n rows, P prompt bucket, L = max_
       sampling_logprobs [N, L], lengths / finish_reason / group_ids [N]; .sequences()
       FINISH_EOS, FINISH_STOP, FINISH_LENGTH, FINISH_REASONS                  (rollouts.py)
   StopCriteria.create(eos_ids, stop_sequences) -> .arrays() StopArrays (jit args) (stopping.py)
-  generate_rollouts(graphdef, state, tokens, mask, row_params, seed, stop_arrays, spec=...):
+  generate_rollouts(graphdef, state, tokens, mask, row_params, seed, first_row, stop_arrays,
+                    spec=...):
       the pure function the Sampler compiles; cast_for_compute(state, dtype)  (decode.py)
   sample_tokens(logits [N, V], keys [N], row_params, max_top_k) -> tokens, logprobs,
       sampling_logprobs; candidate_logits(...)                           (token_sampling.py)

@@ -1,7 +1,8 @@
 """The pure rollout function: one prefill per prompt, a KV-cache decode `lax.while_loop`.
 
     generate_rollouts(graphdef, state, prompt_tokens [B, P], prompt_mask [B, P],
-                      params: RowSamplingParams [N], seed, *, spec: DecodeSpec) -> Rollouts
+                      params: RowSamplingParams [N], seed, first_row, stop, *,
+                      spec: DecodeSpec) -> Rollouts
 
 Everything is a pure function of (graphdef, state) and arrays, ready for `jax.jit`; the `Sampler`
 compiles it once per shape. Steps, for L = max_new_tokens and N = B * n rows:
@@ -20,10 +21,11 @@ compiles it once per shape. Steps, for L = max_new_tokens and N = B * n rows:
    unrolled over per-layer weights sliced before the loop and per-layer caches updated in
    place (see that module for why not `Policy.decode_step`'s scan).
 
-Randomness: row i's key at step t is fold_in(fold_in(key(seed), i), t). A row's draw depends
-only on the seed, its row index and its own logits, not on the other rows; in particular
-sampling B prompts with n samples each gives the same tokens as sampling the B * n repeated
-prompts with n = 1 (up to the float error of a different prefill batch).
+Randomness: row i's key at step t is fold_in(fold_in(key(seed), first_row + i), t). A row's
+draw depends only on the seed, its row index in the whole batch and its own logits, not on the
+other rows; in particular sampling B prompts with n samples each gives the same tokens as
+sampling the B * n repeated prompts with n = 1, or the B prompts in chunks (each with its
+`first_row`), up to the float error of a different prefill batch.
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ def generate_rollouts(
     prompt_mask: jax.Array,
     params: RowSamplingParams,
     seed: jax.Array,
+    first_row: jax.Array,
     stop: StopArrays,
     *,
     spec: DecodeSpec,
@@ -169,6 +172,8 @@ def generate_rollouts(
       prompt_mask: [B, P] int32, 1 on prompt tokens.
       params: per-row sampling parameters, fields [N = B * n].
       seed: uint32 scalar.
+      first_row: uint32 scalar, the index of this call's row 0 in the whole rollout batch (row
+        keys are per row index, so a batch sampled in chunks draws what one call would).
       stop: EOS ids [E] and stop-sequence table [S, M] (`StopCriteria.arrays()`).
       spec: static settings (n, max_new_tokens, max_top_k, pad_id).
       constrain: sharding hint for activations by logical axis names (identity by default).
@@ -206,7 +211,7 @@ def generate_rollouts(
     slot_ids = jnp.arange(slots, dtype=jnp.int32)
 
     base_key = jax.random.key(seed)
-    row_ids = jnp.arange(num_rows, dtype=jnp.uint32)
+    row_ids = first_row.astype(jnp.uint32) + jnp.arange(num_rows, dtype=jnp.uint32)
     row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(base_key, row_ids)
 
     def buffer(dtype, fill):

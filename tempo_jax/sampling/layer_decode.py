@@ -13,9 +13,9 @@ Here the weights are sliced per layer and cast to the compute dtype once, before
 step calls the model's own block function layer by layer, so the numbers are the model's: the
 teacher-forced tests check them against `Policy.__call__` to 1e-5.
 
-This module reads three private names of `tempo_jax.models.decoder` (`_block`, `_Attend`,
-`_NO_WINDOW`): the block is the model's, not a copy, so an architecture change cannot leave the
-sampler behind silently.
+This module reads two private names of `tempo_jax.models.decoder` (`_block`, `_attend_context`):
+the block is the model's, not a copy, so an architecture change cannot leave the sampler behind
+silently.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from tempo_jax.models import KV_CACHE_LOGICAL_AXES, KVCache, Policy
+from tempo_jax.models import attention as model_attention
 from tempo_jax.models import decoder as model_decoder
 from tempo_jax.models import layers as model_layers
 
@@ -99,27 +100,11 @@ def decode_step(
       logits [B, V] float32 of the next token and the updated caches.
     """
     c = policy.config
-    slots = caches.k[0].shape[1]
-    key_slots = jnp.arange(slots, dtype=jnp.int32)
+    key_slots = jnp.arange(caches.k[0].shape[1], dtype=jnp.int32)
     query_slots = index + jnp.arange(1, dtype=jnp.int32)
     key_valid = key_mask.astype(bool) | (key_slots == index)[None, :]
-    positions = positions[:, None]
-
-    rope_full = model_layers.rope_cos_sin(positions, c.rope, c.head_dim)
-    if c.resolved_sliding_rope == c.rope:
-        rope_sliding = rope_full
-    else:
-        rope_sliding = model_layers.rope_cos_sin(positions, c.resolved_sliding_rope, c.head_dim)
-    mask_full = model_layers.attention_mask(
-        query_slots, key_slots, key_valid, model_decoder._NO_WINDOW
-    )
-    if c.has_sliding_layers:
-        mask_sliding = model_layers.attention_mask(
-            query_slots, key_slots, key_valid, c.sliding_window
-        )
-    else:
-        mask_sliding = mask_full
-    ctx = model_decoder._Attend(rope_full, rope_sliding, mask_full, mask_sliding, index, True)
+    slots = model_attention.Slots(query_slots, key_slots, key_valid)
+    ctx = model_decoder._attend_context(c, positions[:, None], slots, index, True)
 
     x = jnp.take(weights.embed, tokens[:, None], axis=0).astype(c.compute_dtype)
     new_k, new_v = [], []

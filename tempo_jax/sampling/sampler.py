@@ -13,6 +13,10 @@ compiles at most len(buckets) times; `num_compilations` counts them and each exe
 built ahead of time (`jit(...).lower(...).compile()`), so a shape or sharding mismatch can only
 fail loudly, never recompile silently.
 
+Memory: with `max_rows_per_chunk` a call samples its rows in chunks of at most that many rows
+(whole prompt groups), one compiled call each, so the KV cache [L, rows, P + L - 1, K, Dh] is
+allocated for one chunk at a time; the tokens equal those of one unchunked call (`generate`).
+
 Sharding: with a `mesh` (from `tempo_jax.parallel.make_mesh`) the parameters take the shardings
 of their `logical_axes` under `rules`, the prompt batch, per-row parameters and every output
 array are split along the batch over the rules' `batch` axes (data, fsdp by default), and the
@@ -22,6 +26,7 @@ tensor). An array whose batch does not divide over those axes is replicated inst
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from tempo_jax import parallel
 from tempo_jax.models import Policy
+from tempo_jax.models.attention import resolve as resolve_attention
 from tempo_jax.sampling.buckets import (
     check_buckets,
     choose_bucket,
@@ -81,6 +87,7 @@ class Sampler:
         max_top_k: int = 64,
         mesh: jax.sharding.Mesh | None = None,
         rules: Any = None,
+        max_rows_per_chunk: int | None = None,
     ):
         """Args:
         policy: a `tempo_jax.models.Policy` (only its structure and config are kept; an
@@ -94,11 +101,16 @@ class Sampler:
         max_top_k: static candidate cap of top-k / top-p rows (the sort width).
         mesh: shard over this mesh (see the module docstring); None = one device.
         rules: logical-axis rules for `tempo_jax.parallel` (default rules when None).
+        max_rows_per_chunk: sample at most this many rows (prompts x n) per compiled call, so
+          the KV cache holds at most this many rows; None = every row in one call. See
+          `generate`.
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         if max_top_k < 1:
             raise ValueError(f"max_top_k must be >= 1, got {max_top_k}")
+        if max_rows_per_chunk is not None and max_rows_per_chunk < 1:
+            raise ValueError(f"max_rows_per_chunk must be >= 1 or None, got {max_rows_per_chunk}")
         if prompt_buckets is not None:
             self.buckets = check_buckets(prompt_buckets)
         elif max_prompt_length is not None:
@@ -113,6 +125,7 @@ class Sampler:
             eos_ids = self.config.eos_token_id
         self.stop = StopCriteria.create(eos_ids, stop_sequences, vocab_size=vocab)
         self.max_new_tokens = max_new_tokens
+        self.max_rows_per_chunk = max_rows_per_chunk
         self.max_top_k = min(max_top_k, vocab)
         self.pad_id = pad_id
         self.mesh = mesh
@@ -156,9 +169,17 @@ class Sampler:
         Returns:
           Rollouts with N = B * n rows, row p * n + j the j-th sample of prompt p.
 
+        Chunks: with `max_rows_per_chunk` R, the prompts go in chunks of
+        min(B, R // n) (all n samples of a prompt share a chunk and its prefill), each one
+        compiled call whose decode loop ends when its own rows have stopped; the last chunk is
+        padded by repeating its last prompt (the repeats' rows are dropped). Every chunk uses
+        the bucket of the call's longest prompt and row keys by row index in the whole batch,
+        so the tokens are those of one unchunked call. Several chunks return host (numpy)
+        arrays; one chunk returns the executable's arrays as they are.
+
         Raises:
           ValueError: bad prompts (row named), n, seed or sampling parameters, before any
-            compile.
+            compile; n larger than `max_rows_per_chunk`.
         """
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n (samples per prompt) must be an int >= 1, got {n!r}")
@@ -173,7 +194,41 @@ class Sampler:
         batch = tokens.shape[0]
         rows = (sampling or SamplingParams()).rows(batch, n, self.max_top_k)
         stop_arrays = (stop or self.stop).arrays()
-        args = (state, tokens, mask, rows, np.uint32(seed), stop_arrays)
+        per_chunk = self.prompts_per_chunk(batch, n)
+        if per_chunk == batch:
+            return self._call(state, tokens, mask, rows, seed, 0, stop_arrays, n, bucket)
+        parts = []
+        for start in range(0, batch, per_chunk):
+            real = min(per_chunk, batch - start)
+            pick = np.minimum(np.arange(start, start + per_chunk), batch - 1)
+            row_pick = (pick[:, None] * n + np.arange(n)[None, :]).reshape(-1)
+            chunk_rows = jax.tree.map(lambda x, i=row_pick: x[i], rows)
+            out = self._call(
+                state, tokens[pick], mask[pick], chunk_rows, seed, start * n, stop_arrays, n, bucket
+            )
+            parts.append((out, real * n, start))
+        # Fetched after every chunk is dispatched, so host copies overlap the next decode.
+        host = []
+        for out, real_rows, start in parts:
+            out = jax.tree.map(lambda x, k=real_rows: x[:k], parallel.host_from_global(out))
+            host.append(out.replace(group_ids=out.group_ids + start))
+        return jax.tree.map(lambda *xs: np.concatenate(xs), *host)
+
+    def prompts_per_chunk(self, batch: int, n: int) -> int:
+        """Prompts per compiled call for a batch of `batch` prompts with n samples each."""
+        if self.max_rows_per_chunk is None:
+            return batch
+        if n > self.max_rows_per_chunk:
+            raise ValueError(
+                f"n={n} samples per prompt do not fit in max_rows_per_chunk="
+                f"{self.max_rows_per_chunk} rows (rollout.max_rows_per_chunk)"
+            )
+        return min(batch, self.max_rows_per_chunk // n)
+
+    def _call(self, state, tokens, mask, rows, seed, first_row, stop_arrays, n, bucket):
+        """One compiled call on prompts [b, bucket] (b prompts, their b * n rows)."""
+        batch = tokens.shape[0]
+        args = (state, tokens, mask, rows, np.uint32(seed), np.uint32(first_row), stop_arrays)
         if self.mesh is not None:
             args = jax.device_put(args, self._in_shardings(state, batch, n, stop_arrays))
         return self._executable(args, batch, n, bucket)(*args)
@@ -201,7 +256,13 @@ class Sampler:
                     in_shardings=self._in_shardings(state, batch, n, stop),
                     out_shardings=self._out_shardings(batch * n, n),
                 )
-            self._executables[key] = jitted.lower(*args).compile()
+            # A Pallas attention kernel runs per shard under the mesh context (see
+            # tempo_jax.models.attention.splash_attention).
+            kernel_mesh = self.mesh is not None and "splash" == resolve_attention(
+                self.config.attention, self.mesh.devices.flat[0].platform, self.config.dtype
+            )
+            with jax.set_mesh(self.mesh) if kernel_mesh else contextlib.nullcontext():
+                self._executables[key] = jitted.lower(*args).compile()
         return self._executables[key]
 
     # --- sharding -----------------------------------------------------------------------------
@@ -237,6 +298,7 @@ class Sampler:
             prompts,
             prompts,
             row_params,
+            replicated,
             replicated,
             stop_shardings,
         )

@@ -17,6 +17,7 @@ is the config-file argument: `--config=configs/qwen3_14b_aime.py:ttrl`.
 
 from __future__ import annotations
 
+import math
 import os
 
 import ml_collections
@@ -28,6 +29,20 @@ from tempo_jax.tempo.methods import METHODS
 PROMPT_TEMPLATE = (
     "{question}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
 )
+
+
+# Sizing `checkpoint.async_timeout_s`: a checkpoint holds both networks' float32 parameters and
+# their AdamW moments (4 + 8 bytes per parameter). The floor assumed for the write is 100 MB/s
+# (one host's sustained writes to a bucket; a pod's hosts write their shards in parallel and are
+# faster), and the timeout is that write time rounded up to whole 10 minutes.
+CHECKPOINT_BYTES_PER_PARAM = 12
+MIN_WRITE_BYTES_PER_S = 100e6
+
+
+def checkpoint_timeout_s(policy_params: float, critic_params: float) -> int:
+    """Orbax's async save timeout (seconds) for a checkpoint of the two networks."""
+    seconds = (policy_params + critic_params) * CHECKPOINT_BYTES_PER_PARAM / MIN_WRITE_BYTES_PER_S
+    return int(math.ceil(seconds / 600) * 600)
 
 
 def root() -> str:
@@ -43,6 +58,8 @@ def aime_config(
     prompts_per_step: int,
     prompts_per_update: int,
     micro_batches: int,
+    params: tuple[float, float],
+    max_rows_per_chunk: int,
 ) -> ml_collections.ConfigDict:
     """The authors' hyperparameters for one model.
 
@@ -54,6 +71,10 @@ def aime_config(
       prompts_per_step: prompts per rollout batch (authors: 128 for 14B, 256 for 8B / 7B).
       prompts_per_update: prompts per policy optimizer update (authors: 32 / 64, one epoch).
       micro_batches: gradient-accumulation micro-batches per update (memory, not math).
+      params: (policy, critic) parameter counts, for sizing the checkpoint save timeout.
+      max_rows_per_chunk: rollout rows whose KV cache is held at once (memory, not math: the
+        tokens are those of one call). A row's cache is 2 x layers x kv_heads x head_dim x
+        2 bytes x (2048 + 16384 - 1) slots; pick a multiple of the batch shards.
     """
     method = method or "tempo"
     if method not in METHODS:
@@ -96,6 +117,7 @@ def aime_config(
     c.rollout.temperature = 1.0
     c.rollout.top_p = 1.0
     c.rollout.max_new_tokens = 16384
+    c.rollout.max_rows_per_chunk = max_rows_per_chunk
 
     c.tempo.critic_warmup_steps = 16  # no published value model: fit one on D_L first
     c.tempo.recalibrate_every = 4
@@ -108,6 +130,10 @@ def aime_config(
     c.train.value_clip = 0.1
     c.train.micro_batches = micro_batches
     c.train.remat = True  # 16k-token responses: recompute activations in the backward pass
+    # Update / log-prob / value passes on the smallest of these response lengths (or 16384)
+    # holding the batch: early steps' shorter responses cost a fraction of the full length.
+    c.train.length_buckets = (4096, 8192, 12288)
+    c.model.attention = "auto"  # splash on TPU, cuDNN on GPU: no [T, S] scores at 18k tokens
 
     c.eval.n = 16
     c.eval.ks = (1, 2, 4, 8, 16)
@@ -116,4 +142,5 @@ def aime_config(
     c.grader.num_workers = 16
     c.grader.timeout_s = 10.0
     c.checkpoint.keep = 3
+    c.checkpoint.async_timeout_s = checkpoint_timeout_s(*params)
     return c

@@ -14,7 +14,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tempo_jax.tempo.report import eval_series
+from tempo_jax.tempo.report import eval_series, save_png
+from tempo_jax.train import storage
 
 # Headline metrics (table columns and plot panels), in this order; "@*" stands for the largest
 # k the runs report (eval.n differs between configs: 8 on CPU, 16 in the AIME recipe).
@@ -141,9 +142,7 @@ def plot_comparison(
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
     return [m for m, _ in panels]
 
 
@@ -157,9 +156,7 @@ def write_comparison(
         "json": os.path.join(root, "comparison.json"),
         "plot": os.path.join(root, "comparison.png"),
     }
-    with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write(markdown_table(summary))
-    with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1, sort_keys=True)
+    storage.write_atomic(paths["markdown"], markdown_table(summary))
+    storage.write_atomic(paths["json"], json.dumps(summary, indent=1, sort_keys=True))
     plot_comparison(runs, paths["plot"])
     return paths

@@ -10,6 +10,7 @@ import ml_collections
 
 from tempo_jax import train
 from tempo_jax.data.pipeline import data_config_from
+from tempo_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from tempo_jax.tempo.methods import METHODS, get_method
 
 ADVANTAGES = ("em_token", "em_outcome")
@@ -57,9 +58,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "model.compute_dtype",
         f"must be one of {DTYPES}, got {config.model.compute_dtype!r}",
     )
+    _require(
+        config.model.attention in ATTENTION_IMPLEMENTATIONS,
+        "model.attention",
+        f"must be one of {ATTENTION_IMPLEMENTATIONS}, got {config.model.attention!r}",
+    )
+    _positive_int(config, "model.attention_block_size")
     _positive_int(config, "data.prompts_per_step")
     _positive_int(config, "data.max_prompt_length")
     _positive_int(config, "rollout.max_new_tokens")
+    _positive_int(config, "rollout.max_rows_per_chunk", 0)
+    longer = [b for b in config.train.length_buckets if b > config.rollout.max_new_tokens]
+    _require(
+        not longer,
+        "train.length_buckets",
+        f"{longer} exceed rollout.max_new_tokens={config.rollout.max_new_tokens}",
+    )
+    chunk = config.rollout.max_rows_per_chunk
+    _require(
+        chunk == 0 or chunk >= max(config.rollout.n, config.eval.n),
+        "rollout.max_rows_per_chunk",
+        f"must be 0 (off) or hold one prompt's samples (rollout.n={config.rollout.n}, "
+        f"eval.n={config.eval.n}), got {chunk}",
+    )
     _positive_int(config, "rollout.max_generation_batches")
     _positive_int(config, "rollout.n", 2 if method.advantage in ("grpo", "drgrpo") else 1)
     _require(
@@ -106,6 +127,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive_int(config, "grader.num_workers")
     _positive_int(config, "checkpoint.keep")
     _positive_int(config, "checkpoint.max_consecutive_skips")
+    _positive_int(config, "checkpoint.async_timeout_s")
+    keep_best = config.checkpoint.keep_best
+    if keep_best:
+        _require(
+            isinstance(keep_best, str) and keep_best.startswith("eval/"),
+            "checkpoint.keep_best",
+            f"must name an eval metric (eval/<split>/<metric>), got {keep_best!r}",
+        )
+        _require(config.eval_every > 0, "checkpoint.keep_best", "needs eval_every > 0")
+    _require(
+        config.checkpoint.keep_best_mode in ("max", "min"),
+        "checkpoint.keep_best_mode",
+        f"must be 'max' or 'min', got {config.checkpoint.keep_best_mode!r}",
+    )
     try:
         train.settings_from_config(config.train)
         data_config_from(config)

@@ -31,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.critic_hf_path = ""  # local HF token-classification checkpoint of the critic
     c.model.param_dtype = "float32"  # float32 | bfloat16: stored parameters
     c.model.compute_dtype = "float32"  # float32 | bfloat16: activations and matmuls
+    # auto | dense | blockwise | splash | cudnn: prefill and training attention (auto: splash on
+    # TPU, cuDNN on GPU in bfloat16, blockwise otherwise; tempo_jax.models.attention).
+    c.model.attention = "auto"
+    c.model.attention_block_size = 512  # keys per block of the blockwise attention
 
     # --- tokenizer (tempo_jax.data.pipeline.data_config_from reads it) ------------------------
     c.tokenizer = ml_collections.ConfigDict()
@@ -43,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     # --- data --------------------------------------------------------------------------------
     c.data = ml_collections.ConfigDict()
     c.data.source = "builtin"  # builtin (arithmetic task) | files (local JSONL / Parquet)
-    c.data.dir = ""  # where tfds builds datasets ('' = WORKDIR/data)
+    c.data.dir = ""  # where tfds builds datasets ('' = WORKDIR/data; for gs:// a local cache)
     c.data.labeled_files = ""  # comma-separated files of D_L (source = files)
     c.data.unlabeled_files = ""  # comma-separated files of D_U (answers used by evaluation only)
     c.data.eval_files = ""  # comma-separated files of the labeled holdout (split 'eval')
@@ -81,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.rollout.top_p = 1.0  # nucleus threshold (1 = off)
     c.rollout.top_k = 0  # top-k (0 = off)
     c.rollout.max_new_tokens = 64  # L: response slots
+    # Rows (prompts x n) sampled per compiled call, so the KV cache holds this many rows at
+    # once; each chunk stops when its own rows have (0 = the whole batch in one call).
+    c.rollout.max_rows_per_chunk = 0
     c.rollout.max_generation_batches = 10  # group filter: generation batches before an error
 
     # --- the TEMPO schedule ------------------------------------------------------------------
@@ -123,4 +130,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.async_save = True  # save in the background
     c.checkpoint.min_free_mb = 256  # fail before training when the workdir has less free space
     c.checkpoint.max_consecutive_skips = 3  # stop after K steps in a row with a non-finite update
+    c.checkpoint.async_timeout_s = 1200  # a background save failing after this long (Orbax's)
+    # An eval metric (e.g. "eval/unlabeled/mean@8"): its best checkpoint is kept besides the last
+    # `keep` (every eval step is then saved). "" = keep the last `keep` only.
+    c.checkpoint.keep_best = ""
+    c.checkpoint.keep_best_mode = "max"  # max | min: which value of keep_best is best
     return c

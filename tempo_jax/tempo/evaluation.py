@@ -16,22 +16,13 @@ from tempo_jax.sampling import SamplingParams
 from tempo_jax.tempo import eval_metrics
 from tempo_jax.tempo.build import Run
 from tempo_jax.tempo.phases import Timer, sample, sequences, step_seed
-from tempo_jax.tempo.rollout_data import concat_rows
 
 
-def _batches(run: Run, split: str):
-    """The first `eval.num_problems` problems of `split` (all of them if it has fewer), as
-    (batch, real) pairs of `data.prompts_per_step` prompts: a short last batch is padded by
-    repeating its last prompt, so every call reuses the training shapes, and only its first
-    `real` prompts are scored."""
-    cfg = run.config
-    size, wanted, seen = cfg.data.prompts_per_step, cfg.eval.num_problems, 0
-    for batch in run.data.one_pass(split, batch_size=size):
-        real = min(batch.batch_size, wanted - seen)
-        if real <= 0:
-            return
-        yield (batch.pad_to(size) if batch.batch_size < size else batch), real
-        seen += real
+def _problems(run: Run, split: str):
+    """The first `eval.num_problems` problems of `split` (all of them if it has fewer) as one
+    batch, or None for an empty split. The sampler splits it into `rollout.max_rows_per_chunk`
+    chunks and pads only its last chunk, never up to a training batch."""
+    return next(iter(run.data.one_pass(split, batch_size=run.config.eval.num_problems)), None)
 
 
 def evaluate_split(
@@ -40,49 +31,42 @@ def evaluate_split(
     """All evaluation metrics of one split under the current policy (and critic)."""
     cfg = run.config
     n = cfg.eval.n
-    parts, truths = [], []
-    greedy_correct = []
-    for i, (batch, real) in enumerate(_batches(run, split)):
-        answers = batch.evaluation_answers()[:real]
-        rows = sample(
-            run,
-            policy_params,
-            batch,
-            n=n,
-            timer=timer,
-            seed=step_seed(cfg.seed, step, "eval", i),
-            sampling=SamplingParams(temperature=cfg.eval.temperature),
-        )
-        if real < batch.batch_size:
-            rows = rows.take_groups(range(real))
-        parts.append(rows)
-        truths.extend(answers[g] for g in rows.group_ids)
-        if cfg.eval.greedy:
-            greedy = sample(
-                run,
-                policy_params,
-                batch,
-                n=1,
-                timer=timer,
-                seed=0,
-                sampling=SamplingParams(temperature=0.0, greedy=True),
-            )
-            if real < batch.batch_size:
-                greedy = greedy.take_groups(range(real))
-            with timer("grading"):
-                graded = grade_batch(
-                    greedy.texts,
-                    [list(a) for a in answers],
-                    pool=run.pool,
-                    timeout_s=cfg.grader.timeout_s,
-                )
-            greedy_correct.extend(graded.correct)
-    if not parts:
+    batch = _problems(run, split)
+    if batch is None:
         raise ValueError(
             f"eval split {split!r} has no problem usable at data.max_prompt_length="
             f"{cfg.data.max_prompt_length}"
         )
-    rows = concat_rows(parts)
+    answers = batch.evaluation_answers()
+    rows = sample(
+        run,
+        policy_params,
+        batch,
+        n=n,
+        timer=timer,
+        seed=step_seed(cfg.seed, step, "eval", 0),
+        sampling=SamplingParams(temperature=cfg.eval.temperature),
+    )
+    truths = [answers[g] for g in rows.group_ids]
+    greedy_correct = []
+    if cfg.eval.greedy:
+        greedy = sample(
+            run,
+            policy_params,
+            batch,
+            n=1,
+            timer=timer,
+            seed=0,
+            sampling=SamplingParams(temperature=0.0, greedy=True),
+        )
+        with timer("grading"):
+            graded = grade_batch(
+                greedy.texts,
+                [list(a) for a in answers],
+                pool=run.pool,
+                timeout_s=cfg.grader.timeout_s,
+            )
+        greedy_correct = list(graded.correct)
     with timer("grading"):
         graded = grade_batch(
             rows.texts, [list(t) for t in truths], pool=run.pool, timeout_s=cfg.grader.timeout_s
@@ -111,9 +95,11 @@ def evaluate_split(
 
 
 def _token_entropy_and_values(run: Run, rows, policy_params, critic_params, timer):
-    """Mean token entropy of the samples under the policy and the critic's values [N, L], batch
-    by batch in the training row count so the compiled forwards are reused."""
-    chunk = run.config.data.prompts_per_step * run.config.rollout.n
+    """Mean token entropy of the samples under the policy and the critic's values [N, L], in
+    batches of one policy update's rows (`data.prompts_per_update` x `rollout.n`; the whole
+    step's when 0), so 30 problems x 16 are padded to a multiple of that, not of a step."""
+    cfg = run.config
+    chunk = (cfg.data.prompts_per_update or cfg.data.prompts_per_step) * cfg.rollout.n
     ent_sum, tok_sum, values = 0.0, 0, []
     for start in range(0, rows.num_rows, chunk):
         part = rows.take_rows(slice(start, start + chunk))

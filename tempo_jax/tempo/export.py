@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 from typing import Any
 
 import numpy as np
 from flax import nnx
 
 from tempo_jax import models
+from tempo_jax.train import storage
 from tempo_jax.train.checkpointing import Checkpointer
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ def module_from_host_params(
 def export_hf(workdir: str, out: str, step: int | None = None) -> dict[str, str]:
     """Writes the networks of checkpoint `step` (None: the newest good one) of a `tempo-jax
     train` workdir as HF checkpoints `out/policy` (and `out/critic` when the method has one).
+    Either may be a bucket (`gs://...`).
 
     Returns:
       {role: directory written}.
@@ -101,7 +104,7 @@ def export_hf(workdir: str, out: str, step: int | None = None) -> dict[str, str]
       ValueError: the checkpoint predates model configs in its metadata, or does not match them.
     """
     directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
+    if not storage.path(directory).is_dir():
         raise FileNotFoundError(f"{workdir} has no checkpoints/ directory (not a trainer workdir?)")
     with Checkpointer(directory, read_only=True) as ckpt:
         items, metadata = ckpt.restore(step, None)
@@ -118,7 +121,12 @@ def export_hf(workdir: str, out: str, step: int | None = None) -> dict[str, str]
         config = model_config_from_dict(configs[role], f"{where} models[{role!r}]")
         module = module_from_host_params(role, config, items[role]["params"], f"{where} {role}")
         path = os.path.join(out, role)
-        models.save_hf(module, path)
+        if storage.is_remote(path):  # safetensors writes local files: stage, then upload
+            with tempfile.TemporaryDirectory() as staging:
+                models.save_hf(module, staging)
+                storage.copy_tree(staging, path)
+        else:
+            models.save_hf(module, path)
         written[role] = path
         log.info("wrote %s of %s to %s", role, where, path)
     return written

@@ -48,7 +48,9 @@ from tempo_jax.tempo import methods, phases, report
 from tempo_jax.tempo.build import build_run, init_critic
 from tempo_jax.tempo.evaluation import evaluate
 from tempo_jax.tempo.export import model_config_to_dict
+from tempo_jax.tempo.rollout_data import concat_rows
 from tempo_jax.tempo.sft import run_sft
+from tempo_jax.train import storage
 from tempo_jax.train.checkpointing import Checkpointer, check_writable
 from tempo_jax.train.metric_writers import JsonlWriter, MetricWriters
 from tempo_jax.train.preemption import PreemptionGuard
@@ -96,7 +98,7 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         self.config = config
-        self.workdir = workdir
+        self.workdir = workdir = storage.absolute(workdir)
         check_writable(workdir, min_free_bytes=config.checkpoint.min_free_mb << 20)
         self.run, self._initial_policy = build_run(config, workdir)
         self.method = self.run.method
@@ -109,13 +111,16 @@ class Trainer:
             os.path.join(workdir, "checkpoints"),
             keep=config.checkpoint.keep,
             async_save=config.checkpoint.async_save,
+            async_timeout_s=config.checkpoint.async_timeout_s,
+            keep_best=config.checkpoint.keep_best,
+            keep_best_mode=config.checkpoint.keep_best_mode,
         )
         self._model_configs = {"policy": model_config_to_dict(self._initial_policy.config)}
         self._last_saved_step: int | None = None
         self.is_main_process = parallel.is_main_process()
         if self.is_main_process:
-            with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-                json.dump(config.to_dict(), f, indent=1, sort_keys=True, default=str)
+            text = json.dumps(config.to_dict(), indent=1, sort_keys=True, default=str)
+            storage.write_atomic(os.path.join(workdir, "config.json"), text)
 
     # --- state ---------------------------------------------------------------------------
 
@@ -147,10 +152,17 @@ class Trainer:
     def _config_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(self.config.to_dict(), default=str))
 
-    def _save(self, state: LoopState) -> str:
-        """Checkpoints `state` (once per step: a second call for the same step is a no-op)."""
+    def _save(self, state: LoopState, evaluation: dict[str, Any] | None = None) -> str:
+        """Checkpoints `state` (once per step: a second call for the same step is a no-op), with
+        this step's `evaluation` for `checkpoint.keep_best` to rank it by."""
         if self._last_saved_step == state.step:
             return self.checkpointer.step_path(state.step)
+        keep_best = self.config.checkpoint.keep_best
+        if keep_best and evaluation is not None and keep_best not in evaluation:
+            raise ValueError(
+                f"config.checkpoint.keep_best={keep_best!r} is not an eval metric of this run; "
+                f"it reports {sorted(evaluation)}"
+            )
         metadata = {
             "step": state.step,
             "warmed_up": state.warmed_up,
@@ -166,7 +178,7 @@ class Trainer:
             "config": self._config_json(),
         }
         # Step k of the checkpoint directory = k TTT steps done; the warm-up checkpoint is 0.
-        path = self.checkpointer.save(state.step, self._items(state), metadata)
+        path = self.checkpointer.save(state.step, self._items(state), metadata, evaluation)
         self._last_saved_step = state.step
         return path
 
@@ -389,8 +401,6 @@ class Trainer:
     def _with_labeled(self, rows, rewards, labeled):
         """The M-step batch plus this step's graded D_L rollouts (phased tempo option), with a
         fixed row count: steps without an E-step carry placeholder rows with keep = False."""
-        from tempo_jax.tempo.rollout_data import concat_rows
-
         n_unl = rows.num_rows
         if labeled is not None:
             l_rows, l_rewards = labeled
@@ -439,8 +449,7 @@ class Trainer:
         if stopped or not self.is_main_process:
             return state
         summary_path, plot_path = report.write_report(self.workdir, title=f"{cfg.method}")
-        with open(summary_path, encoding="utf-8") as f:
-            print(f.read())
+        print(storage.read_text(summary_path))
         print(f"metrics: {os.path.join(self.workdir, 'metrics.jsonl')}\nplot: {plot_path}")
         return state
 
@@ -451,20 +460,21 @@ class Trainer:
         cfg = self.config
         # Records past the restored step (or all of them on a fresh start) are from a run that
         # did not reach its next checkpoint; they will be written again.
-        if self.is_main_process:  # the only process that writes metrics
-            writers.jsonl.truncate_after(state.step if resumed else -1)
+        writers.truncate_after(state.step if resumed else -1)  # process 0 only: it writes them
         if not resumed:
             warmup_writer = JsonlWriter(os.path.join(self.workdir, "warmup_metrics.jsonl"))
             if self.is_main_process:
                 warmup_writer.truncate_after(-1)
             if self.method.uses_critic:
                 state = self._warmup(state, warmup_writer)
+            evaluation = None
             if cfg.eval_every > 0:
                 grader_before = self._pool_counts()
-                record = {"step": 0, "phase": "eval", **self._evaluate(state, 0)}
+                evaluation = self._evaluate(state, 0)
+                record = {"step": 0, "phase": "eval", **evaluation}
                 record.update(self._grader_counters(state, grader_before))
                 writers.write(record)
-            self._save(state)
+            self._save(state, evaluation)
             if self._stop_on_signal(state, guard):
                 return state, True
         save_pending = False
@@ -473,17 +483,21 @@ class Trainer:
             state, metrics = self._train_step(state)
             record = {"step": state.step, **metrics}
             is_last = state.step == cfg.total_steps
+            evaluation = None
             if cfg.eval_every > 0 and (state.step % cfg.eval_every == 0 or is_last):
-                record.update(self._evaluate(state, state.step))
+                evaluation = self._evaluate(state, state.step)
+                record.update(evaluation)
             record.update(self._grader_counters(state, grader_before))
             record.update(self._count_nonfinite(state, metrics))
             writers.write(record)
             self._halt_if_nonfinite(state, f"step {state.step}")
             save_pending |= cfg.save_every > 0 and state.step % cfg.save_every == 0
+            # keep_best ranks checkpoints by their eval: every evaluated step is saved.
+            save_pending |= bool(cfg.checkpoint.keep_best) and evaluation is not None
             # A save due during a streak of skipped updates waits for a clean step, so that the
             # last checkpoint predates whatever made the updates non-finite.
             if is_last or (save_pending and state.nonfinite_consecutive == 0):
-                self._save(state)
+                self._save(state, evaluation)
                 save_pending = False
             if self._stop_on_signal(state, guard):
                 return state, True

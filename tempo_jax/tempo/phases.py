@@ -11,6 +11,7 @@ prompts (`PromptBatch.labeled_answers`); evaluation reads hidden answers elsewhe
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Iterator
@@ -46,19 +47,13 @@ class Timer:
     def __init__(self):
         self.seconds: dict[str, float] = {}
 
-    def __call__(self, name: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.seconds[name] = (
-                    timer.seconds.get(name, 0.0) + time.perf_counter() - self.start
-                )
-
-        return _Span()
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
     def metrics(self) -> dict[str, float]:
         return {f"timing/{k}_s": v for k, v in self.seconds.items()}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from typing import Any
 
+from tempo_jax.train import storage
 from tempo_jax.train.metric_writers import read_jsonl
 
 
@@ -74,18 +76,25 @@ def plot_eval_curves(records: list[dict[str, Any]], path: str, title: str = "") 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
     return [k for keys in panels.values() for k in keys]
+
+
+def save_png(fig, path: storage.PathLike) -> None:
+    """Writes a matplotlib figure as a PNG to a local or bucket `path` and closes it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    storage.write_atomic(path, buffer.getvalue())
 
 
 def write_report(workdir: str, title: str = "") -> tuple[str, str]:
     """Writes `summary.txt` and `eval_curves.png` into `workdir`; returns their paths."""
     records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     summary_path = os.path.join(workdir, "summary.txt")
-    with open(summary_path, "w", encoding="utf-8") as f:
-        f.write(summary_table(records))
+    storage.write_atomic(summary_path, summary_table(records))
     plot_path = os.path.join(workdir, "eval_curves.png")
     plot_eval_curves(records, plot_path, title=title)
     return summary_path, plot_path

@@ -114,15 +114,15 @@ def concat_rows(parts: Sequence[RolloutRows]) -> RolloutRows:
 def decode_responses(
     tokens: np.ndarray, lengths: np.ndarray, tokenizer: Tokenizer, eos_ids: Sequence[int]
 ) -> list[str]:
-    """Response texts; a final EOS token is dropped (it is not text)."""
-    eos = set(int(e) for e in eos_ids)
-    texts = []
-    for row, length in zip(tokens, lengths, strict=True):
-        ids = [int(t) for t in row[: int(length)]]
-        if ids and ids[-1] in eos:
-            ids = ids[:-1]
-        texts.append(tokenizer.decode(ids))
-    return texts
+    """Response texts of `tokens` [N, L] with `lengths` [N]; a final EOS token is dropped (it is
+    not text). One batched call into the tokenizer library."""
+    tokens = np.asarray(tokens)
+    lengths = np.asarray(lengths, np.int64)
+    last = tokens[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
+    ends_with_eos = (lengths > 0) & np.isin(last, np.asarray(eos_ids, np.int64))
+    return tokenizer.decode_batch(
+        [row[:n] for row, n in zip(tokens, (lengths - ends_with_eos).tolist(), strict=True)]
+    )
 
 
 def rollout_rows(

@@ -15,9 +15,10 @@ Slot alignment (which hidden state predicts / values which response token) is in
 
 Modules: config (the `train` config section), batch (Sequences, RLBatch, slot layout), logprobs
 (vocabulary-chunked log-softmax), forward, optimizers, train_state, update (accumulation and the
-guarded update), policy_step, critic_step, compiled (jit with shardings), metric_writers,
+guarded update), policy_step, critic_step, compiled (jit with shardings), metric_writers and
+event_files (TensorBoard), storage (the path type of every run file: local or gs://),
 checkpointing (Orbax; import `tempo_jax.train.checkpointing` directly, it is not re-exported here
-so that importing the steps does not import Orbax).
+so that importing the steps does not import Orbax) with checkpoint_metadata (its JSON codec).
 """
 
 from tempo_jax.train.batch import RLBatch, Sequences, check_batch

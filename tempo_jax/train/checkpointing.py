@@ -16,6 +16,8 @@ On-disk layout of `Checkpointer(directory)`::
                                        stored as {"__tuple__": [...]} so they come back as tuples
         <item>/                        one Orbax PyTree (OCDBT + zarr) per key of `items`,
                                        e.g. policy/, critic/, policy_opt/, critic_opt/
+        metrics/                       with `keep_best` only: the `save(metrics=...)` values
+                                       Orbax ranks checkpoints by (its own item)
       <step>.orbax-checkpoint-tmp/     a save in flight, or one interrupted by a crash; never read,
                                        reported and removed when the next `Checkpointer` starts
 
@@ -40,6 +42,7 @@ deletion and torn writes, the failures of crashes, full disks and partial copies
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -57,6 +60,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from tempo_jax.train import storage
+from tempo_jax.train.checkpoint_metadata import decode_metadata, encode_metadata
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "tempo_manifest.json"
@@ -65,6 +71,9 @@ _MANIFEST_FORMAT = 1
 _CRC_MAX_BYTES = 1 << 20
 _ITEM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 DEFAULT_MIN_FREE_BYTES = 256 << 20
+DEFAULT_ASYNC_TIMEOUT_S = 1200  # Orbax's default
+# The step item in which Orbax stores `save(metrics=...)` (reserved: not a restorable item).
+ORBAX_METRICS_ITEM = "metrics"
 
 
 class CheckpointError(RuntimeError):
@@ -123,7 +132,7 @@ def check_writable(
         raise CheckpointDirectoryError(
             f"checkpoint directory {directory} is not writable: {e}"
         ) from e
-    if "://" in os.fspath(directory):
+    if storage.is_remote(directory):
         return -1
     free = shutil.disk_usage(os.fspath(path)).free
     if free < min_free_bytes:
@@ -149,57 +158,12 @@ def pytree_nbytes(tree: Any) -> int:
     return total
 
 
-_TUPLE_KEY = "__tuple__"
-
-
-def _encode_metadata(value: Any, where: str = "metadata") -> Any:
-    """Checks that `value` comes back from JSON identical; tuples become {"__tuple__": [...]}.
-
-    Tuples are kept (configs hold them, e.g. `eval.ks = (1, 2, 4, 8)`); anything else JSON would
-    silently change (numpy scalars, int subclasses, non-str keys, NaN) is rejected naming its path.
-    """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        if type(value) is not int:  # IntEnum, np.int64 (not an int subclass) etc.
-            raise TypeError(f"{where}: {type(value).__name__} is not a plain int")
-        return value
-    if isinstance(value, float):
-        if type(value) is not float:
-            raise TypeError(f"{where}: {type(value).__name__} is not a plain float")
-        if not math.isfinite(value):
-            raise ValueError(f"{where}: non-finite float {value} cannot be stored in JSON")
-        return value
-    if isinstance(value, (list, tuple)):
-        encoded = [_encode_metadata(v, f"{where}[{i}]") for i, v in enumerate(value)]
-        if type(value) is tuple:
-            return {_TUPLE_KEY: encoded}
-        if type(value) is list:
-            return encoded
-    if type(value) is dict:
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"{where}: key {k!r} is not a str (JSON would turn it into one)")
-            if k == _TUPLE_KEY:
-                raise ValueError(f"{where}: key {_TUPLE_KEY!r} is reserved for tuples")
-            out[k] = _encode_metadata(v, f"{where}[{k!r}]")
-        return out
-    raise TypeError(
-        f"{where}: {type(value).__name__} is not JSON-exact (use int/float/str/bool/None/list/"
-        "tuple/dict; convert numpy scalars with int()/float(), RNG keys with "
-        "jax.random.key_data(key).tolist(), a ConfigDict with .to_dict())"
-    )
-
-
-def _decode_metadata(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_decode_metadata(v) for v in value]
-    if isinstance(value, dict):
-        if set(value) == {_TUPLE_KEY}:
-            return tuple(_decode_metadata(v) for v in value[_TUPLE_KEY])
-        return {k: _decode_metadata(v) for k, v in value.items()}
-    return value
+def _ranked_metric(name: str, sign: float, metrics: Mapping[str, Any]) -> float:
+    """The value by which `keep_best` ranks a checkpoint (higher is kept); -inf without one."""
+    value = metrics.get(name) if isinstance(metrics, Mapping) else None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return -math.inf
+    return sign * float(value)
 
 
 def _validate_abstract(item: str, tree: Any) -> None:
@@ -225,6 +189,11 @@ class Checkpointer:
       async_save: if True, `save` returns after the device-to-host copy and the write continues
         in the background; if False, `save` returns once the checkpoint is finalized.
       read_only: never write or delete (e.g. for export from someone else's run).
+      async_timeout_s: how long a background save may take before Orbax fails it (seconds;
+        size it as checkpoint bytes / write bandwidth, with a margin).
+      keep_best: a metric name given to `save(metrics=...)` (e.g. "eval/unlabeled/mean@8"); the
+        checkpoint with its best value is kept besides the newest `keep`. "" = keep-N only.
+      keep_best_mode: "max" (higher is better) or "min".
     """
 
     def __init__(
@@ -234,9 +203,17 @@ class Checkpointer:
         keep: int = 3,
         async_save: bool = True,
         read_only: bool = False,
+        async_timeout_s: int = DEFAULT_ASYNC_TIMEOUT_S,
+        keep_best: str = "",
+        keep_best_mode: str = "max",
     ):
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
+        if async_timeout_s < 1:
+            raise ValueError(f"async_timeout_s must be >= 1, got {async_timeout_s}")
+        if keep_best_mode not in ("max", "min"):
+            raise ValueError(f"keep_best_mode must be 'max' or 'min', got {keep_best_mode!r}")
+        self.keep_best = keep_best
         self._directory = epath.Path(directory)
         self._async = async_save
         self._read_only = read_only
@@ -253,13 +230,35 @@ class Checkpointer:
         else:
             check_writable(directory, min_free_bytes=0)
             self._report_unfinished_saves()
+        policy = ocp.checkpoint_managers.LatestN(keep)
+        best = {}
+        if keep_best:
+            # Orbax's own best-checkpoint machinery: `best_fn` makes it store each save's
+            # `metrics` (a "metrics" item of the step) and read them back on restart; the
+            # preservation policy keeps the last `keep` and, besides them, the best one. Saves
+            # without the metric (no eval at that step, or a non-finite value) are ranked by
+            # recency only.
+            sign = 1.0 if keep_best_mode == "max" else -1.0
+            metric_fn = functools.partial(_ranked_metric, keep_best, sign)
+            best = {"best_fn": metric_fn, "best_mode": "max"}
+            policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+                [
+                    policy,
+                    ocp.checkpoint_managers.BestN(
+                        get_metric_fn=metric_fn, n=1, keep_checkpoints_without_metrics=False
+                    ),
+                ]
+            )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+            preservation_policy=policy,
             enable_async_checkpointing=True,  # Sync mode is async + wait: one code path.
-            async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifest),
+            async_options=ocp.AsyncOptions(
+                timeout_secs=async_timeout_s, post_finalization_callback=self._write_manifest
+            ),
             cleanup_tmp_directories=not read_only,
             read_only=read_only,
             create=not read_only,
+            **best,
         )
         self._mgr = ocp.CheckpointManager(self._directory, options=options)
 
@@ -331,21 +330,20 @@ class Checkpointer:
         candidates = sorted(self._directory.glob(f"{step}{ocp.utils.TMP_DIR_SUFFIX}*"))
         step_dir = candidates[-1] if candidates else self._directory / str(step)
         files = {}
-        for root, _, names in step_dir.walk():
-            root = epath.Path(root)
-            if root == step_dir:
+        for relative in storage.walk_files(step_dir):
+            if "/" not in relative:
                 continue  # Top-level files belong to Orbax's commit protocol and change at commit.
-            for name in names:
-                path = root / name
-                size = path.stat().length
-                crc = zlib.crc32(path.read_bytes()) if size <= _CRC_MAX_BYTES else None
-                files[os.fspath(path.relative_to(step_dir))] = {"size": size, "crc32": crc}
+            path = step_dir / relative
+            size = path.stat().length
+            crc = zlib.crc32(path.read_bytes()) if size <= _CRC_MAX_BYTES else None
+            files[relative] = {"size": size, "crc32": crc}
         manifest = {"format": _MANIFEST_FORMAT, "step": step, "files": files}
         (step_dir / MANIFEST_NAME).write_text(json.dumps(manifest, sort_keys=True))
 
     def _item_names(self, step: int) -> list[str]:
         step_dir = self._directory / str(step)
-        return sorted(p.name for p in step_dir.iterdir() if p.is_dir() and p.name != METADATA_ITEM)
+        reserved = (METADATA_ITEM, ORBAX_METRICS_ITEM)
+        return sorted(p.name for p in step_dir.iterdir() if p.is_dir() and p.name not in reserved)
 
     def verify(self, step: int) -> str | None:
         """Checks a finalized checkpoint; returns None if good, else the reason it is not."""
@@ -403,7 +401,13 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ save
 
-    def save(self, step: int, items: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
+    def save(
+        self,
+        step: int,
+        items: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+        metrics: Mapping[str, float] | None = None,
+    ) -> str:
         """Starts saving `items` and `metadata` as checkpoint `step`; returns its final directory.
 
         Blocks for the device-to-host copy of `items` (and, if the previous save is still being
@@ -417,6 +421,8 @@ class Checkpointer:
           metadata: dict of int/float/str/bool/None/list/tuple/str-keyed dict (e.g. EM counters,
             phase, iterator positions, `jax.random.key_data(key).tolist()`, `config.to_dict()`);
             `restore` returns it equal, with the same types (ints stay ints, tuples tuples).
+          metrics: {name: value} ranked by `keep_best` (stored with the checkpoint only when
+            `keep_best` is set; non-finite values are left out).
         """
         if self._read_only:
             raise CheckpointError(f"checkpointer for {self.directory} is read-only")
@@ -426,18 +432,31 @@ class Checkpointer:
         if not items:
             raise ValueError("items is empty; nothing to checkpoint")
         for name in items:
-            if not isinstance(name, str) or not _ITEM_NAME.match(name) or name == METADATA_ITEM:
+            if (
+                not isinstance(name, str)
+                or not _ITEM_NAME.match(name)
+                or name in (METADATA_ITEM, ORBAX_METRICS_ITEM)
+            ):
                 raise ValueError(
-                    f"item name {name!r} is not allowed (use [A-Za-z0-9_.-], not {METADATA_ITEM!r})"
+                    f"item name {name!r} is not allowed (use [A-Za-z0-9_.-], not "
+                    f"{METADATA_ITEM!r} or {ORBAX_METRICS_ITEM!r})"
                 )
-        encoded_metadata = _encode_metadata(dict(metadata))
+        encoded_metadata = encode_metadata(dict(metadata))
         self._mgr.wait_until_finished()  # So that the manifest hook of the last save is done.
         self._clear_from(step)
         self._pending_step = step
         start = time.perf_counter()
         args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
         args[METADATA_ITEM] = ocp.args.JsonSave(encoded_metadata)
-        if not self._mgr.save(step, args=ocp.args.Composite(**args), force=True):
+        ranked = None
+        if self.keep_best:
+            ranked = {
+                k: float(v)
+                for k, v in (metrics or {}).items()
+                if isinstance(v, (int, float, np.number)) and math.isfinite(float(v))
+            }
+        save_kwargs = {"metrics": ranked} if ranked else {}
+        if not self._mgr.save(step, args=ocp.args.Composite(**args), force=True, **save_kwargs):
             raise CheckpointError(f"Orbax declined to save step {step} in {self.directory}")
         self.last_save_blocking_seconds = time.perf_counter() - start
         if not self._async:
@@ -471,6 +490,18 @@ class Checkpointer:
                 (self._directory / str(existing)).rmtree()
             self._bad_steps.pop(existing, None)
 
+    def best_step(self) -> int | None:
+        """The kept step with the best `keep_best` metric (None without `keep_best` or without a
+        checkpoint that has the metric)."""
+        if not self.keep_best:
+            return None
+        self._mgr.wait_until_finished()
+        step = self._mgr.best_step()
+        metrics = self._mgr.metrics(step) if step is not None else None
+        if metrics is None or _ranked_metric(self.keep_best, 1.0, metrics) == -math.inf:
+            return None
+        return step
+
     def wait(self) -> None:
         """Blocks until the last save is finalized; raises if it failed."""
         self._mgr.wait_until_finished()
@@ -501,7 +532,7 @@ class Checkpointer:
         metadata = restored[METADATA_ITEM]
         if not isinstance(metadata, dict):
             raise TypeError(f"expected a JSON object, got {type(metadata).__name__}")
-        return _decode_metadata(metadata)
+        return decode_metadata(metadata)
 
     def _restore_item_to_host(self, step: int, item: str) -> Any:
         path = self._directory / str(step) / item
@@ -526,7 +557,7 @@ class Checkpointer:
         args[METADATA_ITEM] = ocp.args.JsonRestore()
         restored = self._mgr.restore(step, args=ocp.args.Composite(**args))
         items = {name: restored[name] for name in abstract_items}
-        return items, _decode_metadata(restored[METADATA_ITEM])
+        return items, decode_metadata(restored[METADATA_ITEM])
 
     def restore(
         self, step: int | None = None, abstract_items: Mapping[str, Any] | None = None

@@ -50,7 +50,7 @@ def canonical_batch(batch: Sequences | RLBatch) -> Sequences | RLBatch:
     """The batch with every field cast to `BATCH_DTYPES` (no copy where it already matches).
 
     Works on host (numpy) and device arrays; multi-host callers cast their local numpy batch
-    before `parallel.global_batch_from_local`.
+    before `jax.make_array_from_process_local_data`.
     """
     changes = {}
     for name in batch.__dataclass_fields__:

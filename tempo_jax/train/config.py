@@ -53,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.vocab_chunk_size = 8192  # log-probs: at most this many vocabulary rows per chunk
     cfg.compute_dtype = ""  # '' = the model's | float32 | bfloat16 (params stay as stored)
     cfg.remat = False  # recompute each decoder layer in the backward pass (saves activations)
+    # The update, log-prob and value passes run on the smallest of these response lengths that
+    # holds the batch's longest response, else at rollout.max_new_tokens.
+    cfg.length_buckets = ()  # response-length buckets (() = always the full length)
     return cfg
 
 
@@ -160,6 +163,7 @@ class TrainSettings:
     vocab_chunk_size: int = 8192
     compute_dtype: str = ""
     remat: bool = False
+    length_buckets: tuple[int, ...] = ()
 
     def __post_init__(self):
         if not _number("value_clip", self.value_clip) > 0:
@@ -172,6 +176,11 @@ class TrainSettings:
             _fail("compute_dtype", f"must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         if not isinstance(self.remat, bool):
             _fail("remat", f"must be a bool, got {self.remat!r}")
+        buckets = tuple(self.length_buckets)
+        for b in buckets:
+            if _integer("length_buckets", b) < 1:
+                _fail("length_buckets", f"must be positive ints, got {buckets}")
+        object.__setattr__(self, "length_buckets", tuple(sorted(set(buckets))))
 
 
 def _as_dict(section: Any) -> dict[str, Any]:

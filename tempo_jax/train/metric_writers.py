@@ -1,20 +1,25 @@
 """Where metrics go: `metrics.jsonl` (one JSON object per step), TensorBoard, and the console.
 
-Only process 0 writes. JSONL lines are flushed and fsynced per step so that a crash loses nothing
-already logged; on resume, lines past the restored step are dropped (`truncate_after`) so the
-file reads as if the run never stopped.
+Only process 0 writes. Every file goes through `tempo_jax.train.storage`, so a workdir may be a
+local directory or a bucket (`gs://...`). JSONL lines are durable per step (fsynced locally, the
+object rewritten on a bucket) so that a crash loses nothing already logged; on resume, records
+past the restored step are dropped from metrics.jsonl and from the TensorBoard event files
+(`MetricWriters.truncate_after`), so both read as if the run never stopped: one value per step.
+Non-finite values are written as such (NaN / inf in JSON and in TensorBoard), never dropped.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import logging
 import os
-import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
+
+from tempo_jax.train import event_files, storage
 
 
 def _to_jsonable(value: Any) -> Any:
@@ -38,60 +43,65 @@ def _to_jsonable(value: Any) -> Any:
 class JsonlWriter:
     """Appends one JSON object per call to `path`."""
 
-    def __init__(self, path: str):
-        self.path = path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    def __init__(self, path: storage.PathLike):
+        self.path = storage.absolute(path)
 
     def write(self, record: Mapping[str, Any]) -> None:
         line = json.dumps({k: _to_jsonable(v) for k, v in record.items()}, sort_keys=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        storage.append_text(self.path, line + "\n")
 
     def truncate_after(self, step: int) -> int:
         """Drops records with `step > step` (and a torn last line); returns how many were kept."""
-        if not os.path.exists(self.path):
+        if not storage.exists(self.path):
             return 0
-        kept = []
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by a crash mid-write
-                if record.get("step", -1) <= step:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        kept = [
+            line + "\n" for line, record in _records(self.path) if record.get("step", -1) <= step
+        ]
+        storage.write_atomic(self.path, "".join(kept))
         return len(kept)
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
+def _records(path: storage.PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(line, record) for every parseable line of a metrics file."""
+    for line in storage.read_text(path).split("\n"):
+        try:
+            yield line, json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a crash mid-write
+
+
+def read_jsonl(path: storage.PathLike) -> list[dict[str, Any]]:
     """All records of a metrics file (torn lines skipped)."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
+    return [record for _, record in _records(path)]
 
 
 class TensorBoardWriter:
-    """Scalars to TensorBoard event files under `logdir` (tensorboardX, no TensorFlow needed)."""
+    """Scalars to TensorBoard event files under `logdir` (tensorboardX, no TensorFlow needed);
+    NaN and inf are written as such. The event file is opened at the first write, so that
+    `truncate_after` on resume rewrites only the files of earlier runs."""
 
-    def __init__(self, logdir: str):
-        from tensorboardX import SummaryWriter  # imported lazily: heavy and optional in tests
+    def __init__(self, logdir: storage.PathLike):
+        self.logdir = storage.absolute(logdir)
+        self._writer = None
 
-        self._writer = SummaryWriter(logdir=logdir, flush_secs=30)
+    def truncate_after(self, step: int) -> int:
+        """Drops the events of steps after `step` from earlier runs' event files (a resumed run
+        writes them again); returns how many were dropped."""
+        if self._writer is not None:
+            raise RuntimeError("truncate_after must come before the first write")
+        return event_files.purge_after(self.logdir, step)
 
     def write(self, step: int, record: Mapping[str, Any]) -> None:
+        if self._writer is None:
+            from tensorboardX import SummaryWriter  # imported lazily: heavy
+
+            event_files.register_remote_writer()
+            # Non-finite values are recorded on purpose; tensorboardX warns about each one.
+            logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
+            # A unique suffix: a resumed run must never reopen (and truncate) an earlier file
+            # whose name has the same second and host.
+            suffix = f".{os.getpid()}.{uuid.uuid4().hex[:8]}"
+            self._writer = SummaryWriter(logdir=self.logdir, flush_secs=30, filename_suffix=suffix)
         for key, value in record.items():
             if key == "step" or isinstance(value, str):
                 continue
@@ -99,12 +109,12 @@ class TensorBoardWriter:
                 scalar = float(np.asarray(value))
             except (TypeError, ValueError):
                 continue
-            if math.isfinite(scalar):
-                self._writer.add_scalar(key, scalar, global_step=step)
+            self._writer.add_scalar(key, scalar, global_step=step)
 
     def close(self) -> None:
-        self._writer.flush()
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
 
 
 class ProgressBar:
@@ -117,7 +127,6 @@ class ProgressBar:
         self._bar = tqdm(
             total=total, initial=initial, disable=not enabled, dynamic_ncols=True, unit="step"
         )
-        self._start = time.monotonic()
 
     def update(self, record: Mapping[str, Any]) -> None:
         postfix = {"phase": record.get("phase", "")}
@@ -149,6 +158,14 @@ class MetricWriters:
         self._bar = ProgressBar(
             total_steps, initial_step, progress_keys, enabled=self.enabled and progress
         )
+
+    def truncate_after(self, step: int) -> None:
+        """On resume (or a fresh start, step -1): drops the records past `step` that a run which
+        did not reach its next checkpoint left in metrics.jsonl and TensorBoard."""
+        if not self.enabled:
+            return
+        self.jsonl.truncate_after(step)
+        self._tb.truncate_after(step)
 
     def write(self, record: Mapping[str, Any]) -> None:
         if not self.enabled:

@@ -62,6 +62,7 @@ def test_sampler_benchmark_compares_equal_greedy_outputs():
         *TINY,
         "--intermediate", "64", "--vocab", "96", "--batch", "2", "--prompt", "4",
         "--new_tokens", "5", "--runs", "2", "--breakdown", "--peak_bandwidth_gbs", "100",
+        "--max_rows_per_chunk", "1",
     )  # fmt: skip
     # Same weights, greedy, float32: both sides generate the same tokens (so time the same work).
     assert out["tokens_agree_fraction"] == 1.0
@@ -69,3 +70,8 @@ def test_sampler_benchmark_compares_equal_greedy_outputs():
     assert out["ratio"] == pytest.approx(out["tempo_tokens_per_s"] / out["peer_tokens_per_s"])
     assert 0 < out["roofline_fraction"] and out["decode_step_bytes"] > 0
     assert set(out["breakdown"]) and all(v > 0 for v in out["breakdown"].values())
+    # Two one-row chunks sample what one call does.
+    assert out["chunked_tokens_identical"] is True
+    assert out["chunked_vs_unchunked"] == pytest.approx(
+        out["chunked_tokens_per_s"] / out["tempo_tokens_per_s"]
+    )

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -22,6 +23,7 @@ from tempo_jax.data.sentencepiece_tokenizer import (
 )
 from tempo_jax.data.tokenizer import Tokenizer
 from tempo_jax.data.train_tokenizer import main as train_tokenizer_main
+from tempo_jax.tempo.rollout_data import decode_responses
 
 ROUND_TRIP_TEXTS = [
     "55+19=74\n74-67=7\n\\boxed{7}",
@@ -226,6 +228,38 @@ def test_hf_tokenizer_encodes_like_transformers(hf_pair, hf_dir):
     assert ours.eos_ids == (ours.eos_id, theirs.convert_tokens_to_ids("<|endoftext|>"))
     assert ours.pad_id == theirs.pad_token_id
     assert ours.bos_id == theirs.bos_token_id
+
+
+def test_batch_decode_matches_row_decode_and_drops_only_a_final_eos(sp_tokenizer, hf_pair):
+    """decode_batch is decode per row (HF: as transformers decodes); decode_responses cuts each
+    row at its length and drops one final EOS (any of eos_ids), whatever sits past the length."""
+    ours, theirs = hf_pair
+    hf_rows = [ours.encode(t) for t in HF_TEXTS]
+    hf_rows[1] = [ours.bos_id, *hf_rows[1], ours.eos_ids[1], ours.pad_id]
+    hf_rows.append([])
+    want = [theirs.decode(r, skip_special_tokens=True) for r in hf_rows]
+    assert ours.decode_batch(hf_rows) == want == [ours.decode(r) for r in hf_rows]
+    sp = sp_tokenizer
+    sp_rows = [sp.encode(t) for t in ROUND_TRIP_TEXTS]
+    sp_rows.append([BOS_ID, *sp.encode("1+1=2"), EOS_ID, PAD_ID, PAD_ID])
+    assert sp.decode_batch(sp_rows) == ROUND_TRIP_TEXTS + ["1+1=2"]
+    assert sp.decode_batch([]) == []
+    with pytest.raises(ValueError, match=f"token id {sp.vocab_size} outside"):
+        sp.decode_batch([[5], [5, sp.vocab_size]])
+
+    for tok, eos_ids in ((sp, [EOS_ID]), (ours, list(ours.eos_ids))):
+        body = tok.encode("3+4=7")
+        n = len(body)
+        junk = tok.encode("99")[0]
+        tokens = np.full((5, n + 3), junk, np.int32)
+        tokens[:, :n] = body
+        tokens[0, n] = eos_ids[0]  # final EOS: dropped
+        tokens[1, n] = eos_ids[-1]  # the other EOS id: dropped
+        tokens[2, n - 1] = eos_ids[0]  # an EOS that is not last: kept (decode skips it)
+        lengths = np.array([n + 1, n + 1, n + 1, n, 0])
+        texts = decode_responses(tokens, lengths, tok, eos_ids)
+        junk_text = tok.decode([junk])
+        assert texts == ["3+4=7", "3+4=7", tok.decode(body[:-1]) + junk_text, "3+4=7", ""]
 
 
 @pytest.mark.parametrize(

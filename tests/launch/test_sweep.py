@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tempo_jax.tempo import compare
+from tempo_jax.tempo import compare, grid
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MICRO = ROOT / "tests" / "tempo" / "tempo_micro.py"
@@ -35,7 +35,7 @@ def test_grid_commands_and_bad_arguments(tmp_path):
         str(tmp_path),
         ["tempo", "ttrl"],
         [0, 3],
-        sweep.parse_overrides(["total_steps=8", "rollout.n=2"]),
+        grid.parse_overrides(["total_steps=8", "rollout.n=2"]),
         executable=("tempo-jax",),
     )
     assert [r.name for r in runs] == ["tempo-s0", "tempo-s3", "ttrl-s0", "ttrl-s3"]
@@ -55,7 +55,7 @@ def test_grid_commands_and_bad_arguments(tmp_path):
         sweep.grid("c.py", "r", ["tempo"], [0, 0], [])
     for bad in ("total_steps", "config.seed=1", "seed=2"):
         with pytest.raises(ValueError, match="--set"):
-            sweep.parse_overrides([bad])
+            grid.parse_overrides([bad])
 
 
 def test_dry_run_prints_every_command(tmp_path, capsys):

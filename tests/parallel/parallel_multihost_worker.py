@@ -34,7 +34,7 @@ def run(mesh_shape):
     mesh = parallel.make_mesh(mesh_shape)
     batch_sharding = parallel.batch_sharding(mesh)
     rows = parallel.process_batch_slice(BATCH, batch_sharding)
-    x = parallel.global_batch_from_local({"x": full_batch()[rows]}, mesh, batch_sharding)["x"]
+    x = jax.make_array_from_process_local_data(batch_sharding, full_batch()[rows])
     params = {"w": nnx.Param(weight(), logical_axes=("embed", "mlp"))}
     w = parallel.place(params, parallel.state_shardings(params, mesh))["w"][...]
     replicated = NamedSharding(mesh, PartitionSpec())

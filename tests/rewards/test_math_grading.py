@@ -65,6 +65,8 @@ EQUIVALENT = [
     (boxed(r"\begin{pmatrix}1\\ 2\end{pmatrix}"), r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"),
     (boxed(r"x \le 3"), r"x\leq 3"),
     (r"so $\boxed 7$.", "7"),  # unbraced box token
+    (boxed(r"2\frac{1}{2}"), r"\frac{5}{2}"),  # a mixed number
+    (boxed(r"\gamma+1"), r"1+\gamma"),  # a symbol, not the gamma function of +1
 ]
 
 # Near-misses that must fail.
@@ -89,6 +91,7 @@ NEAR_MISSES = [
     (boxed("no"), "on"),  # words are never parsed as products of letters
     (boxed("odd"), "even"),
     (boxed("x+y = 5"), "x+y"),
+    (boxed(r"2\frac{1}{2}"), "1"),  # not 2 * 1/2
 ]
 
 # Malformed boxes and several boxes: (response, truth, expected).

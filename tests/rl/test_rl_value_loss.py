@@ -11,7 +11,8 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 def ref_value_loss(values, old, returns, mask, is_labeled, keep, clip=0.1):
-    """0.5 mean over labeled rows of the token mean of max((V - G)^2, (V~ - G)^2)."""
+    """0.5 mean over labeled rows of the token mean of max((V - G)^2, (V~ - G)^2); clipfrac is
+    the fraction of labeled tokens in rows whose mean shift was clipped (the authors' metric)."""
     row_losses, clipped = [], []
     for i in range(values.shape[0]):
         tokens = [t for t in range(values.shape[1]) if mask[i, t]]
@@ -26,7 +27,7 @@ def ref_value_loss(values, old, returns, mask, is_labeled, keep, clip=0.1):
             v, g = float(values[i, t]), float(returns[i, t])
             unclipped, clipped_loss = (v - g) ** 2, (v + correction - g) ** 2
             total += max(unclipped, clipped_loss)
-            clipped.append(clipped_loss > unclipped)
+            clipped.append(correction != 0.0)
         row_losses.append(total / len(tokens))
     if not row_losses:
         return 0.0, {"clipfrac": 0.0, "labeled_rows": 0.0}
@@ -57,9 +58,10 @@ def test_matches_reference_and_compiles_once():
     clipfracs = []
     for seed in range(4):
         b = make_batch(seed)
-        for keep in (b.keep, np.ones_like(b.keep)):
-            got = jitted(b.values, b.old_values, b.returns, b.mask, b.is_labeled, keep=keep)
-            assert_close(got, ref_value_loss(*args(b, keep)))
+        # Row mean shifts of these batches are ~1: clip 0.1 clips every row, 1.5 only some.
+        for keep, clip in ((b.keep, 0.1), (np.ones_like(b.keep), 1.5)):
+            got = jitted(b.values, b.old_values, b.returns, b.mask, b.is_labeled, clip, keep)
+            assert_close(got, ref_value_loss(*args(b, keep), clip=clip))
             clipfracs.append(float(got[1]["clipfrac"]))
     assert 0.05 < np.mean(clipfracs) < 0.95
     assert jitted._cache_size() == 1
@@ -81,7 +83,13 @@ def test_gradient_matches_finite_differences_and_skips_unlabeled_rows():
     grad = np.asarray(grad)
     assert np.all(np.isfinite(grad))
     rows = b.is_labeled & b.keep
-    assert 0 < metrics["clipfrac"] < 1 and rows.sum() >= 2
+    assert 0 < metrics["clipfrac"] and rows.sum() >= 2
+    # Both terms of the max carry gradient somewhere: the clipped error wins at some tokens only.
+    tokens = b.mask & rows[:, None]
+    v, old, g = (np.where(tokens, x, 0.0) for x in (b.values, b.old_values, b.returns))
+    shift = (v - old).sum(-1, keepdims=True) / np.maximum(tokens.sum(-1, keepdims=True), 1)
+    clipped_wins = (v + np.clip(shift, -0.1, 0.1) - shift - g) ** 2 > (v - g) ** 2
+    assert 0 < np.mean(clipped_wins[tokens]) < 1
     np.testing.assert_array_equal(grad[~rows], 0.0)
     np.testing.assert_array_equal(grad[~b.mask], 0.0)
     values = b.values.astype(np.float64)
@@ -121,6 +129,22 @@ def test_value_loss_by_hand():
     # row 0 (clipped): V~_s = V_s - mean(V) + const, V~ - G = (-0.8, -0.4), so
     # d/dV_t = 0.5 / 2 / 2 * sum_s 2 (V~_s - G_s) (delta_st - 1/2) = 0.125 * (-+0.8 +- 0.4).
     np.testing.assert_allclose(grad, [[-0.05, 0.05], [0.5, 0.0], [0.0, 0.0]], **TOL)
+
+
+def test_clipfrac_counts_every_token_of_a_clipped_row():
+    """The authors' `compute_value_loss` (verl fork, core_algos.py) counts a row's tokens as
+    clipped when its mean shift was clipped, over all labeled response tokens, whichever of the
+    two squared errors is larger at each token."""
+    values = np.array([[0.5, 0.9], [0.0, 0.0], [0.5, 0.5]], np.float32)
+    old = np.array([[0.2, 0.4], [0.05, 0.0], [0.0, 0.0]], np.float32)
+    returns = np.zeros((3, 2), np.float32)
+    mask = np.array([[1, 1], [1, 0], [1, 1]], bool)
+    is_labeled = np.array([True, True, True])
+    # row 0: shift 0.4 clipped, yet V~ = (0.2, 0.6) is nearer G = 0 at both tokens (the max
+    # keeps the unclipped error); row 1: shift -0.05, not clipped; row 2: shift 0.5 clipped.
+    (loss, metrics), _ = loss_and_grad(values, old, returns, mask, is_labeled, None)
+    np.testing.assert_allclose(metrics["clipfrac"], 4 / 5, **TOL)
+    np.testing.assert_allclose(loss, 0.5 * (0.53 + 0.0 + 0.25) / 3, **TOL)
 
 
 def test_bad_shapes_name_the_field():

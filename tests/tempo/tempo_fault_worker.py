@@ -35,8 +35,8 @@ def install(fault: str) -> None:
         target = int(arg)
         save = loop.Trainer._save
 
-        def save_then_kill(self, state):
-            path = save(self, state)
+        def save_then_kill(self, state, *rest):
+            path = save(self, state, *rest)
             if state.step == target:
                 self.checkpointer.wait()
                 _kill()

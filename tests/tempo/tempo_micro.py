@@ -13,6 +13,7 @@ import numpy as np
 
 from tempo_jax.tempo.config_validation import validate
 from tempo_jax.tempo.default_config import get_config as default_config
+from tempo_jax.train import storage
 
 
 def micro_config(data_dir: str = "", method: str = "tempo", **changes) -> ml_collections.ConfigDict:
@@ -82,12 +83,11 @@ def trees_equal(a, b) -> bool:
 
 
 def metric_lines(workdir, name: str = "metrics.jsonl") -> list[str]:
-    """The records of a metrics file as canonical JSON lines, timing/* keys removed (NaN written
-    as NaN, so equal records give equal lines)."""
+    """The records of a metrics file (local or in a bucket) as canonical JSON lines, timing/*
+    keys removed (NaN written as NaN, so equal records give equal lines)."""
     out = []
-    with open(os.path.join(workdir, name), encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            kept = {k: v for k, v in record.items() if not k.startswith("timing/")}
-            out.append(json.dumps(kept, sort_keys=True))
+    for line in storage.read_text(os.path.join(workdir, name)).splitlines():
+        record = json.loads(line)
+        kept = {k: v for k, v in record.items() if not k.startswith("timing/")}
+        out.append(json.dumps(kept, sort_keys=True))
     return out

@@ -152,6 +152,9 @@ def test_unlabeled_answers_never_reach_training(data_dir, tmp_path, monkeypatch)
         ("tempo.advantage", "gae", "config.tempo.advantage"),
         ("data.prompts_per_update", 3, "config.data.prompts_per_update"),
         ("data.prompts_per_update", 8, "config.data.prompts_per_update"),
+        ("model.attention", "flash", "config.model.attention"),
+        ("rollout.max_rows_per_chunk", 1, "config.rollout.max_rows_per_chunk"),  # < n = 2
+        ("train.length_buckets", (4, 16), "config.train.length_buckets"),  # 16 > L = 8
     ],
 )
 def test_invalid_config_names_the_field(data_dir, field, value, message):
@@ -190,8 +193,8 @@ def test_several_policy_updates_per_step_move_the_ratio_off_one(data_dir, tmp_pa
 
 
 def test_evaluation_scores_exactly_the_requested_problems(data_dir, tmp_path):
-    # 6 problems with 4 prompts per batch: the second batch is padded to 4 and its 2 repeats are
-    # not scored; asking for more than the split holds (16) scores the whole split.
+    # 6 problems (more than the 4 prompts of a training batch) are sampled and scored as one
+    # batch of 6; asking for more than the split holds (16) scores the whole split.
     trainer = Trainer(micro_config(data_dir, "tempo_frozen"), str(tmp_path))
     try:
         state = trainer._fresh_state()

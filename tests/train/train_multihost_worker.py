@@ -53,7 +53,7 @@ def main() -> None:
     results = {"rows": np.array([rows.start, rows.stop])}
     for i in range(2):
         local = jax.tree.map(lambda x: x[rows], h.host_batch(i))  # only this process's rows
-        batch = parallel.global_batch_from_local(local, mesh, step.in_shardings[1])
+        batch = jax.make_array_from_process_local_data(step.in_shardings[1], local)
         state, metrics = step(state, batch)
         for name, value in metrics.items():
             results[f"{i}/metrics/{name}"] = np.asarray(value)

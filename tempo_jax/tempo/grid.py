@@ -1,0 +1,196 @@
+"""An experiment grid: methods x seeds x `tempo.recalibrate_every` (the last only for methods whose
+schedule depends on it), one run per point, named after its hyperparameters, in its own workdir
+under one root (a local directory or a bucket). Nothing in a name or workdir depends on when or
+by whom the grid was launched, so launching the same grid again resumes every run.
+
+Shared by `launch/sweep.py` (local subprocesses, one after another) and `launch/xm_launch.py`
+(xmanager work units), which both compare the runs with `collect` + `tempo_jax.tempo.compare`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from tempo_jax.tempo.methods import METHODS, get_method
+from tempo_jax.train import storage
+from tempo_jax.train.metric_writers import read_jsonl
+
+RECALIBRATE_EVERY = "tempo.recalibrate_every"
+
+
+@dataclasses.dataclass(frozen=True)
+class GridPoint:
+    """One point of the grid.
+
+    Attributes:
+      method: a registered method name.
+      seed: config.seed.
+      recalibrate_every: config.tempo.recalibrate_every, or None to leave the config's value.
+    """
+
+    method: str
+    seed: int
+    recalibrate_every: int | None = None
+
+    @property
+    def label(self) -> str:
+        """Everything but the seed: the row this run is averaged into by the comparison."""
+        if self.recalibrate_every is None:
+            return self.method
+        return f"{self.method}-r{self.recalibrate_every}"
+
+    @property
+    def name(self) -> str:
+        """The run's name and workdir basename, e.g. `tempo-r2-s0`, `ttrl-s1`."""
+        return f"{self.label}-s{self.seed}"
+
+    def config_args(self) -> tuple[str, ...]:
+        """The `--config.*` arguments that select this point."""
+        out = (f"--config.method={self.method}", f"--config.seed={self.seed}")
+        if self.recalibrate_every is not None:
+            out += (f"--config.{RECALIBRATE_EVERY}={self.recalibrate_every}",)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class GridRun:
+    """A point with its workdir and its `tempo-jax train` command line."""
+
+    point: GridPoint
+    workdir: str
+    command: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.point.name
+
+    @property
+    def method(self) -> str:
+        return self.point.method
+
+
+def varies_with_recalibrate_every(method: str) -> bool:
+    """Whether `tempo.recalibrate_every` changes what `method` does (phased E-steps)."""
+    m = get_method(method)
+    return m.recalibrates and m.stream != "mixed"
+
+
+def points(
+    methods: Sequence[str], seeds: Sequence[int], recalibrate_every: Sequence[int] = ()
+) -> list[GridPoint]:
+    """The grid in method-major order; `recalibrate_every` values multiply only the methods that
+    recalibrate in phases (the others get one point per seed).
+
+    Raises:
+      ValueError: an unknown method, a repeated value, or a recalibrate_every < 1.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"--methods: unknown {unknown}; known: {sorted(METHODS)}")
+    for flag, values in (
+        ("--methods", methods),
+        ("--seeds", seeds),
+        ("--recalibrate_every", recalibrate_every),
+    ):
+        if len(set(values)) != len(values):
+            raise ValueError(f"{flag} must not repeat a value, got {list(values)}")
+    bad = [k for k in recalibrate_every if not isinstance(k, int) or k < 1]
+    if bad:
+        raise ValueError(f"--recalibrate_every values must be ints >= 1, got {bad}")
+    out = []
+    for method in methods:
+        ks: Sequence[int | None] = (None,)
+        if recalibrate_every and varies_with_recalibrate_every(method):
+            ks = recalibrate_every
+        out += [GridPoint(method, seed, k) for k, seed in itertools.product(ks, seeds)]
+    return out
+
+
+def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
+    """`KEY=VALUE` pairs (KEY is a dotted config field, without the `config.` prefix); the grid's
+    own axes are refused here (they come from the grid flags)."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or key.startswith("config."):
+            raise ValueError(f"--set expects KEY=VALUE with KEY like rollout.n, got {item!r}")
+        if key in ("method", "seed", RECALIBRATE_EVERY):
+            flag = {"method": "methods", "seed": "seeds"}.get(key, "recalibrate_every")
+            raise ValueError(f"--set {key}=...: use --{flag} for the grid")
+        out.append((key, value))
+    return out
+
+
+def runs(
+    config: str,
+    root: str,
+    grid_points: Sequence[GridPoint],
+    overrides: Sequence[tuple[str, str]],
+    executable: Sequence[str],
+    extra_args: Sequence[str] = (),
+) -> list[GridRun]:
+    """Each point's workdir (ROOT/<name>) and command:
+    `EXECUTABLE train --config=CONFIG --workdir=... <point args> --config.KEY=VALUE... EXTRA`."""
+    out = []
+    for point in grid_points:
+        workdir = os.path.join(root, point.name)
+        command = (
+            *executable,
+            "train",
+            f"--config={config}",
+            f"--workdir={workdir}",
+            *point.config_args(),
+            *(f"--config.{k}={v}" for k, v in overrides),
+            *extra_args,
+        )
+        out.append(GridRun(point, workdir, command))
+    return out
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """The grid's command-line flags (both launchers)."""
+    parser.add_argument("--config", required=True, help="config file (configs/X.py[:arg])")
+    parser.add_argument("--root", required=True, help="directory (or gs://) of the workdirs")
+    parser.add_argument("--methods", default="tempo,tempo_frozen,ttrl,empo,intuitor,rlvr")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--recalibrate_every", default="", help="e.g. 2,4 (phased methods)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+
+def runs_from_flags(
+    args: argparse.Namespace, executable: Sequence[str], extra_args: Sequence[str] = ()
+) -> list[GridRun]:
+    """The runs of the grid the `add_flags` flags describe.
+
+    Raises:
+      ValueError: a bad list, method, value or override (the message names the flag).
+    """
+
+    def ints(flag: str, text: str) -> list[int]:
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"{flag} expects comma-separated ints, got {text!r}") from None
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    grid_points = points(
+        methods, ints("--seeds", args.seeds), ints("--recalibrate_every", args.recalibrate_every)
+    )
+    overrides = parse_overrides(args.set)
+    return runs(args.config, args.root, grid_points, overrides, executable, extra_args)
+
+
+def collect(grid_runs: Sequence[GridRun]) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """`{name: (label, records)}` of the runs that wrote metrics, for `compare.write_comparison`
+    (runs of one label, i.e. differing only in the seed, are averaged together)."""
+    out = {}
+    for run in grid_runs:
+        path = os.path.join(run.workdir, "metrics.jsonl")
+        if storage.exists(path):
+            out[run.name] = (run.point.label, read_jsonl(path))
+    return out
