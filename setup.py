@@ -44,6 +44,10 @@ TEST_REQUIRES = [
     "transformers>=5.0,<6",
 ]
 
+# `tempo-jax compile --topology=v5p:2x2x4` on a CPU host: the TPU compiler, no TPU needed. The pin
+# is the libtpu that jax 0.10.2's own `tpu` extra requires.
+TPU_REQUIRES = ["libtpu==0.0.42.*"]
+
 setup(
     name="tempo_jax",
     version="0.1.0",
@@ -51,6 +55,11 @@ setup(
     packages=find_packages(include=["tempo_jax", "tempo_jax.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "gcs": GCS_REQUIRES, "xm": XM_REQUIRES},
+    extras_require={
+        "test": TEST_REQUIRES,
+        "gcs": GCS_REQUIRES,
+        "xm": XM_REQUIRES,
+        "tpu": TPU_REQUIRES,
+    },
     entry_points={"console_scripts": ["tempo-jax=tempo_jax.cli:run"]},
 )

@@ -21,7 +21,6 @@ def get_config(method: str = "") -> ml_collections.ConfigDict:
         method=method,
         prompts_per_step=256,
         prompts_per_update=64,
-        micro_batches=16,
         # (policy, critic) parameters: with AdamW states a checkpoint is 170 GB, so its
         # async save timeout is 1702 s at 100 MB/s -> 1800 s (tempo_jax/tempo/aime_recipe.py)
         params=(7.30e9, 6.89e9),

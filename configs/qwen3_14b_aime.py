@@ -21,7 +21,6 @@ def get_config(method: str = "") -> ml_collections.ConfigDict:
         method=method,
         prompts_per_step=128,
         prompts_per_update=32,
-        micro_batches=16,
         # (policy, critic) parameters: with AdamW states a checkpoint is 345 GB, so its
         # async save timeout is 3451 s at 100 MB/s -> 3600 s (tempo_jax/tempo/aime_recipe.py)
         params=(14.77e9, 13.99e9),

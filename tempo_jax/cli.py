@@ -3,6 +3,7 @@
     tempo-jax train  --config=configs/tiny_arith.py --workdir=DIR [--config.key=value ...]
     tempo-jax sft    --config=configs/tiny_arith.py --workdir=DIR
     tempo-jax export --workdir=DIR [--step=N] --out=HF_DIR
+    tempo-jax compile --config=configs/X.py --topology=v5p:2x2x4|cpu [--out=F.json] [--hbm_gib=N]
 
 `train` runs SFT (if `sft.steps > 0`), the critic warm-up and test-time training, writing
 DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/, DIR/summary.txt and DIR/eval_curves.png;
@@ -11,7 +12,9 @@ extra unless TensorFlow is installed), and so may HF_DIR. SIGTERM / SIGINT finis
 save and exit 0.
 `sft` runs only the fine-tuning stage (DIR/sft/). `export` writes checkpoint N (default: the
 newest good one) as Hugging Face checkpoints HF_DIR/policy (and HF_DIR/critic when the method has
-a critic) that `transformers` loads.
+a critic) that `transformers` loads. `compile` compiles every function the run would execute
+for a TPU topology (needs the `tpu` extra, no TPU) or the local devices, prints per-chip memory
+against HBM (and writes it as JSON with --out) and exits 1 naming any function that does not fit.
 
 Multi-process runs (a TPU pod, several GPU hosts): start the same command on every host with
 `config.parallel.distributed` (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) set;
@@ -35,9 +38,16 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, checkpoints and plots.")
 _STEP = flags.DEFINE_integer("step", None, "export: checkpoint step (default: the newest good).")
-_OUT = flags.DEFINE_string("out", None, "export: output directory of the HF checkpoints.")
+_OUT = flags.DEFINE_string(
+    "out", None, "export: output directory of the HF checkpoints; compile: report JSON file."
+)
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", "cpu", "compile: a TPU topology (v5p:2x2x4, v6e:4x8, ...) or cpu (local devices)."
+)
+_HBM_GIB = flags.DEFINE_float("hbm_gib", None, "compile: memory per chip in GiB (default: spec).")
+_ONLY = flags.DEFINE_list("only", [], "compile: only these functions (names or keys).")
 
-COMMANDS = ("train", "sft", "export")
+COMMANDS = ("train", "sft", "export", "compile")
 
 
 def _fail(message: str) -> None:
@@ -61,6 +71,33 @@ def _export() -> None:
         print(f"{role}: {path}")
 
 
+def _compile(config) -> None:
+    import jax
+
+    if _TOPOLOGY.value != "cpu":  # an abstract TPU topology compiles on the host backend
+        jax.config.update("jax_platforms", "cpu")
+    from tempo_jax.tempo.compile_report import compile_report
+
+    try:
+        report = compile_report(
+            config,
+            _TOPOLOGY.value,
+            config_name=config_flags.get_config_filename(flags.FLAGS["config"]),
+            hbm_gib=_HBM_GIB.value,
+            only=tuple(_ONLY.value),
+        )
+    except ValueError as e:
+        _fail(str(e))
+    print(report.table())
+    if _OUT.value:
+        with open(_OUT.value, "w", encoding="utf-8") as f:
+            f.write(report.to_json() + "\n")
+        print(f"report: {_OUT.value}")
+    failed = report.failures()
+    if failed:
+        _fail("does not fit: " + "; ".join(f"{f.name} ({f.status}: {f.message})" for f in failed))
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(
@@ -70,9 +107,19 @@ def main(argv: list[str]) -> None:
     if argv[1] == "export":
         _export()
         return
+    from tempo_jax.tempo.config_validation import ConfigError, check_paths, validate
+
+    if argv[1] == "compile":
+        if _CONFIG.value is None:
+            raise app.UsageError("--config is required")
+        try:  # no paths are read: weights, data and tokenizer are not needed
+            validate(_CONFIG.value)
+        except ConfigError as e:
+            _fail(str(e))
+        _compile(_CONFIG.value)
+        return
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config and --workdir are required")
-    from tempo_jax.tempo.config_validation import ConfigError, check_paths, validate
     from tempo_jax.train.checkpointing import (
         CheckpointDirectoryError,
         CheckpointError,

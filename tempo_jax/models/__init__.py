@@ -21,6 +21,7 @@ Public API (shapes: B rows, T tokens, P prompt tokens, S_max cache slots, D widt
   KV_CACHE_LOGICAL_AXES; positions_from_mask(attention_mask) -> [B, T]   (decoder.py)
   load_hf(path, role="policy"|"critic", dtype="float32", param_dtype=None)  (hf_io.py)
   save_hf(model, path, max_shard_bytes=5 GiB)
+  read_hf_config(path, role, dtype, param_dtype) -> (ModelConfig, extras); no weights read
   CheckpointError                                                        (errors.py)
 
 Batches are left-padded; positions are cumsum(attention_mask) - 1. Everything is pure over
@@ -36,7 +37,7 @@ from tempo_jax.models.decoder import (
     positions_from_mask,
 )
 from tempo_jax.models.errors import CheckpointError
-from tempo_jax.models.hf_io import load_hf, save_hf
+from tempo_jax.models.hf_io import load_hf, read_hf_config, save_hf
 from tempo_jax.models.roles import (
     Critic,
     Policy,
@@ -60,6 +61,7 @@ __all__ = [
     "init_cache",
     "load_hf",
     "positions_from_mask",
+    "read_hf_config",
     "save_hf",
     "with_attention",
     "with_dtypes",

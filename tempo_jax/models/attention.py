@@ -11,7 +11,8 @@ a static choice (`ModelConfig.attention`):
   S <= block_size takes the dense path (one block; nothing to save).
 - `splash`: the Pallas TPU kernel (`jax.experimental.pallas.ops.tpu.splash_attention`); padding
   becomes segment ids (padding 0, tokens 1: a token never sees padding), the causal / sliding
-  window a static `CausalMask` / `LocalMask`. `interpret=True` runs it on CPU (tests).
+  window a static `CausalMask` / `LocalMask`. `interpret=True` runs it on CPU (tests); under an
+  activation-sharding context it runs per shard of its mesh.
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")`; each left-padded row is
   rotated to right padding (its tokens must be one contiguous run, as every batch here is) so
   that cuDNN's sequence lengths express the padding.
@@ -39,7 +40,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tempo_jax.parallel.activations import ActivationSharding
+
 IMPLEMENTATIONS = ("auto", "dense", "blockwise", "splash", "cudnn")
+
+# Logical axes of queries / attention outputs [B, T, H, Dh] and keys / values [B, T, K, Dh]: the
+# decoder's activation constraints, and the per-shard layout of the splash kernel.
+QUERY_AXES = ("batch", "length", "activation_heads", None)
+KEY_AXES = ("batch", "length", "activation_kv_heads", None)
 
 # Bigger than any slot distance: the window of a full-attention layer.
 NO_WINDOW = 2**30
@@ -115,6 +123,7 @@ def attention(
     self_attention: bool,
     block_size: int = 512,
     interpret: bool = False,
+    sharding: ActivationSharding | None = None,
 ) -> jax.Array:
     """Scaled dot-product attention; query head n uses key/value head n // G (`repeat_kv`).
 
@@ -131,6 +140,8 @@ def attention(
       self_attention: queries and keys are the same slots (T == S): prefill, training.
       block_size: key block of `blockwise`.
       interpret: run the splash kernel in Pallas interpret mode (CPU tests).
+      sharding: the activation-sharding context the caller is traced in (splash runs per shard
+        of it); None = one device.
 
     Returns:
       [B, T, H, Dh] in `dtype`.
@@ -143,7 +154,7 @@ def attention(
             splash_attention if impl == "splash" else cudnn_attention, dtype=dtype
         )
         if impl == "splash":
-            fn = functools.partial(fn, interpret=interpret)
+            fn = functools.partial(fn, interpret=interpret, sharding=sharding)
         if window is None or sliding is False:
             return fn(q, k, v, slots.key_valid, window=None)
         if sliding is True:
@@ -426,6 +437,7 @@ def splash_attention(
     window: int | None,
     dtype: jnp.dtype,
     interpret: bool = False,
+    sharding: ActivationSharding | None = None,
 ) -> jax.Array:
     """Causal (or sliding-window) self-attention by the Pallas splash kernel.
 
@@ -438,42 +450,38 @@ def splash_attention(
       window: sliding window or None (causal).
       dtype: compute dtype of the kernel's operands and output.
       interpret: Pallas interpret mode (runs on CPU).
-
-    Under a mesh context (`jax.set_mesh`) the kernel runs per shard (`jax.shard_map`): rows
-    split over the mesh's `data` / `fsdp` axes and heads over `tensor`, where they divide.
+      sharding: an activation-sharding context (`tempo_jax.parallel.activation_sharding`, which
+        every compiled step, forward and sampler is traced in): the kernel then runs per shard
+        (`jax.shard_map` over its mesh), q / out split as QUERY_AXES and k / v as KEY_AXES by
+        its rules (rows over the batch axes, heads over tensor), the layout the decoder
+        constrains them to. A Pallas kernel is opaque to XLA's partitioner, which would
+        otherwise gather every operand onto every chip. None: one device.
 
     Returns:
       [B, T, H, Dh] in `dtype`.
+
+    Raises:
+      ValueError: under `sharding`, when its mesh axes do not divide the rows or heads (as
+        every activation constraint does, rather than replicate).
     """
-    mesh = jax.sharding.get_abstract_mesh()
     run = functools.partial(_splash_local, window=window, dtype=dtype, interpret=interpret)
-    if mesh.empty:
+    if sharding is None:
         return run(q, k, v, key_valid)
-    # A Pallas kernel is opaque to XLA's partitioner, which would gather every operand onto
-    # every chip: run it per shard instead, rows over the batch axes, heads over tensor.
-    batch_axes = _dividing_axes(mesh, ("data", "fsdp"), q.shape[0])
-    head_axes = _dividing_axes(mesh, ("tensor",), math.gcd(q.shape[2], k.shape[2]))
-    rows = batch_axes or None
-    heads = head_axes or None
-    spec = jax.sharding.PartitionSpec(rows, None, heads, None)
+    query = sharding.sharding(q.shape, QUERY_AXES).spec
+    keys = sharding.sharding(k.shape, KEY_AXES).spec
+    valid = sharding.sharding(key_valid.shape, QUERY_AXES[:2]).spec
+    if query[2] != keys[2]:  # each shard's query heads must use its own key / value heads
+        raise ValueError(
+            f"splash attention: query heads split over {query[2]} but key / value heads over "
+            f"{keys[2]}; give the rules activation_heads and activation_kv_heads the same axes"
+        )
     return jax.shard_map(
         run,
-        mesh=mesh,
-        in_specs=(spec, spec, spec, jax.sharding.PartitionSpec(rows, None)),
-        out_specs=spec,
+        mesh=sharding.mesh,
+        in_specs=(query, keys, keys, valid),
+        out_specs=query,
         check_vma=False,
     )(q, k, v, key_valid)
-
-
-def _dividing_axes(mesh, names: tuple[str, ...], size: int) -> tuple[str, ...]:
-    """The mesh axes among `names` (of size > 1) whose product divides `size`."""
-    axes, product = [], 1
-    for name in names:
-        if name in mesh.axis_names and mesh.shape[name] > 1:
-            if size % (product * mesh.shape[name]) == 0:
-                axes.append(name)
-                product *= mesh.shape[name]
-    return tuple(axes)
 
 
 def _splash_local(q, k, v, key_valid, *, window, dtype, interpret):

@@ -22,6 +22,14 @@ Block (per layer l, x the residual stream, transformers' semantics):
 Padding: batches are left-padded. Positions (for RoPE) are `cumsum(attention_mask) - 1` clipped
 at 0 and padded keys are masked; padding queries produce finite garbage that callers mask out.
 
+Sharding: traced inside `tempo_jax.parallel.activation_sharding(mesh, rules)`, the residual
+stream is constrained to (batch, length, activation_embed), queries / attention outputs to
+(batch, length, activation_heads, -), keys / values to (batch, length, activation_kv_heads, -)
+and the MLP hidden to (batch, length, activation_mlp), so activations stay split by rows (and
+heads over `tensor`) whatever the parameters' layout; the splash attention kernel runs per shard
+of that same layout (`attention.splash_attention`). Outside such a context the model is
+mesh-agnostic and the constraints are not applied.
+
 KV cache: `KVCache(k, v)` with k, v [L, B, S_max, K, Dh] in the compute dtype; logical axes
 `KV_CACHE_LOGICAL_AXES`. Slot s of row b holds the key/value of the token fed at slot s; the
 sampler tracks which slots are real with a [B, S_max] bool `key_mask`. See `Decoder.prefill`
@@ -40,9 +48,19 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tempo_jax.models import attention, layers
+from tempo_jax.models.attention import KEY_AXES, QUERY_AXES
 from tempo_jax.models.config import ModelConfig
+from tempo_jax.parallel.activations import (
+    ActivationSharding,
+    constrain,
+    current_activation_sharding,
+)
 
 KV_CACHE_LOGICAL_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+# Logical axes of the activations the blocks constrain (see tempo_jax.parallel.activations;
+# queries / attention outputs and keys / values: attention.QUERY_AXES / KEY_AXES).
+RESIDUAL_AXES = ("batch", "length", "activation_embed")  # x [B, T, D]
+MLP_AXES = ("batch", "length", "activation_mlp")  # MLP hidden [B, T, F]
 
 
 @flax.struct.dataclass
@@ -147,6 +165,11 @@ class _Attend(NamedTuple):
     slots: attention.Slots  # query / key slots and key validity (no [B, T, S] mask)
     index: jax.Array | None  # int32 scalar: cache slot of the first query; None without cache
     attend_cache: bool  # attend over the whole cache (decode) or only the new chunk (prefill)
+    sharding: ActivationSharding | None = None  # activation constraints; None = none
+
+
+def _shard(x: jax.Array, names: tuple, sharding: ActivationSharding | None) -> jax.Array:
+    return x if sharding is None else constrain(x, names, sharding)
 
 
 def _attend_context(
@@ -155,14 +178,16 @@ def _attend_context(
     slots: attention.Slots,
     index: jax.Array | None,
     attend_cache: bool,
+    sharding: ActivationSharding | None,
 ) -> _Attend:
-    """Rotary tables of both layer kinds for `positions` [B, T], with the call's slots."""
+    """Rotary tables of both layer kinds for `positions` [B, T], with the call's slots and
+    activation-sharding context."""
     rope_full = layers.rope_cos_sin(positions, c.rope, c.head_dim)
     if c.resolved_sliding_rope == c.rope:
         rope_sliding = rope_full
     else:
         rope_sliding = layers.rope_cos_sin(positions, c.resolved_sliding_rope, c.head_dim)
-    return _Attend(rope_full, rope_sliding, slots, index, attend_cache)
+    return _Attend(rope_full, rope_sliding, slots, index, attend_cache, sharding)
 
 
 def _block(
@@ -178,6 +203,7 @@ def _block(
     c = config
     dtype = c.compute_dtype
     eps = c.rms_norm_eps
+    x = _shard(x, RESIDUAL_AXES, ctx.sharding)
 
     attn_in = layers.rms_norm(x, p["input_layernorm"], eps) if c.arch == "qwen3" else x
     q = layers.dense(attn_in, p["q_proj"].astype(dtype))
@@ -195,8 +221,9 @@ def _block(
         sin = jnp.where(is_sliding, ctx.rope_sliding[1], ctx.rope_full[1])
     else:
         cos, sin = ctx.rope_full
-    q = layers.apply_rope(q, cos, sin)
-    k = layers.apply_rope(k, cos, sin)
+    q = _shard(layers.apply_rope(q, cos, sin), QUERY_AXES, ctx.sharding)
+    k = _shard(layers.apply_rope(k, cos, sin), KEY_AXES, ctx.sharding)
+    v = _shard(v, KEY_AXES, ctx.sharding)
 
     if cache_k is not None:
         start = (0, ctx.index, 0, 0)
@@ -215,18 +242,27 @@ def _block(
         dtype=dtype,
         self_attention=not ctx.attend_cache,
         block_size=c.attention_block_size,
+        sharding=ctx.sharding,
     )
+    attn = _shard(attn, QUERY_AXES, ctx.sharding)
     attn_out = layers.dense(attn, p["o_proj"].astype(dtype), contract=2)
+
+    def mlp(hidden: jax.Array) -> jax.Array:
+        return _shard(hidden, MLP_AXES, ctx.sharding)
 
     if c.arch == "qwen3":
         x = x + attn_out
         mlp_in = layers.rms_norm(x, p["post_attention_layernorm"], eps)
-        x = x + layers.swiglu(mlp_in, p["gate_proj"], p["up_proj"], p["down_proj"], dtype=dtype)
+        x = x + layers.swiglu(
+            mlp_in, p["gate_proj"], p["up_proj"], p["down_proj"], dtype=dtype, constrain_hidden=mlp
+        )
     else:
         x = x + layers.rms_norm(attn_out, p["post_attention_layernorm"], eps)
-        mlp_out = layers.swiglu(x, p["gate_proj"], p["up_proj"], p["down_proj"], dtype=dtype)
+        mlp_out = layers.swiglu(
+            x, p["gate_proj"], p["up_proj"], p["down_proj"], dtype=dtype, constrain_hidden=mlp
+        )
         x = x + layers.rms_norm(mlp_out, p["post_feedforward_layernorm"], eps)
-    return x, cache_k, cache_v
+    return _shard(x, RESIDUAL_AXES, ctx.sharding), cache_k, cache_v
 
 
 class Decoder(nnx.Module):
@@ -340,6 +376,7 @@ class Decoder(nnx.Module):
         return _decoder_forward(
             _trunk_config(self.config),
             attend_cache,
+            current_activation_sharding(),
             self.embed_tokens[...],
             self.layers.arrays(),
             self.norm[...],
@@ -371,10 +408,13 @@ def _trunk_config(config: ModelConfig) -> ModelConfig:
 # jit with the (hashable) config static: eager calls of a model reuse one compiled executable
 # per config and shape instead of re-tracing the scan each call; under an outer jit / grad the
 # inner jit is inlined and costs nothing.
-@functools.partial(jax.jit, static_argnums=(0, 1))
+# The activation-sharding context is static too: a trace under one mesh is never reused for
+# another (or for an unconstrained call).
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _decoder_forward(
     c: ModelConfig,
     attend_cache: bool,
+    sharding: ActivationSharding | None,
     embed: jax.Array,
     stacked: dict[str, jax.Array],
     final_norm: jax.Array,
@@ -387,10 +427,10 @@ def _decoder_forward(
     index: jax.Array | None,
 ) -> tuple[jax.Array, KVCache | None]:
     """The trunk as a pure function of arrays; see Decoder.__call__ / prefill / decode."""
-    x = jnp.take(embed, tokens, axis=0).astype(c.compute_dtype)
+    x = _shard(jnp.take(embed, tokens, axis=0).astype(c.compute_dtype), RESIDUAL_AXES, sharding)
 
     slots = attention.Slots(query_slots, key_slots, key_valid)
-    ctx = _attend_context(c, positions, slots, index, attend_cache)
+    ctx = _attend_context(c, positions, slots, index, attend_cache, sharding)
     is_sliding = jnp.asarray(
         [kind == "sliding_attention" for kind in c.resolved_layer_types], dtype=bool
     )
@@ -404,6 +444,6 @@ def _decoder_forward(
         body = jax.checkpoint(body)
     cache_xs = (None, None) if cache is None else (cache.k, cache.v)
     x, (new_k, new_v) = jax.lax.scan(body, x, (stacked, is_sliding, *cache_xs))
-    hidden = layers.rms_norm(x, final_norm, c.rms_norm_eps)
+    hidden = _shard(layers.rms_norm(x, final_norm, c.rms_norm_eps), RESIDUAL_AXES, sharding)
     new_cache = None if cache is None else KVCache(k=new_k, v=new_v)
     return hidden, new_cache

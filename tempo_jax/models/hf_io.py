@@ -1,36 +1,47 @@
 """Import / export of transformers checkpoint directories (config.json + safetensors). No network.
 
-    load_hf(path, role="policy" | "critic", dtype="float32", param_dtype=None) -> Policy | Critic
+    load_hf(path, role="policy" | "critic", dtype="float32", param_dtype=None, mesh=None,
+            rules=None) -> Policy | Critic
     save_hf(model, path, max_shard_bytes=5 GiB) -> None
 
 A directory holds config.json and either model.safetensors or shards listed in
-model.safetensors.index.json. Tensor names and layouts are transformers' (`model.layers.{i}.
-self_attn.q_proj.weight` [H*Dh, D], ...); this module renames, transposes and stacks them into the
-[L, ...] parameters of `DecoderLayers`. Every tensor is checked (present, expected, right shape,
-floating dtype) before the model is built; any problem raises one `CheckpointError` naming the
+model.safetensors.index.json; `tempo_jax.models.hf_layout` maps transformers' tensors to our
+stacked [L, ...] parameters. Every tensor header is checked (present, expected, right shape,
+floating dtype) before any weight is read; any problem raises one `CheckpointError` naming the
 file and the tensor, so a load is never partial. Weights are read with safetensors only (no
-pickle).
+pickle), slice by slice: with a mesh each process reads only the bytes of its own shards. A save
+gathers one tensor at a time and streams it into the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
-from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from tempo_jax.models.config import ModelConfig, dtype_name
 from tempo_jax.models.errors import CheckpointError
 from tempo_jax.models.hf_config import ROLES, config_from_hf, config_to_hf
+from tempo_jax.models.hf_layout import (
+    TensorSpec,
+    bounds,
+    read_layer_slice,
+    slices,
+    tensor_specs,
+    to_hf,
+)
 from tempo_jax.models.roles import Critic, Policy
+from tempo_jax.parallel.multihost import host_from_global
+from tempo_jax.parallel.shardings import state_shardings
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -39,106 +50,6 @@ INDEX_FILE = "model.safetensors.index.json"
 # safetensors dtype tags that convert losslessly enough to float32 / bfloat16 weights.
 _FLOAT_TAGS = {"F64", "F32", "F16", "BF16"}
 _NUMPY_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
-
-
-# --- layouts: (our stacked name, transformers suffix under model.layers.{i}., kind) -------------
-# kinds: "same" (same shape), "heads_in" (ours [D, N, Dh] <-> hf [N*Dh, D]),
-# "heads_out" (ours [H, Dh, D] <-> hf [D, H*Dh]), "transpose" (ours [A, B] <-> hf [B, A]),
-# "flat" (ours [N, Dh] <-> hf [N*Dh]), "reshape" (unstacked, same values, e.g. score [1, D]).
-def _layer_layout(config: ModelConfig) -> list[tuple[str, str, str]]:
-    layout = []
-    if config.arch == "qwen3":
-        layout.append(("input_layernorm", "input_layernorm.weight", "same"))
-    layout += [
-        ("q_proj", "self_attn.q_proj.weight", "heads_in"),
-        ("k_proj", "self_attn.k_proj.weight", "heads_in"),
-        ("v_proj", "self_attn.v_proj.weight", "heads_in"),
-        ("o_proj", "self_attn.o_proj.weight", "heads_out"),
-    ]
-    norm_kind = "same" if config.arch == "qwen3" else "flat"
-    layout += [
-        ("q_norm", "self_attn.q_norm.weight", norm_kind),
-        ("k_norm", "self_attn.k_norm.weight", norm_kind),
-        ("post_attention_layernorm", "post_attention_layernorm.weight", "same"),
-    ]
-    if config.arch == "olmo3":
-        layout.append(("post_feedforward_layernorm", "post_feedforward_layernorm.weight", "same"))
-    layout += [
-        ("gate_proj", "mlp.gate_proj.weight", "transpose"),
-        ("up_proj", "mlp.up_proj.weight", "transpose"),
-        ("down_proj", "mlp.down_proj.weight", "transpose"),
-    ]
-    return layout
-
-
-def _hf_shape(kind: str, ours: tuple[int, ...]) -> tuple[int, ...]:
-    if kind == "same":
-        return ours
-    if kind == "heads_in":
-        return (ours[1] * ours[2], ours[0])
-    if kind == "heads_out":
-        return (ours[2], ours[0] * ours[1])
-    if kind == "transpose":
-        return (ours[1], ours[0])
-    if kind == "flat":
-        return (ours[0] * ours[1],)
-    raise AssertionError(kind)
-
-
-def _from_hf(kind: str, x: np.ndarray, ours: tuple[int, ...]) -> np.ndarray:
-    if kind in ("same", "flat"):
-        return x.reshape(ours)
-    if kind == "transpose":
-        return x.T
-    return x.T.reshape(ours)  # heads_in, heads_out
-
-
-def _to_hf(kind: str, x: np.ndarray) -> np.ndarray:
-    if kind == "same":
-        return x
-    if kind == "flat":
-        return x.reshape(-1)
-    if kind == "transpose":
-        return x.T
-    if kind == "heads_in":
-        return x.reshape(x.shape[0], -1).T
-    return x.reshape(-1, x.shape[-1]).T  # heads_out
-
-
-class _Spec:
-    """One transformers tensor: its expected shape and where it lands in our parameters."""
-
-    def __init__(self, target: tuple[str, ...], layer: int | None, kind: str, shape: tuple):
-        self.target = target  # path of our Param, e.g. ("model", "layers", "q_proj")
-        self.layer = layer  # index on the stacked axis, None for unstacked params
-        self.kind = kind
-        self.shape = shape  # transformers' shape
-
-
-def _specs(model: Policy | Critic) -> dict[str, _Spec]:
-    """transformers tensor name -> _Spec, from an (abstract) model's parameter shapes."""
-    c = model.config
-    specs: dict[str, _Spec] = {}
-    stacked = model.model.layers
-    for ours, suffix, kind in _layer_layout(c):
-        layer_shape = tuple(getattr(stacked, ours).shape[1:])
-        for i in range(c.num_layers):
-            specs[f"model.layers.{i}.{suffix}"] = _Spec(
-                ("model", "layers", ours), i, kind, _hf_shape(kind, layer_shape)
-            )
-    specs["model.embed_tokens.weight"] = _Spec(
-        ("model", "embed_tokens"), None, "same", (c.vocab_size, c.hidden_size)
-    )
-    specs["model.norm.weight"] = _Spec(("model", "norm"), None, "same", (c.hidden_size,))
-    if isinstance(model, Policy):
-        if not c.tie_word_embeddings:
-            specs["lm_head.weight"] = _Spec(
-                ("lm_head",), None, "same", (c.vocab_size, c.hidden_size)
-            )
-    else:
-        specs["score.weight"] = _Spec(("score_kernel",), None, "reshape", (1, c.hidden_size))
-        specs["score.bias"] = _Spec(("score_bias",), None, "reshape", (1,))
-    return specs
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -188,43 +99,78 @@ def _tensor_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
     )
 
 
-def _read_tensors(
-    files: dict[str, pathlib.Path],
-    specs: dict[str, _Spec],
-    on_tensor: Callable[[str, _Spec, np.ndarray], None],
-) -> None:
-    """Checks every tensor's shape and dtype, then hands it to `on_tensor` (file by file)."""
-    by_file: dict[pathlib.Path, list[str]] = {}
-    for name, file in files.items():
-        by_file.setdefault(file, []).append(name)
-    for file, names in by_file.items():
-        try:
-            handle = safe_open(file, framework="numpy")
-        except Exception as e:
-            raise CheckpointError(file, f"not a readable safetensors file: {e}") from e
-        with handle as f:
-            present = set(f.keys())
-            for name in names:
-                if name not in present:
-                    raise CheckpointError(
-                        file, "listed in the index but not in the file", tensor=name
-                    )
-                spec = specs[name]
-                view = f.get_slice(name)
-                tag = view.get_dtype()
-                shape = tuple(view.get_shape())
-                if shape != spec.shape:
-                    raise CheckpointError(
-                        file, f"shape mismatch: expected {spec.shape}, found {shape}", tensor=name
-                    )
-                if tag not in _FLOAT_TAGS:
-                    raise CheckpointError(
-                        file,
-                        f"dtype {tag} cannot be converted to a floating-point weight "
-                        f"(accepted: {sorted(_FLOAT_TAGS)})",
-                        tensor=name,
-                    )
-                on_tensor(name, spec, f.get_tensor(name))
+class _Reader:
+    """Reads slices of checkpoint tensors from their safetensors files (memory-mapped: a slice
+    costs its own bytes), after checking every tensor's header; counts the bytes read."""
+
+    def __init__(self, files: dict[str, pathlib.Path], stack: contextlib.ExitStack):
+        self.files = files
+        self.bytes_read = 0
+        self._stack = stack
+        self._handles: dict[pathlib.Path, Any] = {}
+
+    def _handle(self, file: pathlib.Path):
+        if file not in self._handles:
+            try:
+                handle = safe_open(file, framework="numpy")
+            except Exception as e:  # safetensors raises several types for a corrupt header
+                raise CheckpointError(file, f"not a readable safetensors file: {e}") from e
+            self._handles[file] = self._stack.enter_context(handle)
+        return self._handles[file]
+
+    def check(self, specs: dict[str, TensorSpec]) -> None:
+        """Every listed tensor is in its file with the expected shape and a float dtype."""
+        present: dict[pathlib.Path, set[str]] = {}
+        for name, file in self.files.items():
+            handle = self._handle(file)
+            if file not in present:
+                present[file] = set(handle.keys())
+            if name not in present[file]:
+                raise CheckpointError(file, "listed in the index but not in the file", tensor=name)
+            view = handle.get_slice(name)
+            tag, shape, spec = view.get_dtype(), tuple(view.get_shape()), specs[name]
+            if shape != spec.shape:
+                raise CheckpointError(
+                    file, f"shape mismatch: expected {spec.shape}, found {shape}", tensor=name
+                )
+            if tag not in _FLOAT_TAGS:
+                raise CheckpointError(
+                    file,
+                    f"dtype {tag} cannot be converted to a floating-point weight "
+                    f"(accepted: {sorted(_FLOAT_TAGS)})",
+                    tensor=name,
+                )
+
+    def read(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        """tensor[index] (a tuple of slices over transformers' layout)."""
+        x = self._handle(self.files[name]).get_slice(name)[index] if index else None
+        if x is None:  # a 0-d index: the whole (tiny) tensor
+            x = self._handle(self.files[name]).get_tensor(name)
+        self.bytes_read += x.nbytes
+        return x
+
+
+def read_hf_config(
+    path: str | os.PathLike, role: str = "policy", dtype: object = "float32", param_dtype=None
+) -> tuple[ModelConfig, dict[str, Any]]:
+    """The ModelConfig of a checkpoint directory's config.json (no weights are read).
+
+    Returns:
+      (config, extras), extras["score_bias"] saying whether a critic has a `score.bias`.
+
+    Raises:
+      CheckpointError: naming config.json when it is missing, unparsable or unsupported.
+    """
+    dtype = dtype_name(dtype)
+    param_dtype = dtype if param_dtype is None else dtype_name(param_dtype)
+    config_path = pathlib.Path(path) / CONFIG_FILE
+    return config_from_hf(
+        _read_json(config_path),
+        role=role,
+        source=str(config_path),
+        param_dtype=param_dtype,
+        dtype=dtype,
+    )
 
 
 def load_hf(
@@ -232,8 +178,18 @@ def load_hf(
     role: str = "policy",
     dtype: object = "float32",
     param_dtype: object = None,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: Any = None,
+    read_bytes: list[int] | None = None,
 ) -> Policy | Critic:
     """Loads a transformers checkpoint directory as a Policy or a Critic.
+
+    With a `mesh`, every parameter is created directly in its sharding (from its logical axes
+    under `rules`) by `jax.make_array_from_callback`: each process reads from the safetensors
+    files only the slices its own devices hold (each distinct slice once), so no host ever holds
+    the whole model and no device a whole unsharded weight. Without one, the parameters are
+    read whole onto JAX's default device.
 
     Args:
       path: directory with config.json and model.safetensors or model.safetensors.index.json +
@@ -241,37 +197,33 @@ def load_hf(
       role: "policy" (`*ForCausalLM`) or "critic" (`*ForTokenClassification`, num_labels=1).
       dtype: compute dtype, "float32" or "bfloat16".
       param_dtype: parameter dtype; defaults to `dtype`.
+      mesh: shard the parameters over this mesh (None: one device).
+      rules: logical-axis rules for `tempo_jax.parallel` (default rules when None).
+      read_bytes: if given, the number of tensor bytes this process read is appended.
 
     Returns:
-      The model, parameters on JAX's default device.
+      The model.
 
     Raises:
       CheckpointError: missing directory / file, unknown architecture, role mismatch, missing
         or unexpected tensor, shape mismatch or non-float dtype; the message names the file and
-        the tensor. Nothing is returned on error.
+        the tensor. Every header is checked before any weight is read; nothing is returned on
+        error.
+      ValueError: a parameter dimension the mesh does not divide (from `tempo_jax.parallel`).
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     directory = pathlib.Path(path)
     if not directory.is_dir():
         raise CheckpointError(directory, "checkpoint directory not found")
-    dtype = dtype_name(dtype)
-    param_dtype = dtype if param_dtype is None else dtype_name(param_dtype)
-    config_path = directory / CONFIG_FILE
-    config, extras = config_from_hf(
-        _read_json(config_path),
-        role=role,
-        source=str(config_path),
-        param_dtype=param_dtype,
-        dtype=dtype,
-    )
+    config, extras = read_hf_config(directory, role, dtype, param_dtype)
     cls = Policy if role == "policy" else Critic
     abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
-    specs = _specs(abstract)
+    specs = tensor_specs(abstract)
     optional: set[str] = set()
     if role == "policy" and config.tie_word_embeddings:
         # Some tied checkpoints still store lm_head.weight; it must then equal the embedding.
-        specs["lm_head.weight"] = _Spec(
+        specs["lm_head.weight"] = TensorSpec(
             ("tied",), None, "same", (config.vocab_size, config.hidden_size)
         )
         optional.add("lm_head.weight")
@@ -294,69 +246,136 @@ def load_hf(
             tensor=unexpected[0],
         )
 
-    np_dtype = _NUMPY_DTYPES[param_dtype]
-    buffers: dict[tuple[str, ...], np.ndarray] = {}
-    state = nnx.state(abstract)
-    for spec in specs.values():
-        if spec.target != ("tied",) and spec.target not in buffers:
-            leaf = _get_path(state, spec.target)
-            buffers[spec.target] = np.empty(leaf.shape, np_dtype)
-    tied_head: list[tuple[str, np.ndarray]] = []
+    by_target: dict[tuple[str, ...], dict[int | None, tuple[str, TensorSpec]]] = {}
+    for name, spec in specs.items():
+        if name in files:
+            by_target.setdefault(spec.target, {})[spec.layer] = (name, spec)
+    np_dtype = _NUMPY_DTYPES[config.param_dtype]
+    graphdef, state = nnx.split(abstract)
+    shardings = None if mesh is None else state_shardings(state, mesh, rules)
+    with contextlib.ExitStack() as stack:
+        reader = _Reader(files, stack)
+        reader.check(specs)
 
-    def on_tensor(name: str, spec: _Spec, x: np.ndarray) -> None:
-        if spec.target == ("tied",):
-            tied_head.append((name, x))
-            return
-        buf = buffers[spec.target]
-        if spec.layer is None:
-            buf[...] = x.reshape(buf.shape).astype(np_dtype)
-        else:
-            buf[spec.layer] = _from_hf(spec.kind, x, buf.shape[1:]).astype(np_dtype)
+        def read(target: tuple[str, ...], shape: tuple[int, ...], index: tuple) -> np.ndarray:
+            """Our parameter `target`'s slice `index`, in the parameter dtype."""
+            if target == ("score_bias",) and target not in by_target:
+                return np.zeros((), np_dtype)  # a checkpoint without score.bias
+            sources = by_target[target]
+            if None in sources:  # unstacked
+                name, spec = sources[None]
+                x = read_layer_slice(reader.read, name, spec.kind, shape, index)
+                x = x.astype(np_dtype)
+                if target == ("model", "embed_tokens") and ("tied",) in by_target:
+                    head = by_target[("tied",)][None][0]
+                    if not np.array_equal(reader.read(head, slices(index, shape)), x):
+                        raise CheckpointError(
+                            reader.files[head],
+                            "tie_word_embeddings is true but lm_head.weight differs from the "
+                            "embedding",
+                            tensor=head,
+                        )
+                return x
+            parts = []
+            for layer in range(*bounds(index[:1], shape[:1])[0]):
+                name, spec = sources[layer]
+                parts.append(read_layer_slice(reader.read, name, spec.kind, shape[1:], index[1:]))
+            return np.stack(parts).astype(np_dtype)
 
-    _read_tensors(files, specs, on_tensor)
-    for name, x in tied_head:
-        embed = buffers[("model", "embed_tokens")]
-        if not np.array_equal(x.astype(np_dtype), embed):
-            raise CheckpointError(
-                files[name],
-                "tie_word_embeddings is true but lm_head.weight differs from the embedding",
-                tensor=name,
-            )
-
-    if role == "critic" and not extras["score_bias"]:
-        buffers[("score_bias",)] = np.zeros((), np_dtype)
-    model = nnx.merge(*nnx.split(abstract))
-    for target, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Param):
-            if tuple(target) not in buffers:  # a layout bug, not a checkpoint problem
+        flat = []
+        sharding_of = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
+        for path, variable in nnx.to_flat_state(state):
+            target, shape = tuple(str(k) for k in path), tuple(variable.shape)
+            if target not in by_target and target != ("score_bias",):
                 raise AssertionError(f"parameter {target} has no checkpoint source")
-            node.set_value(jnp.asarray(buffers.pop(tuple(target))))
-    return model
+            if mesh is None:
+                full = tuple(slice(None) for _ in shape)
+                value = jnp.asarray(read(target, shape, full))
+            else:
+                value = _sharded(read, target, shape, sharding_of[path].get_value(), np_dtype)
+            flat.append((path, variable.replace(value)))
+        if read_bytes is not None:
+            read_bytes.append(reader.bytes_read)
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
-def _get_path(state: Any, path: tuple[str, ...]) -> Any:
-    node = state
-    for key in path:
-        node = node[key]
-    return node
+def _sharded(read, target, shape, sharding, np_dtype) -> jax.Array:
+    """`make_array_from_callback` reading each distinct shard once (a shard replicated on
+    several local devices is read for the first and reused)."""
+    cache: dict[tuple, np.ndarray] = {}
+
+    def shard(index: tuple) -> np.ndarray:
+        key = tuple(bounds(index, shape))
+        if key not in cache:
+            cache[key] = read(target, shape, index)
+        return cache[key]
+
+    return jax.make_array_from_callback(shape, sharding, shard, dtype=np_dtype)
 
 
 # --- writing -----------------------------------------------------------------------------------
 
 
-def _hf_tensors(model: Policy | Critic) -> dict[str, np.ndarray]:
-    """transformers-named numpy arrays (in the parameter dtype) of a model."""
-    specs = _specs(model)
-    out: dict[str, np.ndarray] = {}
-    for name, spec in specs.items():
+_SAFETENSORS_TAGS = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}
+
+
+class _Tensor:
+    """One transformers tensor to write: its shape and dtype now, its values on `gather()`."""
+
+    def __init__(self, array: Any, spec: TensorSpec):
+        self.array, self.spec = array, spec
+        self.dtype = np.dtype(array.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.spec.shape)) * self.dtype.itemsize
+
+    def gather(self) -> np.ndarray:
+        """The values in transformers' layout on this host (a collective over processes for a
+        sharded array: every process must call it in the same order)."""
+        x = self.array if self.spec.layer is None else self.array[self.spec.layer]
+        x = np.asarray(host_from_global(x))
+        if self.spec.layer is not None:
+            x = to_hf(self.spec.kind, x)
+        return np.ascontiguousarray(x.reshape(self.spec.shape))
+
+
+def _hf_tensors(model: Policy | Critic) -> dict[str, _Tensor]:
+    """transformers-named tensors of a model (nothing gathered yet)."""
+    out = {}
+    for name, spec in tensor_specs(model).items():
         node: Any = model
         for key in spec.target:
             node = getattr(node, key)
-        x = np.asarray(node[...])
-        if spec.layer is not None:
-            x = _to_hf(spec.kind, x[spec.layer])
-        out[name] = np.ascontiguousarray(x.reshape(spec.shape))
+        out[name] = _Tensor(node[...], spec)
     return out
+
+
+def _write_safetensors(
+    path: pathlib.Path, tensors: dict[str, _Tensor], metadata: dict[str, str], write: bool
+) -> None:
+    """The safetensors format written one tensor at a time: an 8-byte little-endian header
+    length, a JSON header (dtype, shape, byte offsets per tensor, `__metadata__`), the raw
+    little-endian bytes in header order. Only one tensor is on the host at a time; processes
+    that do not `write` take part in the gathers only."""
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        tag = _SAFETENSORS_TAGS[t.dtype.name]
+        header[name] = {"dtype": tag, "shape": list(t.spec.shape), "data_offsets": [offset, 0]}
+        offset += t.nbytes
+        header[name]["data_offsets"][1] = offset
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    sink = open(path, "wb") if write else contextlib.nullcontext()
+    with sink as f:
+        if write:
+            f.write(len(text).to_bytes(8, "little") + text)
+        for name in sorted(tensors):
+            data = tensors[name].gather()
+            if write:
+                f.write(data.astype(data.dtype.newbyteorder("<"), copy=False).tobytes())
 
 
 def save_hf(
@@ -372,6 +391,10 @@ def save_hf(
     names are overwritten (and a stale model.safetensors / index removed); other files in the
     directory are left alone.
 
+    Sharded parameters are gathered one tensor at a time (one layer of a stacked weight), so
+    the host never holds more than one tensor. Several processes: every process must call this
+    (the gathers are collectives); process 0 writes.
+
     Raises:
       CheckpointError: naming the file when it cannot be written.
     """
@@ -381,8 +404,9 @@ def save_hf(
     directory = pathlib.Path(path)
     config_dict = config_to_hf(model.config, role, target=str(directory / CONFIG_FILE))
     tensors = _hf_tensors(model)
+    write = jax.process_index() == 0
 
-    shards: list[dict[str, np.ndarray]] = [{}]
+    shards: list[dict[str, _Tensor]] = [{}]
     size = 0
     for name in sorted(tensors):
         nbytes = tensors[name].nbytes
@@ -392,29 +416,31 @@ def save_hf(
         shards[-1][name] = tensors[name]
         size += nbytes
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        # A stale index or single file from an earlier save would shadow the new weights.
-        for stale in (SINGLE_FILE, INDEX_FILE):
-            (directory / stale).unlink(missing_ok=True)
-        with open(directory / CONFIG_FILE, "w") as f:
-            json.dump(config_dict, f, indent=2, sort_keys=True)
-            f.write("\n")
+        if write:
+            directory.mkdir(parents=True, exist_ok=True)
+            # A stale index or single file from an earlier save would shadow the new weights.
+            for stale in (SINGLE_FILE, INDEX_FILE):
+                (directory / stale).unlink(missing_ok=True)
+            with open(directory / CONFIG_FILE, "w") as f:
+                json.dump(config_dict, f, indent=2, sort_keys=True)
+                f.write("\n")
         metadata = {"format": "pt"}  # transformers refuses safetensors without it
         if len(shards) == 1:
-            save_file(shards[0], str(directory / SINGLE_FILE), metadata=metadata)
+            _write_safetensors(directory / SINGLE_FILE, shards[0], metadata, write)
             return
         weight_map = {}
         for i, shard in enumerate(shards):
             file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(directory / file), metadata=metadata)
+            _write_safetensors(directory / file, shard, metadata, write)
             weight_map.update({name: file for name in shard})
-        index = {
-            "metadata": {"total_size": sum(x.nbytes for x in tensors.values())},
-            "weight_map": weight_map,
-        }
-        with open(directory / INDEX_FILE, "w") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
-            f.write("\n")
+        if write:
+            index = {
+                "metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+                "weight_map": weight_map,
+            }
+            with open(directory / INDEX_FILE, "w") as f:
+                json.dump(index, f, indent=2, sort_keys=True)
+                f.write("\n")
     except OSError as e:
         raise CheckpointError(
             getattr(e, "filename", None) or directory, f"cannot write: {e}"

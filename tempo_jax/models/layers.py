@@ -112,9 +112,20 @@ def dense(x: jax.Array, w: jax.Array, *, contract: int = 1) -> jax.Array:
 
 
 def swiglu(
-    x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array, *, dtype: jnp.dtype
+    x: jax.Array,
+    gate: jax.Array,
+    up: jax.Array,
+    down: jax.Array,
+    *,
+    dtype: jnp.dtype,
+    constrain_hidden=None,
 ) -> jax.Array:
-    """down(silu(x @ gate) * (x @ up)) for x [B, T, D], gate/up [D, F], down [F, D]."""
+    """down(silu(x @ gate) * (x @ up)) for x [B, T, D], gate/up [D, F], down [F, D].
+
+    `constrain_hidden`, if given, is applied to the [B, T, F] hidden activations (a sharding
+    constraint from the decoder)."""
     x = x.astype(dtype)
     hidden = jax.nn.silu(dense(x, gate.astype(dtype))) * dense(x, up.astype(dtype))
+    if constrain_hidden is not None:
+        hidden = constrain_hidden(hidden)
     return dense(hidden, down.astype(dtype))

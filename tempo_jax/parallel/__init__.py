@@ -10,7 +10,9 @@ Public API (all sharding trees mirror their input's structure; Variables stay Va
   batch_sharding(mesh, rules=None) -> NamedSharding P(batch axes)
   batch_shardings(batch, mesh, rules=None) -> NamedSharding tree (dim 0 checked)
   place(tree, shardings) -> tree on the mesh; abstract_state(tree, shardings) -> ShapeDtypeStructs
-  with_logical_constraint(x, names, mesh, rules=None) -> x constrained (inside jit)
+  activation_sharding(mesh, rules) context; constrain(x, names) -> x constrained by the active
+    context (identity outside one; an indivisible dimension raises instead of replicating)
+  inference_rules(rules) -> rules whose parameter axes avoid the batch's mesh axes (sampler)
   initialize_distributed(config=None) -> bool; process_batch_slice(B, sharding) -> slice;
   process_batch_rows(B, sharding) -> rows [n] (then jax.make_array_from_process_local_data)
   global_from_host(tree, shardings) / host_from_global(tree): host values equal on every process
@@ -20,6 +22,12 @@ Divisibility is checked in Python before anything is lowered: one ValueError nam
 offending parameter path, logical axis, dimension, size and mesh axes.
 """
 
+from tempo_jax.parallel.activations import (
+    ActivationSharding,
+    activation_sharding,
+    constrain,
+    current_activation_sharding,
+)
 from tempo_jax.parallel.config import get_config
 from tempo_jax.parallel.mesh import MESH_AXES, make_mesh, resolve_mesh_shape
 from tempo_jax.parallel.multihost import (
@@ -36,6 +44,8 @@ from tempo_jax.parallel.multihost import (
 )
 from tempo_jax.parallel.rules import (
     DEFAULT_RULES,
+    PARAMETER_AXES,
+    inference_rules,
     logical_to_spec,
     make_rules,
     mesh_axes_for,
@@ -48,11 +58,16 @@ from tempo_jax.parallel.shardings import (
     optimizer_shardings,
     place,
     state_shardings,
-    with_logical_constraint,
 )
 
 __all__ = [
     "DEFAULT_RULES",
+    "PARAMETER_AXES",
+    "ActivationSharding",
+    "activation_sharding",
+    "constrain",
+    "current_activation_sharding",
+    "inference_rules",
     "MESH_AXES",
     "DistributedConfig",
     "abstract_state",
@@ -77,5 +92,4 @@ __all__ = [
     "resolve_mesh_shape",
     "state_shardings",
     "sync_processes",
-    "with_logical_constraint",
 ]

@@ -43,6 +43,32 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Logical names of parameter dimensions (the rest of a rules table names activations).
+PARAMETER_AXES = ("vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "layers")
+
+
+def inference_rules(rules: Rules | None = None) -> dict[str, tuple[str, ...]]:
+    """The rules the sampler runs under: parameters never sharded over the batch's mesh axes.
+
+    Training shards each weight's `embed` dimension over `fsdp` (ZeRO-3), which costs one
+    all-gather of every weight per forward pass: cheap for a training step, ruinous for a
+    decode loop that would repeat it at each of thousands of steps. Under these rules every
+    parameter dimension drops the mesh axes that the `batch` rule uses (data, fsdp by default),
+    so each batch shard holds whole weights (split only over `tensor`) and decodes its own rows
+    with no weight traffic; activation and batch rules are unchanged.
+
+    Args:
+      rules: the training rules (default `DEFAULT_RULES`).
+    """
+    rules = dict(DEFAULT_RULES if rules is None else rules)
+    batch_axes = set(parse_rule_value("batch", rules.get("batch", ())))
+    for name in PARAMETER_AXES:
+        if name in rules:
+            axes = parse_rule_value(name, rules[name])
+            rules[name] = tuple(a for a in axes if a not in batch_axes)
+    return rules
+
+
 def parse_rule_value(name: str, value: Any) -> tuple[str, ...]:
     """Normalises one rule value to a tuple of mesh axis names (empty = replicated).
 
@@ -105,7 +131,8 @@ def mesh_axes_for(
 
     A mesh axis may shard only one dimension of an array; when two dimensions map to the same mesh
     axis (e.g. `('heads', 'mlp')` both -> `tensor`), the first dimension keeps it and the later one
-    drops it, as in flax's and MaxText's rule resolution.
+    drops it. (Flax's nnx resolver, `nnx.logical_axis_rules` + `nnx.get_partition_spec`, looks
+    each name up alone and would give the invalid `P('tensor', 'tensor')`; see the README.)
 
     Args:
       logical_axes: one logical name (or None = replicated) per dimension.

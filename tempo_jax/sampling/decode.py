@@ -13,7 +13,12 @@ compiles it once per shape. Steps, for L = max_new_tokens and N = B * n rows:
    reads them in float32, so casting them would change the numbers.
 2. Prefill the B prompts once into a [L_layers, B, P] cache, then repeat every cache row and the
    next-token logits n times along the batch (row i = p * n + j) and pad the cache to
-   S = P + L - 1 slots: n samples share one prefill.
+   S = P + L - 1 slots: n samples share one prefill. The repeat is a broadcast and a reshape
+   that merges (prompt, sample) with the prompt major, so with the prompts split by rows over
+   the batch shards every shard spreads its own prompts locally (no gather of the cache).
+   When B does not divide over the batch shards (but N does) the sampler asks for
+   `DecodeSpec.shared_prefill=False`: the prompts are spread first and every row is prefilled,
+   n times the prefill FLOPs but nothing replicated.
 3. Sample token 0 from the prefill logits; then `lax.while_loop` over t = 1 .. L - 1 feeds token
    t - 1 at cache slot P + t - 1 (position prompt_length + t - 1) and samples token t, until t
    reaches L or every row is finished (early exit). The last sampled token is never fed, so the
@@ -31,7 +36,7 @@ sampling the B * n repeated prompts with n = 1, or the B prompts in chunks (each
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import flax.struct
 import jax
@@ -39,6 +44,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tempo_jax.models import KV_CACHE_LOGICAL_AXES
+from tempo_jax.parallel.activations import constrain
 from tempo_jax.sampling.layer_decode import (
     LAYER_CACHE_LOGICAL_AXES,
     LayerCaches,
@@ -58,12 +64,12 @@ _MATMUL_WEIGHTS = frozenset(
      "embed_tokens", "lm_head"}
 )  # fmt: skip
 
-# A sharding hint: (array, logical axis names) -> array. The identity when unsharded.
-Constrain = Callable[[jax.Array, Sequence[str | None]], jax.Array]
+# Lays the (cast) parameters out for decoding: state -> state. The identity when unsharded.
+PlaceWeights = Callable[[nnx.State], nnx.State]
 
 
-def _no_constraint(x: jax.Array, _: Sequence[str | None]) -> jax.Array:
-    return x
+def _unchanged(state: nnx.State) -> nnx.State:
+    return state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +81,15 @@ class DecodeSpec:
       max_new_tokens: L, response slots.
       max_top_k: candidate cap of rows that use top-k / top-p.
       pad_id: written after the end of each response (and in prompt padding).
+      shared_prefill: prefill each prompt once and spread its cache to the n samples (True),
+        or spread the prompts and prefill every row (False; see the module docstring).
     """
 
     n: int
     max_new_tokens: int
     max_top_k: int
     pad_id: int
+    shared_prefill: bool = True
 
 
 def _param_name(path) -> str:
@@ -150,6 +159,14 @@ def _record(
     )
 
 
+def _spread(x: jax.Array, n: int, axis: int) -> jax.Array:
+    """[.., B, ..] -> [.., B * n, ..], row p * n + j <- p: a broadcast and a reshape merging
+    (prompt, sample) with the prompt major, which a partitioner splitting B keeps local."""
+    x = jnp.expand_dims(x, axis + 1)
+    x = jnp.broadcast_to(x, x.shape[: axis + 1] + (n,) + x.shape[axis + 2 :])
+    return x.reshape(x.shape[:axis] + (x.shape[axis] * n,) + x.shape[axis + 2 :])
+
+
 def generate_rollouts(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -161,9 +178,12 @@ def generate_rollouts(
     stop: StopArrays,
     *,
     spec: DecodeSpec,
-    constrain: Constrain = _no_constraint,
+    place_weights: PlaceWeights = _unchanged,
 ) -> Rollouts:
     """Samples n responses to each of B prompts. Pure; see the module docstring.
+
+    Activations and the KV cache are constrained by logical axes when traced inside
+    `tempo_jax.parallel.activation_sharding` (the `Sampler` does that with its mesh).
 
     Args:
       graphdef: from `nnx.split(policy)` (a `tempo_jax.models.Policy`).
@@ -175,8 +195,9 @@ def generate_rollouts(
       first_row: uint32 scalar, the index of this call's row 0 in the whole rollout batch (row
         keys are per row index, so a batch sampled in chunks draws what one call would).
       stop: EOS ids [E] and stop-sequence table [S, M] (`StopCriteria.arrays()`).
-      spec: static settings (n, max_new_tokens, max_top_k, pad_id).
-      constrain: sharding hint for activations by logical axis names (identity by default).
+      spec: static settings (n, max_new_tokens, max_top_k, pad_id, shared_prefill).
+      place_weights: lays the cast parameters out for decoding (the sampler's inference
+        shardings); applied once, before the prefill.
 
     Returns:
       Rollouts with N rows and L = spec.max_new_tokens response slots.
@@ -187,25 +208,33 @@ def generate_rollouts(
     slots = prompt_width + max_new - 1
 
     policy = nnx.merge(graphdef, state)
-    state = cast_for_compute(state, policy.config.compute_dtype)
+    # Cast first, then re-lay out: the layout change moves compute-dtype weights, once.
+    state = place_weights(cast_for_compute(state, policy.config.compute_dtype))
     policy = nnx.merge(graphdef, state)
 
+    def rows(x: jax.Array) -> jax.Array:  # [N or B, ...] split by rows
+        return constrain(x, ("batch",) + (None,) * (x.ndim - 1))
+
     prompt_mask = prompt_mask.astype(jnp.int32)
-    cache = policy.init_cache(batch, prompt_width)
-    logits, cache = policy.prefill(prompt_tokens, prompt_mask, cache)
+    row_prompt_tokens = rows(_spread(prompt_tokens, n, 0))
+    row_prompt_mask = rows(_spread(prompt_mask, n, 0))
+    if spec.shared_prefill:
+        prefill_tokens, prefill_mask, copies = prompt_tokens, prompt_mask, n
+    else:
+        prefill_tokens, prefill_mask, copies = row_prompt_tokens, row_prompt_mask, 1
+    cache = policy.init_cache(prefill_tokens.shape[0], prompt_width)
+    cache = jax.tree.map(lambda x: constrain(x, KV_CACHE_LOGICAL_AXES), cache)
+    logits, cache = policy.prefill(rows(prefill_tokens), rows(prefill_mask), cache)
 
-    def spread(x, axis):  # [.., B, ..] -> [.., B * n, ..], row p * n + j <- p
-        return jnp.repeat(x, n, axis=axis, total_repeat_length=x.shape[axis] * n)
+    def grow(x):  # one layer [B, P, K, Dh] -> [N, S, K, Dh], empty slots after the prompt
+        x = constrain(x, LAYER_CACHE_LOGICAL_AXES)
+        x = jnp.pad(_spread(x, copies, 0), ((0, 0), (0, slots - prompt_width), (0, 0), (0, 0)))
+        return constrain(x, LAYER_CACHE_LOGICAL_AXES)
 
-    def grow(x):  # [L, N, P, K, Dh] -> [L, N, S, K, Dh], empty slots after the prompt
-        x = jnp.pad(spread(x, 1), ((0, 0), (0, 0), (0, slots - prompt_width), (0, 0), (0, 0)))
-        return constrain(x, KV_CACHE_LOGICAL_AXES)
-
-    caches = split_cache(cache.replace(k=grow(cache.k), v=grow(cache.v)))
+    # Split the (short) prefill cache per layer first, so no stacked full-length cache exists.
+    caches = jax.tree.map(grow, split_cache(cache))
     weights = decode_weights(policy)
-    logits = constrain(spread(logits, 0), ("batch", None))
-    row_prompt_tokens = constrain(spread(prompt_tokens, 0), ("batch", None))
-    row_prompt_mask = constrain(spread(prompt_mask, 0), ("batch", None))
+    logits = rows(_spread(logits, copies, 0))
     prompt_lengths = jnp.sum(row_prompt_mask, axis=1)
     prompt_slots = jnp.pad(row_prompt_mask.astype(bool), ((0, 0), (0, slots - prompt_width)))
     slot_ids = jnp.arange(slots, dtype=jnp.int32)
@@ -215,7 +244,7 @@ def generate_rollouts(
     row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(base_key, row_ids)
 
     def buffer(dtype, fill):
-        return constrain(jnp.full((num_rows, max_new), fill, dtype), ("batch", None))
+        return rows(jnp.full((num_rows, max_new), fill, dtype))
 
     loop = _Loop(
         t=jnp.zeros((), jnp.int32),

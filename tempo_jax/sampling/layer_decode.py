@@ -28,6 +28,7 @@ from tempo_jax.models import KV_CACHE_LOGICAL_AXES, KVCache, Policy
 from tempo_jax.models import attention as model_attention
 from tempo_jax.models import decoder as model_decoder
 from tempo_jax.models import layers as model_layers
+from tempo_jax.parallel.activations import current_activation_sharding
 
 # Logical axes of one layer's cache [B, S, K, Dh].
 LAYER_CACHE_LOGICAL_AXES = KV_CACHE_LOGICAL_AXES[1:]
@@ -104,7 +105,9 @@ def decode_step(
     query_slots = index + jnp.arange(1, dtype=jnp.int32)
     key_valid = key_mask.astype(bool) | (key_slots == index)[None, :]
     slots = model_attention.Slots(query_slots, key_slots, key_valid)
-    ctx = model_decoder._attend_context(c, positions[:, None], slots, index, True)
+    ctx = model_decoder._attend_context(
+        c, positions[:, None], slots, index, True, current_activation_sharding()
+    )
 
     x = jnp.take(weights.embed, tokens[:, None], axis=0).astype(c.compute_dtype)
     new_k, new_v = [], []

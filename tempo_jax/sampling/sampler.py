@@ -17,19 +17,30 @@ Memory: with `max_rows_per_chunk` a call samples its rows in chunks of at most t
 (whole prompt groups), one compiled call each, so the KV cache [L, rows, P + L - 1, K, Dh] is
 allocated for one chunk at a time; the tokens equal those of one unchunked call (`generate`).
 
-Sharding: with a `mesh` (from `tempo_jax.parallel.make_mesh`) the parameters take the shardings
-of their `logical_axes` under `rules`, the prompt batch, per-row parameters and every output
-array are split along the batch over the rules' `batch` axes (data, fsdp by default), and the
-KV cache is constrained to `KV_CACHE_LOGICAL_AXES` (batch over data / fsdp, kv heads over
-tensor). An array whose batch does not divide over those axes is replicated instead.
+Sharding: with a `mesh` (from `tempo_jax.parallel.make_mesh`) the parameters come in with the
+training shardings of their `logical_axes` under `rules` and are laid out once per call, after
+the cast to the compute dtype, by `parallel.inference_rules(rules)`: no parameter is split over
+the batch's mesh axes, so no decode step all-gathers a weight. The rows (prompts, per-row
+sampling parameters, every output array, the KV cache) are split over the `batch` rule's mesh
+axes, the cache's kv heads over `tensor`, and activations are constrained by their logical axes
+(the splash attention kernel of prefill runs per shard of that layout). `generate` pads a
+chunk's prompts (by repeating the last one, whose rows are dropped) to a count whose rows divide
+over the batch axes, so nothing is ever silently replicated; `compile` of a shape the mesh
+does not divide is an error naming the numbers. B prompts that do not divide while N does are
+prefilled row by row (`DecodeSpec.shared_prefill`).
+
+Ahead-of-time: `compile(state, num_prompts, n, bucket)` builds (and keeps) the executable that
+`generate` would run for that chunk shape (`chunk_prompts` gives it); `state` may be abstract
+(`jax.ShapeDtypeStruct`s), which is how `tempo-jax compile` measures a sampler without
+allocating anything.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Sequence
-from typing import Any
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -38,7 +49,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from tempo_jax import parallel
 from tempo_jax.models import Policy
-from tempo_jax.models.attention import resolve as resolve_attention
 from tempo_jax.sampling.buckets import (
     check_buckets,
     choose_bucket,
@@ -62,6 +72,55 @@ _ROLLOUT_FIELDS = (
     "sampling_logprobs",
     "group_ids",
 )
+
+
+def divisible_prompts(num_prompts: int, n: int, row_shards: int) -> int:
+    """The smallest prompt count >= num_prompts whose num_prompts x n rows divide over
+    `row_shards` batch shards."""
+    step = row_shards // math.gcd(row_shards, n)
+    return -(-num_prompts // step) * step
+
+
+def chunk_prompts(
+    num_prompts: int, n: int, row_shards: int = 1, max_rows_per_chunk: int | None = None
+) -> int:
+    """Prompts per compiled call when B = num_prompts prompts with n samples each are sampled
+    over `row_shards` batch shards in chunks of at most `max_rows_per_chunk` rows: the B
+    prompts padded to divide (`divisible_prompts`), or the most whole prompt groups a chunk
+    holds whose rows divide, whichever is smaller. What `Sampler.generate` compiles and
+    `tempo_jax.tempo.functions.planned_calls` plans.
+
+    Raises:
+      ValueError: naming rollout.max_rows_per_chunk when a chunk cannot hold n samples, or
+        not even the smallest prompt count whose rows divide over the shards.
+    """
+    whole = divisible_prompts(num_prompts, n, row_shards)
+    if max_rows_per_chunk is None:
+        return whole
+    if n > max_rows_per_chunk:
+        raise ValueError(
+            f"n={n} samples per prompt do not fit in max_rows_per_chunk="
+            f"{max_rows_per_chunk} rows (rollout.max_rows_per_chunk)"
+        )
+    step = divisible_prompts(1, n, row_shards)
+    most = max_rows_per_chunk // n // step * step
+    if most == 0:
+        raise ValueError(
+            f"max_rows_per_chunk={max_rows_per_chunk} rows hold {max_rows_per_chunk // n} "
+            f"prompts of n={n} samples, fewer than the {step} whose rows divide over the "
+            f"{row_shards} batch shards (rollout.max_rows_per_chunk: use a multiple of "
+            f"{step * n})"
+        )
+    return min(whole, most)
+
+
+class ChunkLog(Protocol):
+    """Where `Sampler.generate` keeps the chunks of one call, so that a call interrupted between
+    chunks (a preemption) continues with the chunks it already sampled."""
+
+    def chunk(self, index: int, sample: Callable[[], Rollouts]) -> Rollouts:
+        """Chunk `index` (0-based) of the call: kept from before, or `sample()` (host arrays, the
+        chunk's real rows with call-wide group ids) run now and kept. May raise to stop."""
 
 
 class Sampler:
@@ -100,7 +159,8 @@ class Sampler:
         pad_id: fills prompt padding and response slots after the end.
         max_top_k: static candidate cap of top-k / top-p rows (the sort width).
         mesh: shard over this mesh (see the module docstring); None = one device.
-        rules: logical-axis rules for `tempo_jax.parallel` (default rules when None).
+        rules: the training logical-axis rules for `tempo_jax.parallel` (default rules when
+          None): the parameters' layout on entry; decoding uses `inference_rules(rules)`.
         max_rows_per_chunk: sample at most this many rows (prompts x n) per compiled call, so
           the KV cache holds at most this many rows; None = every row in one call. See
           `generate`.
@@ -130,6 +190,7 @@ class Sampler:
         self.pad_id = pad_id
         self.mesh = mesh
         self.rules = parallel.make_rules(rules) if mesh is not None else None
+        self.inference_rules = parallel.inference_rules(self.rules) if mesh is not None else None
         self._graphdef = nnx.split(policy)[0]
         self._executables: dict[tuple, Any] = {}
         self._state_shardings: dict[tuple, Any] = {}
@@ -153,6 +214,7 @@ class Sampler:
         sampling: SamplingParams | None = None,
         seed: int = 0,
         stop: StopCriteria | None = None,
+        chunk_log: ChunkLog | None = None,
     ) -> Rollouts:
         """Samples n responses to each prompt.
 
@@ -165,17 +227,21 @@ class Sampler:
           seed: uint32; the same seed, prompts and parameters give the same tokens.
           stop: EOS ids and stop sequences for this call instead of the sampler's own (from
             `StopCriteria.create`); the same counts and longest length reuse the executable.
+          chunk_log: where each chunk goes once sampled, and where chunks an interrupted call
+            already sampled come from (see `ChunkLog`); chunks are then sampled and fetched one
+            at a time, so that each is on the host before the next starts.
 
         Returns:
           Rollouts with N = B * n rows, row p * n + j the j-th sample of prompt p.
 
-        Chunks: with `max_rows_per_chunk` R, the prompts go in chunks of
-        min(B, R // n) (all n samples of a prompt share a chunk and its prefill), each one
-        compiled call whose decode loop ends when its own rows have stopped; the last chunk is
-        padded by repeating its last prompt (the repeats' rows are dropped). Every chunk uses
-        the bucket of the call's longest prompt and row keys by row index in the whole batch,
-        so the tokens are those of one unchunked call. Several chunks return host (numpy)
-        arrays; one chunk returns the executable's arrays as they are.
+        Chunks: the prompts go in chunks of `prompts_per_chunk(B, n)` (all n samples of a
+        prompt share a chunk and its prefill; with `max_rows_per_chunk` R at most R rows), each
+        one compiled call whose decode loop ends when its own rows have stopped; the last (or
+        only) chunk is padded by repeating its last prompt (the repeats' rows are dropped), also
+        so that its rows divide over the mesh. Every chunk uses the bucket of the call's longest
+        prompt and row keys by row index in the whole batch, so the tokens are those of one
+        unchunked call. A padded or chunked call (or one with a `chunk_log`) returns host
+        (numpy) arrays; a single chunk of exactly B prompts returns the executable's arrays.
 
         Raises:
           ValueError: bad prompts (row named), n, seed or sampling parameters, before any
@@ -195,35 +261,38 @@ class Sampler:
         rows = (sampling or SamplingParams()).rows(batch, n, self.max_top_k)
         stop_arrays = (stop or self.stop).arrays()
         per_chunk = self.prompts_per_chunk(batch, n)
-        if per_chunk == batch:
+        if per_chunk == batch and chunk_log is None:
             return self._call(state, tokens, mask, rows, seed, 0, stop_arrays, n, bucket)
-        parts = []
-        for start in range(0, batch, per_chunk):
-            real = min(per_chunk, batch - start)
+        starts = range(0, batch, per_chunk)
+
+        def dispatch(start: int) -> Rollouts:
             pick = np.minimum(np.arange(start, start + per_chunk), batch - 1)
             row_pick = (pick[:, None] * n + np.arange(n)[None, :]).reshape(-1)
             chunk_rows = jax.tree.map(lambda x, i=row_pick: x[i], rows)
-            out = self._call(
+            return self._call(
                 state, tokens[pick], mask[pick], chunk_rows, seed, start * n, stop_arrays, n, bucket
             )
-            parts.append((out, real * n, start))
-        # Fetched after every chunk is dispatched, so host copies overlap the next decode.
-        host = []
-        for out, real_rows, start in parts:
-            out = jax.tree.map(lambda x, k=real_rows: x[:k], parallel.host_from_global(out))
-            host.append(out.replace(group_ids=out.group_ids + start))
+
+        def fetch(out: Rollouts, start: int) -> Rollouts:
+            real_rows = min(per_chunk, batch - start) * n
+            out = jax.tree.map(lambda x: x[:real_rows], parallel.host_from_global(out))
+            return out.replace(group_ids=out.group_ids + start)
+
+        if chunk_log is None:
+            # Fetched after every chunk is dispatched, so host copies overlap the next decode.
+            dispatched = [(dispatch(start), start) for start in starts]
+            host = [fetch(out, start) for out, start in dispatched]
+        else:
+            host = [
+                chunk_log.chunk(i, lambda s=start: fetch(dispatch(s), s))
+                for i, start in enumerate(starts)
+            ]
         return jax.tree.map(lambda *xs: np.concatenate(xs), *host)
 
     def prompts_per_chunk(self, batch: int, n: int) -> int:
-        """Prompts per compiled call for a batch of `batch` prompts with n samples each."""
-        if self.max_rows_per_chunk is None:
-            return batch
-        if n > self.max_rows_per_chunk:
-            raise ValueError(
-                f"n={n} samples per prompt do not fit in max_rows_per_chunk="
-                f"{self.max_rows_per_chunk} rows (rollout.max_rows_per_chunk)"
-            )
-        return min(batch, self.max_rows_per_chunk // n)
+        """Prompts per compiled call for a batch of `batch` prompts with n samples each
+        (`chunk_prompts` on this sampler's mesh and `max_rows_per_chunk`)."""
+        return chunk_prompts(batch, n, self.row_shards, self.max_rows_per_chunk)
 
     def _call(self, state, tokens, mask, rows, seed, first_row, stop_arrays, n, bucket):
         """One compiled call on prompts [b, bucket] (b prompts, their b * n rows)."""
@@ -231,10 +300,42 @@ class Sampler:
         args = (state, tokens, mask, rows, np.uint32(seed), np.uint32(first_row), stop_arrays)
         if self.mesh is not None:
             args = jax.device_put(args, self._in_shardings(state, batch, n, stop_arrays))
-        return self._executable(args, batch, n, bucket)(*args)
+        return self._executable(state, batch, n, bucket, stop_arrays)(*args)
 
-    def _executable(self, args: tuple, batch: int, n: int, bucket: int):
-        state, stop = args[0], args[-1]
+    @property
+    def row_shards(self) -> int:
+        """How many ways the mesh's batch axes split rows (1 without a mesh)."""
+        return 1 if self.mesh is None else self._shards()
+
+    def shares_prefill(self, num_prompts: int) -> bool:
+        """Whether B prompts are prefilled once for their n samples (else row by row)."""
+        return self.mesh is None or self._divides(num_prompts)
+
+    def compile(
+        self,
+        state: nnx.State,
+        num_prompts: int,
+        n: int,
+        bucket: int,
+        stop: StopCriteria | None = None,
+    ) -> jax.stages.Compiled:
+        """The executable `generate` runs for B = num_prompts prompts of width `bucket` and n
+        samples each, built now (and reused by later `generate` calls of that shape).
+
+        Args:
+          state: the policy's parameters, concrete or abstract (`jax.ShapeDtypeStruct`s).
+          num_prompts: B.
+          n: samples per prompt.
+          bucket: the prompt width P (any width; `generate` uses one of `buckets`).
+          stop: stop criteria whose array shapes to compile for (default: the sampler's).
+
+        Raises:
+          ValueError: when B * n rows do not divide over the mesh's batch axes.
+        """
+        stop_arrays = (stop or self.stop).arrays()
+        return self._executable(state, num_prompts, n, bucket, stop_arrays)
+
+    def _executable(self, state, batch: int, n: int, bucket: int, stop: StopArrays):
         signature = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(state))
         stop_shapes = (stop.eos_ids.shape, stop.table.shape)
         key = (batch, n, bucket, stop_shapes, jax.tree.structure(state), signature)
@@ -244,54 +345,76 @@ class Sampler:
                 max_new_tokens=self.max_new_tokens,
                 max_top_k=self.max_top_k,
                 pad_id=self.pad_id,
+                shared_prefill=self.shares_prefill(batch),
             )
-            fn = functools.partial(
-                generate_rollouts, self._graphdef, spec=spec, constrain=self._constrain
-            )
+            args = self._abstract_args(state, batch, n, bucket, stop)
             if self.mesh is None:
+                fn = functools.partial(generate_rollouts, self._graphdef, spec=spec)
                 jitted = jax.jit(fn)
             else:
+                weights = parallel.state_shardings(state, self.mesh, self.inference_rules)
+                fn = functools.partial(
+                    generate_rollouts,
+                    self._graphdef,
+                    spec=spec,
+                    place_weights=functools.partial(_place, shardings=weights),
+                )
                 jitted = jax.jit(
-                    fn,
+                    _under(fn, self.mesh, self.inference_rules),
                     in_shardings=self._in_shardings(state, batch, n, stop),
                     out_shardings=self._out_shardings(batch * n, n),
                 )
-            # A Pallas attention kernel runs per shard under the mesh context (see
-            # tempo_jax.models.attention.splash_attention).
-            kernel_mesh = self.mesh is not None and "splash" == resolve_attention(
-                self.config.attention, self.mesh.devices.flat[0].platform, self.config.dtype
-            )
-            with jax.set_mesh(self.mesh) if kernel_mesh else contextlib.nullcontext():
-                self._executables[key] = jitted.lower(*args).compile()
+            self._executables[key] = jitted.lower(*args).compile()
         return self._executables[key]
+
+    def _abstract_args(self, state, batch: int, n: int, bucket: int, stop: StopArrays) -> tuple:
+        def like(shape, dtype):
+            return jax.ShapeDtypeStruct(shape, dtype)
+
+        rows = batch * n
+        row_params = RowSamplingParams(
+            temperature=like((rows,), np.float32),
+            top_k=like((rows,), np.int32),
+            top_p=like((rows,), np.float32),
+            greedy=like((rows,), np.bool_),
+        )
+        abstract_state = jax.tree.map(lambda x: like(x.shape, x.dtype), state)
+        stop = jax.tree.map(lambda x: like(x.shape, x.dtype), stop)
+        prompts = like((batch, bucket), np.int32)
+        seed = like((), np.uint32)
+        return (abstract_state, prompts, prompts, row_params, seed, seed, stop)
 
     # --- sharding -----------------------------------------------------------------------------
 
-    def _constrain(self, x: jax.Array, names: Sequence[str | None]) -> jax.Array:
-        if self.mesh is None:
-            return x
-        return parallel.with_logical_constraint(x, names, self.mesh, self.rules)
+    def _shards(self) -> int:
+        """How many ways the batch's mesh axes split rows."""
+        (axes,) = parallel.mesh_axes_for(("batch",), self.rules)
+        return int(np.prod([self.mesh.shape[a] for a in axes], dtype=np.int64))
 
-    def _rows_sharding(self, rows: int) -> NamedSharding:
-        """Batch sharding for leading dim `rows`, or replicated when it does not divide."""
-        sharding = parallel.batch_sharding(self.mesh, self.rules)
-        axes = sharding.spec[0]
-        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-        shards = int(np.prod([self.mesh.shape[a] for a in axes], dtype=np.int64))
-        if rows % shards:
-            return NamedSharding(self.mesh, PartitionSpec())
-        return sharding
+    def _divides(self, rows: int) -> bool:
+        return rows % self._shards() == 0
+
+    def _rows_sharding(self, rows: int, what: str) -> NamedSharding:
+        """Batch sharding for leading dim `rows`; raises when the batch axes do not divide it."""
+        if not self._divides(rows):
+            raise ValueError(
+                f"sampler: {what} ({rows}) do not divide over the {self._shards()} batch shards "
+                f"of mesh {dict(self.mesh.shape)}; they would be replicated on every device. "
+                "Use a number of prompts x samples that is a multiple of the batch shards."
+            )
+        return parallel.batch_sharding(self.mesh, self.rules)
 
     def _in_shardings(self, state: nnx.State, batch: int, n: int, stop: StopArrays) -> tuple:
         key = jax.tree.structure(state), tuple(x.shape for x in jax.tree.leaves(state))
         if key not in self._state_shardings:
             self._state_shardings[key] = parallel.state_shardings(state, self.mesh, self.rules)
-        prompts = self._rows_sharding(batch)
-        per_row = self._rows_sharding(batch * n)
+        per_row = self._rows_sharding(batch * n, f"{batch} prompts x {n} samples = rows")
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        # Prompts that do not divide are tiny int arrays; they are spread to rows in the jit.
+        prompts = per_row if self._divides(batch) else replicated
         row_params = RowSamplingParams(
             temperature=per_row, top_k=per_row, top_p=per_row, greedy=per_row
         )
-        replicated = NamedSharding(self.mesh, PartitionSpec())
         stop_shardings = jax.tree.map(lambda _: replicated, stop)
         return (
             self._state_shardings[key],
@@ -304,5 +427,20 @@ class Sampler:
         )
 
     def _out_shardings(self, rows: int, n: int) -> Rollouts:
-        sharding = self._rows_sharding(rows)
+        sharding = self._rows_sharding(rows, "rows")
         return Rollouts(**{name: sharding for name in _ROLLOUT_FIELDS}, samples_per_prompt=n)
+
+
+def _place(state: nnx.State, shardings: Any) -> nnx.State:
+    """The state constrained to `shardings` (a tree of the same structure)."""
+    return jax.tree.map(jax.lax.with_sharding_constraint, state, shardings)
+
+
+def _under(fn, mesh: jax.sharding.Mesh, rules: Any):
+    """`fn` traced with activation constraints over `mesh` by `rules`."""
+
+    def traced(*args):
+        with parallel.activation_sharding(mesh, rules):
+            return fn(*args)
+
+    return traced

@@ -57,9 +57,9 @@ def aime_config(
     method: str,
     prompts_per_step: int,
     prompts_per_update: int,
-    micro_batches: int,
     params: tuple[float, float],
     max_rows_per_chunk: int,
+    micro_batch_rows: int = 32,
 ) -> ml_collections.ConfigDict:
     """The authors' hyperparameters for one model.
 
@@ -70,11 +70,12 @@ def aime_config(
       method: a registry method ('' = tempo).
       prompts_per_step: prompts per rollout batch (authors: 128 for 14B, 256 for 8B / 7B).
       prompts_per_update: prompts per policy optimizer update (authors: 32 / 64, one epoch).
-      micro_batches: gradient-accumulation micro-batches per update (memory, not math).
       params: (policy, critic) parameter counts, for sizing the checkpoint save timeout.
       max_rows_per_chunk: rollout rows whose KV cache is held at once (memory, not math: the
         tokens are those of one call). A row's cache is 2 x layers x kv_heads x head_dim x
         2 bytes x (2048 + 16384 - 1) slots; pick a multiple of the batch shards.
+      micro_batch_rows: rows per gradient-accumulation micro-batch of every step and forward
+        (memory, not math): 32 is 2 rows per chip on 16 chips, 1 on 32 (`tempo-jax compile`).
     """
     method = method or "tempo"
     if method not in METHODS:
@@ -128,7 +129,7 @@ def aime_config(
     c.train.critic_optimizer.learning_rate = 1e-6
     c.train.critic_optimizer.weight_decay = 0.01
     c.train.value_clip = 0.1
-    c.train.micro_batches = micro_batches
+    c.train.micro_batch_rows = micro_batch_rows
     c.train.remat = True  # 16k-token responses: recompute activations in the backward pass
     # Update / log-prob / value passes on the smallest of these response lengths (or 16384)
     # holding the batch: early steps' shorter responses cost a fraction of the full length.

@@ -3,7 +3,6 @@ the compiled step functions (compiled lazily on first use, each exactly once).""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -12,7 +11,6 @@ import tempfile
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -22,6 +20,7 @@ from tempo_jax.data.pipeline import Data, build_data, data_config_from
 from tempo_jax.models import attention
 from tempo_jax.rewards.grading_pool import GradingPool
 from tempo_jax.sampling import Sampler
+from tempo_jax.tempo.functions import RunFunctions
 from tempo_jax.tempo.methods import Method, get_method
 from tempo_jax.train import storage
 from tempo_jax.train.batch import RLBatch, Sequences
@@ -29,10 +28,12 @@ from tempo_jax.train.batch import RLBatch, Sequences
 log = logging.getLogger(__name__)
 
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> models.ModelConfig:
-    """The policy's architecture: a preset with overrides (vocabulary from the tokenizer)."""
+def model_config(config: ml_collections.ConfigDict, vocab_size: int | None) -> models.ModelConfig:
+    """The policy's architecture: a preset with overrides (vocabulary from the tokenizer; None
+    keeps the preset's)."""
     overrides = dict(config.model.overrides.to_dict()) if "overrides" in config.model else {}
-    if config.model.preset in ("tiny", "tiny_olmo3") or overrides.get("vocab_size") is None:
+    tiny = config.model.preset in ("tiny", "tiny_olmo3")
+    if vocab_size is not None and (tiny or overrides.get("vocab_size") is None):
         overrides.setdefault("vocab_size", vocab_size)
     overrides["dtype"] = config.model.compute_dtype
     overrides["param_dtype"] = config.model.param_dtype
@@ -44,38 +45,103 @@ def attention_implementation(config: ml_collections.ConfigDict, platform: str | 
     return attention.resolve(config.model.attention, platform, config.model.compute_dtype)
 
 
+def _attention_fields(config: ml_collections.ConfigDict, platform: str | None) -> dict:
+    return {
+        "attention": attention_implementation(config, platform),
+        "attention_block_size": config.model.attention_block_size,
+    }
+
+
 def _with_configured_attention(config, model, platform: str | None):
-    return models.with_attention(
-        model, attention_implementation(config, platform), config.model.attention_block_size
+    fields = _attention_fields(config, platform)
+    return models.with_attention(model, fields["attention"], fields["attention_block_size"])
+
+
+def planned_model_config(
+    config: ml_collections.ConfigDict, role: str, platform: str | None = None
+) -> tuple[models.ModelConfig, str]:
+    """The architecture a run of `config` builds for `role` on `platform` (its attention
+    resolved for it), read without weights or tokenizer: the checkpoint's config.json when one
+    exists, else the preset (the built-in task's trained SentencePiece vocabulary size for the
+    tiny presets). Returns (config, where it came from)."""
+    path = config.model.hf_path if role == "policy" else config.model.critic_hf_path
+    dtypes = {"dtype": config.model.compute_dtype, "param_dtype": config.model.param_dtype}
+    if path and os.path.isfile(os.path.join(path, "config.json")):
+        model = models.read_hf_config(path, role, **dtypes)[0]
+        source = f"{path}/config.json"
+    elif role == "critic":  # critic_from_policy: the policy's decoder and config
+        return planned_model_config(config, "policy", platform)
+    else:
+        trained_vocab = config.tokenizer.kind == "sentencepiece" and not config.tokenizer.path
+        vocab = config.tokenizer.vocab_size if trained_vocab else None
+        model = model_config(config, vocab)
+        source = f"preset {config.model.preset}" + (f" (no config.json in {path})" if path else "")
+    return dataclasses.replace(model, **_attention_fields(config, platform)), source
+
+
+def make_sampler(
+    config: ml_collections.ConfigDict,
+    policy: models.Policy,
+    mesh: jax.sharding.Mesh,
+    rules: Any,
+    eos_ids: tuple[int, ...],
+    pad_id: int,
+) -> Sampler:
+    """The run's sampler (`policy` may be abstract)."""
+    return Sampler(
+        policy,
+        max_new_tokens=config.rollout.max_new_tokens,
+        max_prompt_length=config.data.max_prompt_length,
+        eos_ids=eos_ids,
+        pad_id=pad_id,
+        max_top_k=max(1, min(64, config.rollout.top_k or 64)),
+        mesh=mesh,
+        rules=rules,
+        max_rows_per_chunk=config.rollout.max_rows_per_chunk or None,
     )
 
 
 def init_policy(
-    config: ml_collections.ConfigDict, vocab_size: int, platform: str | None = None
+    config: ml_collections.ConfigDict,
+    vocab_size: int,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: Any = None,
 ) -> models.Policy:
-    """The initial policy: a local HF checkpoint, or a preset initialised from the seed, with
-    the configured attention implementation for `platform` (the mesh's devices)."""
+    """The initial policy: a local HF checkpoint (read shard by shard onto `mesh`: each process
+    reads only its slices), or a preset initialised from the seed, with the configured
+    attention implementation for the platform of the mesh's devices."""
     if config.model.hf_path:
         policy = models.load_hf(
             config.model.hf_path,
             role="policy",
             dtype=config.model.compute_dtype,
             param_dtype=config.model.param_dtype,
+            mesh=mesh,
+            rules=rules,
         )
     else:
         policy = models.Policy(model_config(config, vocab_size), rngs=nnx.Rngs(config.seed))
+    platform = None if mesh is None else mesh.devices.flat[0].platform
     return _with_configured_attention(config, policy, platform)
 
 
-def init_critic(config: ml_collections.ConfigDict, policy: models.Policy) -> models.Critic:
-    """The initial critic: a local HF token-classification checkpoint, or the policy's decoder
-    with a fresh value head (outputs ~0)."""
+def init_critic(
+    config: ml_collections.ConfigDict,
+    policy: models.Policy,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: Any = None,
+) -> models.Critic:
+    """The initial critic: a local HF token-classification checkpoint (sharded like the
+    policy's), or the policy's decoder with a fresh value head (outputs ~0), copied on the
+    devices where the policy's parameters live (no host copy)."""
     if config.model.critic_hf_path:
         critic = models.load_hf(
             config.model.critic_hf_path,
             role="critic",
             dtype=config.model.compute_dtype,
             param_dtype=config.model.param_dtype,
+            mesh=mesh,
+            rules=rules,
         )
         return models.with_attention(
             critic, policy.config.attention, policy.config.attention_block_size
@@ -93,11 +159,12 @@ class Run:
       data: dataset, tokenizer and prompt formatter.
       mesh, rules: where the steps run.
       settings: validated train settings.
-      policy_graphdef, critic_graphdef: model structures (critic None for critic-free methods).
       sampler: the rollout engine.
       pool: the grader's worker pool.
       prompt_width, response_length: P and L of every RL batch.
       eos_ids, pad_id: from the tokenizer.
+      functions: the compiled steps and forwards; `policy_graphdef` / `critic_graphdef` are
+        theirs (the critic's is set once the critic exists).
     """
 
     config: ml_collections.ConfigDict
@@ -106,145 +173,51 @@ class Run:
     mesh: jax.sharding.Mesh
     rules: Any
     settings: train.TrainSettings
-    policy_graphdef: nnx.GraphDef
-    critic_graphdef: nnx.GraphDef | None
     sampler: Sampler
     pool: GradingPool
     prompt_width: int
     response_length: int
     eos_ids: tuple[int, ...]
     pad_id: int
-    _compiled: dict[str, train.CompiledStep] = dataclasses.field(default_factory=dict)
-
-    # --- compiled functions, each built on first use from an example and never again --------
-    #
-    # Length buckets: a batch [N, P + L] runs on the smallest response bucket l that holds its
-    # longest response (`train.length_buckets` below L, then L): its sequences are cut to
-    # [N, P + l] and [N, l] (everything past is padding: response masks are prefixes), and
-    # forward outputs are padded back to [N, L] with zeros. Masked padding slots contribute
-    # exactly nothing to any loss or output, so a bucketed call equals the full-length one up
-    # to float summation order. Each function compiles once per (rows, bucket).
+    functions: RunFunctions
 
     @property
-    def length_buckets(self) -> tuple[int, ...]:
-        """Response lengths the train / forward functions compile for, ending with L."""
-        shorter = tuple(b for b in self.settings.length_buckets if b < self.response_length)
-        return (*shorter, self.response_length)
+    def policy_graphdef(self) -> nnx.GraphDef:
+        return self.functions.policy_graphdef
 
-    def bucket_for(self, response_mask) -> int:
-        """The smallest length bucket holding every response of a [N, L] mask."""
-        columns = np.flatnonzero(np.asarray(response_mask).any(axis=0))
-        longest = int(columns[-1]) + 1 if len(columns) else 1
-        return next(b for b in self.length_buckets if b >= longest)
+    @property
+    def critic_graphdef(self) -> nnx.GraphDef | None:
+        return self.functions.critic_graphdef
 
-    def _bucketed(self, batch):
-        """(the batch cut to its length bucket, the bucket)."""
-        length = self.bucket_for(batch.response_mask)
-        if length == batch.response_length:
-            return batch, length
-        width = batch.prompt_length + length
-        changes = {
-            "tokens": batch.tokens[:, :width],
-            "attention_mask": batch.attention_mask[:, :width],
-        }
-        for name in ("response_mask", "old_logprobs", "advantages", "returns", "old_values"):
-            if hasattr(batch, name):
-                changes[name] = getattr(batch, name)[:, :length]
-        return batch.replace(**changes), length
+    @critic_graphdef.setter
+    def critic_graphdef(self, graphdef: nnx.GraphDef) -> None:
+        self.functions.critic_graphdef = graphdef
 
-    def _full_length(self, tree):
-        """Forward outputs [N, l] padded with zeros to [N, L]."""
-
-        def pad(x):
-            return jnp.pad(x, ((0, 0), (0, self.response_length - x.shape[1])))
-
-        return jax.tree.map(pad, tree)
-
-    def _example_batch(self, rows: int, length: int) -> RLBatch:
-        s = self.prompt_width + length
-        zeros = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
-        return RLBatch(
-            tokens=zeros((rows, s), jnp.int32),
-            attention_mask=zeros((rows, s), jnp.bool_),
-            response_mask=zeros((rows, length), jnp.bool_),
-            old_logprobs=zeros((rows, length), jnp.float32),
-            advantages=zeros((rows, length), jnp.float32),
-            returns=zeros((rows, length), jnp.float32),
-            old_values=zeros((rows, length), jnp.float32),
-            is_labeled=zeros((rows,), jnp.bool_),
-            keep=zeros((rows,), jnp.bool_),
-        )
-
-    def _get(self, key: str, build):
-        if key not in self._compiled:
-            self._compiled[key] = build()
-        return self._compiled[key]
-
-    def _train_step(self, name: str, make, graphdef, state: train.TrainState, batch: RLBatch):
-        batch, length = self._bucketed(batch)
-        rows = batch.tokens.shape[0]
-        step = self._get(
-            f"{name}/{rows}x{length}",
-            lambda: train.compile_train_step(
-                make(graphdef, self.settings),
-                state,
-                self._example_batch(rows, length),
-                self.mesh,
-                self.rules,
-                micro_batches=self.settings.micro_batches,
-                name=name,
-            ),
-        )
-        with self._kernel_mesh():
-            return step(state, train.canonical_batch(batch))
-
-    def _kernel_mesh(self):
-        """The mesh as tracing context when attention is a Pallas kernel, which then runs per
-        shard (`tempo_jax.models.attention.splash_attention`); a no-op otherwise."""
-        if self.sampler.config.attention == "splash":
-            return jax.set_mesh(self.mesh)
-        return contextlib.nullcontext()
-
-    def _forward(self, name: str, make, graphdef, params: nnx.State, seqs: Sequences):
-        seqs, length = self._bucketed(seqs)
-        rows = seqs.tokens.shape[0]
-        fn = self._get(
-            f"{name}/{rows}x{length}",
-            lambda: train.compile_forward(
-                make(graphdef, self.settings),
-                params,
-                self._example_batch(rows, length).sequences(),
-                self.mesh,
-                self.rules,
-                micro_batches=self.settings.micro_batches,
-                name=name,
-            ),
-        )
-        with self._kernel_mesh():
-            out = fn(params, train.canonical_batch(seqs))
-        return self._full_length(out)
+    # --- compiled functions, each built on first use (see tempo_jax.tempo.functions) --------
 
     def policy_step(self, state: train.TrainState, batch: RLBatch):
-        return self._train_step(
-            "policy_step", train.make_policy_step, self.policy_graphdef, state, batch
-        )
+        batch, length = self.functions.bucketed(batch)
+        step = self.functions.policy_step(state, batch.tokens.shape[0], length)
+        return step(state, train.canonical_batch(batch))
 
     def critic_step(self, state: train.TrainState, batch: RLBatch):
-        return self._train_step(
-            "critic_step", train.make_critic_step, self.critic_graphdef, state, batch
-        )
+        batch, length = self.functions.bucketed(batch)
+        step = self.functions.critic_step(state, batch.tokens.shape[0], length)
+        return step(state, train.canonical_batch(batch))
 
     def token_stats(self, params: nnx.State, seqs: Sequences) -> train.TokenStats:
-        make = train.make_policy_token_stats_fn
-        return self._forward("token_stats", make, self.policy_graphdef, params, seqs)
+        seqs, length = self.functions.bucketed(seqs)
+        fn = self.functions.token_stats(params, seqs.tokens.shape[0], length)
+        return self.functions.full_length(fn(params, train.canonical_batch(seqs)))
 
     def values(self, params: nnx.State, seqs: Sequences) -> jax.Array:
-        make = train.make_critic_values_fn
-        return self._forward("critic_values", make, self.critic_graphdef, params, seqs)
+        seqs, length = self.functions.bucketed(seqs)
+        fn = self.functions.values(params, seqs.tokens.shape[0], length)
+        return self.functions.full_length(fn(params, train.canonical_batch(seqs)))
 
     def compile_counts(self) -> dict[str, int]:
         """Executables per compiled function (each should stay 1) plus the sampler's."""
-        out = {k: v.cache_size() for k, v in self._compiled.items()}
+        out = self.functions.compile_counts()
         out["sampler"] = self.sampler.num_compilations
         return out
 
@@ -277,29 +250,19 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, mod
         data = build_data(data_config, data_dir)
     tokenizer = data.tokenizer
     mesh = parallel.make_mesh(config.parallel.mesh)
-    policy = init_policy(config, tokenizer.vocab_size, mesh.devices.flat[0].platform)
+    rules = parallel.make_rules(config.parallel.rules)
+    policy = init_policy(config, tokenizer.vocab_size, mesh, rules)
     log.info("attention: %s", policy.config.attention)
     if policy.config.vocab_size < tokenizer.vocab_size:
         raise ValueError(
             f"model vocabulary ({policy.config.vocab_size}) is smaller than the tokenizer's "
             f"({tokenizer.vocab_size}); check config.model / config.tokenizer"
         )
-    rules = parallel.make_rules(config.parallel.rules)
     settings = train.settings_from_config(config.train)
     policy_graphdef, _ = train.split_for_training(policy, settings)
     # The critic's graphdef is set when the critic is created (it needs a concrete module).
     eos_ids = tuple(int(e) for e in np.atleast_1d(tokenizer.eos_id))
-    sampler = Sampler(
-        policy,
-        max_new_tokens=config.rollout.max_new_tokens,
-        max_prompt_length=config.data.max_prompt_length,
-        eos_ids=eos_ids,
-        pad_id=tokenizer.pad_id,
-        max_top_k=max(1, min(64, config.rollout.top_k or 64)),
-        mesh=mesh,
-        rules=rules,
-        max_rows_per_chunk=config.rollout.max_rows_per_chunk or None,
-    )
+    sampler = make_sampler(config, policy, mesh, rules, eos_ids, tokenizer.pad_id)
     pool = GradingPool(num_workers=config.grader.num_workers, timeout_s=config.grader.timeout_s)
     run = Run(
         config=config,
@@ -308,13 +271,12 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, mod
         mesh=mesh,
         rules=rules,
         settings=settings,
-        policy_graphdef=policy_graphdef,
-        critic_graphdef=None,
         sampler=sampler,
         pool=pool,
         prompt_width=config.data.max_prompt_length,
         response_length=config.rollout.max_new_tokens,
         eos_ids=eos_ids,
         pad_id=tokenizer.pad_id,
+        functions=RunFunctions.for_run(config, mesh, rules, settings, policy_graphdef),
     )
     return run, policy

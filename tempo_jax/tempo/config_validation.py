@@ -15,6 +15,12 @@ from tempo_jax.tempo.methods import METHODS, get_method
 
 ADVANTAGES = ("em_token", "em_outcome")
 DTYPES = ("float32", "bfloat16")
+# AdamW moves each weight by about the learning rate per update (|m / sqrt(v)| <= ~1). A
+# bfloat16 weight keeps 8 significant bits, so round-to-nearest drops any change below half its
+# spacing, |w| * 2**-9 or more; for a typical LLM matrix entry (|w| ~ 0.02, the init scale)
+# that is 3.9e-5. Smaller learning rates on bfloat16 parameters leave the weights unchanged.
+TYPICAL_WEIGHT = 0.02
+BF16_SMALLEST_LEARNING_RATE = TYPICAL_WEIGHT * 2.0**-9
 
 
 class ConfigError(ValueError):
@@ -64,6 +70,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"must be one of {ATTENTION_IMPLEMENTATIONS}, got {config.model.attention!r}",
     )
     _positive_int(config, "model.attention_block_size")
+    _check_bfloat16_updates(config)
     _positive_int(config, "data.prompts_per_step")
     _positive_int(config, "data.max_prompt_length")
     _positive_int(config, "rollout.max_new_tokens")
@@ -156,11 +163,43 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"got {config.data.prompts_per_update}",
     )
     rows = per_update * config.rollout.n
-    _require(
-        rows % config.train.micro_batches == 0,
-        "train.micro_batches",
-        f"must divide the rows per policy update (prompts per update * rollout.n = {rows})",
-    )
+    if config.train.micro_batch_rows:
+        step_rows = config.data.prompts_per_step * config.rollout.n
+        _require(
+            rows % config.train.micro_batch_rows == 0
+            and step_rows % config.train.micro_batch_rows == 0,
+            "train.micro_batch_rows",
+            f"must divide the rows per policy update ({rows}) and per step ({step_rows})",
+        )
+    else:
+        _require(
+            rows % config.train.micro_batches == 0,
+            "train.micro_batches",
+            f"must divide the rows per policy update (prompts per update * rollout.n = {rows})",
+        )
+
+
+def _check_bfloat16_updates(config: ml_collections.ConfigDict) -> None:
+    """bfloat16 parameters (no float32 master weights) need learning rates whose AdamW updates
+    survive bfloat16 rounding; see BF16_SMALLEST_LEARNING_RATE."""
+    if config.model.param_dtype != "bfloat16":
+        return
+    rates = [
+        (f"train.{name}.learning_rate", config.train[name].learning_rate)
+        for name in ("policy_optimizer", "critic_optimizer")
+    ]
+    if config.sft.steps > 0:
+        rates.append(("sft.learning_rate", config.sft.learning_rate))
+    for field, rate in rates:
+        _require(
+            not 0 < rate < BF16_SMALLEST_LEARNING_RATE,
+            "model.param_dtype",
+            f"= 'bfloat16' with config.{field}={rate:g}: AdamW moves a weight by about the "
+            f"learning rate per update, below half the bfloat16 spacing of a typical weight "
+            f"(|w| ~ {TYPICAL_WEIGHT}: {BF16_SMALLEST_LEARNING_RATE:.1e}), so the updates round "
+            "away. Keep float32 master weights (model.param_dtype='float32'; compute stays "
+            "bfloat16 with model.compute_dtype) or raise the learning rate.",
+        )
 
 
 def _file_list(value) -> list[str]:

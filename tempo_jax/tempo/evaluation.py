@@ -22,7 +22,8 @@ from tempo_jax.tempo.phases import Timer, sample, sequences, step_seed
 def _problems(run: Run, split: str):
     """The first `eval.num_problems` problems of `split` (all of them if it has fewer) as one
     batch, or None for an empty split. The sampler splits it into `rollout.max_rows_per_chunk`
-    chunks and pads only its last chunk, never up to a training batch."""
+    chunks and pads only its last chunk (to a prompt count whose rows divide over the mesh),
+    never up to a training batch."""
     return next(iter(run.data.one_pass(split, batch_size=run.config.eval.num_problems)), None)
 
 

@@ -2,9 +2,8 @@
 
 The trainer stores each network's `ModelConfig` in the checkpoint metadata (`models`), so export
 rebuilds the model structure from the checkpoint alone: no config file, tokenizer or dataset is
-needed. Parameters are restored to host memory (numpy), whatever mesh saved them; the whole
-checkpoint item is read, optimizer moments included (about 3x the parameters' bytes of host
-memory for AdamW).
+needed. The networks are restored sharded over this host's devices (any mesh may have saved
+them) and written one tensor at a time.
 """
 
 from __future__ import annotations
@@ -15,10 +14,10 @@ import os
 import tempfile
 from typing import Any
 
-import numpy as np
+import jax
 from flax import nnx
 
-from tempo_jax import models
+from tempo_jax import models, parallel, train
 from tempo_jax.train import storage
 from tempo_jax.train.checkpointing import Checkpointer
 
@@ -52,49 +51,23 @@ def model_config_from_dict(d: dict[str, Any], where: str = "model config") -> mo
         raise ValueError(f"{where}: {e}") from None
 
 
-def _leaf(tree: Any, path: tuple, where: str) -> np.ndarray:
-    node = tree
-    for key in path:
-        key = str(key)
-        if not isinstance(node, dict) or key not in node:
-            raise ValueError(
-                f"{where}: parameter {'/'.join(map(str, path))} is not in the checkpoint"
-            )
-        node = node[key]
-    # Orbax stores an nnx Variable as a dict holding its "value".
-    if isinstance(node, dict) and set(node) == {"value"}:
-        node = node["value"]
-    if not isinstance(node, np.ndarray):
-        raise ValueError(f"{where}: parameter {'/'.join(map(str, path))} is not an array")
-    return node
-
-
-def module_from_host_params(
-    role: str, config: models.ModelConfig, params: dict[str, Any], where: str
-) -> models.Policy | models.Critic:
-    """The `role` model of `config` with parameters from a host-restored nested dict.
-
-    Raises:
-      ValueError: naming `where` and the parameter whose path, shape or dtype does not match.
-    """
+def _abstract_state(role: str, config: models.ModelConfig, optimizer, mesh) -> tuple:
+    """(graphdef, abstract TrainState with shardings over `mesh`) of a stored network."""
     abstract = nnx.eval_shape(lambda: ROLES[role](config, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    flat = []
-    for path, variable in nnx.to_flat_state(state):
-        value = _leaf(params, path, where)
-        if value.shape != variable.shape or value.dtype != variable.dtype:
-            raise ValueError(
-                f"{where}: parameter {'/'.join(map(str, path))} is {value.shape} {value.dtype}, "
-                f"the stored model config expects {variable.shape} {variable.dtype}"
-            )
-        flat.append((path, variable.replace(value)))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+    graphdef, params = nnx.split(abstract, nnx.Param)
+    return graphdef, train.abstract_train_state(params, optimizer, mesh)
 
 
-def export_hf(workdir: str, out: str, step: int | None = None) -> dict[str, str]:
+def export_hf(
+    workdir: str, out: str, step: int | None = None, mesh: jax.sharding.Mesh | None = None
+) -> dict[str, str]:
     """Writes the networks of checkpoint `step` (None: the newest good one) of a `tempo-jax
     train` workdir as HF checkpoints `out/policy` (and `out/critic` when the method has one).
     Either may be a bucket (`gs://...`).
+
+    The networks' TrainStates are restored sharded over `mesh` (default: every device, FSDP),
+    so no host holds a whole network or its optimizer state; `save_hf` then gathers one tensor
+    at a time into the files.
 
     Returns:
       {role: directory written}.
@@ -106,21 +79,36 @@ def export_hf(workdir: str, out: str, step: int | None = None) -> dict[str, str]
     directory = os.path.join(workdir, "checkpoints")
     if not storage.path(directory).is_dir():
         raise FileNotFoundError(f"{workdir} has no checkpoints/ directory (not a trainer workdir?)")
+    mesh = parallel.make_mesh((1, -1, 1)) if mesh is None else mesh
     with Checkpointer(directory, read_only=True) as ckpt:
-        items, metadata = ckpt.restore(step, None)
-        where = f"checkpoint {ckpt.step_path(ckpt.restored_step)}"
-    configs = metadata.get("models")
-    if not isinstance(configs, dict):
-        raise ValueError(f"{where}: its metadata has no 'models' entry (saved by an older trainer)")
+        step = ckpt.latest_good_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no good checkpoint in {directory}")
+        where = f"checkpoint {ckpt.step_path(step)}"
+        metadata = ckpt.metadata(step)
+        configs, saved_config = metadata.get("models"), metadata.get("config")
+        if not isinstance(configs, dict) or not isinstance(saved_config, dict):
+            raise ValueError(
+                f"{where}: its metadata has no 'models' / 'config' entry (saved by an older "
+                "trainer)"
+            )
+        settings = train.settings_from_config(saved_config.get("train", {}))
+        optimizers = {"policy": settings.policy_optimizer, "critic": settings.critic_optimizer}
+        graphdefs, abstract = {}, {}
+        for role in ROLES:
+            if role in configs:
+                config = model_config_from_dict(configs[role], f"{where} models[{role!r}]")
+                graphdefs[role], abstract[role] = _abstract_state(
+                    role, config, optimizers[role], mesh
+                )
+        try:
+            items, _ = ckpt.restore(step, abstract)
+        except (ValueError, KeyError) as e:  # Orbax's shape / structure mismatches
+            raise ValueError(f"{where} does not match its stored model configs: {e}") from e
     written = {}
-    for role in ROLES:
-        if role not in items:
-            continue
-        if role not in configs:
-            raise ValueError(f"{where}: metadata 'models' has no {role!r} config")
-        config = model_config_from_dict(configs[role], f"{where} models[{role!r}]")
-        module = module_from_host_params(role, config, items[role]["params"], f"{where} {role}")
+    for role, graphdef in graphdefs.items():
         path = os.path.join(out, role)
+        module = nnx.merge(graphdef, items[role].params)
         if storage.is_remote(path):  # safetensors writes local files: stage, then upload
             with tempfile.TemporaryDirectory() as staging:
                 models.save_hf(module, staging)

@@ -92,6 +92,11 @@ def make_optimizer(
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
 
 
+def sft_optimizer(sft_config) -> optax.GradientTransformation:
+    """`make_optimizer` from the `sft` config section."""
+    return make_optimizer(sft_config.learning_rate, sft_config.steps, sft_config.warmup_steps)
+
+
 def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation):
     """A jitted pure step `(params, opt_state, tokens, mask, response_mask) -> (params,
     opt_state, metrics)` minimising the token-mean negative log-likelihood of the responses."""
@@ -151,7 +156,7 @@ def run_sft(run, policy, sft_dir: str):
             if multiprocess:
                 return nnx.merge(graphdef, _uncommitted(items["params"]))
             return nnx.merge(graphdef, items["params"])
-        optimizer = make_optimizer(cfg.learning_rate, cfg.steps, cfg.warmup_steps)
+        optimizer = sft_optimizer(cfg)
         opt_state = optimizer.init(params)
         step = make_sft_step(graphdef, optimizer)
         rows = iter(run.data.rows("labeled", seed=run.config.seed))

@@ -33,6 +33,7 @@ from tempo_jax.train.config import (
     PolicyLossSettings,
     TrainSettings,
     get_config,
+    micro_batches_for,
     settings_from_config,
 )
 from tempo_jax.train.critic_step import make_critic_gradients, make_critic_step
@@ -75,6 +76,7 @@ __all__ = [
     "make_policy_step",
     "make_policy_token_stats_fn",
     "make_schedule",
+    "micro_batches_for",
     "read_jsonl",
     "settings_from_config",
     "split_for_training",

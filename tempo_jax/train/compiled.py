@@ -7,9 +7,12 @@
 
 The in/out shardings come from `tempo_jax.parallel`: parameters and optimizer state from the
 params' logical axes, batch leaves split over the `batch` rule's mesh axes on dim 0, metrics
-replicated. Every check (divisible dimensions, micro-batches, batch shapes and dtypes) runs in
-Python before tracing, and each call is checked against the example it was built with, so a
-batch of another shape fails with a message instead of silently compiling a second executable.
+replicated. The function is traced inside `parallel.activation_sharding(mesh, rules)`, so the
+model's activation constraints (rows over the batch axes) apply. `step.lower()` lowers it for
+its example arguments, which may be abstract: what `tempo-jax compile` measures. Every check
+(divisible dimensions, micro-batches, batch shapes and dtypes) runs in Python before tracing,
+and each call is checked against the example it was built with, so a batch of another shape
+fails with a message instead of silently compiling a second executable.
 
 Multi-process: host (numpy) inputs must be equal on every process (they become global arrays,
 each process placing its own shards); sharded outputs come back to the host with
@@ -28,6 +31,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from tempo_jax import parallel
+from tempo_jax.parallel.activations import activation_sharding
 from tempo_jax.parallel.rules import Rules, mesh_axes_for
 from tempo_jax.train.batch import RLBatch, Sequences, check_batch
 from tempo_jax.train.train_state import TrainState, train_state_shardings
@@ -108,13 +112,23 @@ class CompiledStep:
         out_shardings: Any,
         donate_argnums: tuple[int, ...] = (),
         compiler_options: dict[str, Any] | None = None,
+        *,
+        mesh: jax.sharding.Mesh | None = None,
+        rules: Rules | None = None,
     ):
         self.name = name
         self.in_shardings = in_shardings
         self.out_shardings = out_shardings
+        self.example_args = example_args
         self._signatures = tuple(_signature(a) for a in example_args)
+
+        def traced(*args):
+            # Activation constraints by the same rules as the parameters (traced only here).
+            with activation_sharding(mesh, rules):
+                return fn(*args)
+
         self._jitted = jax.jit(
-            fn,
+            traced,
             in_shardings=in_shardings,
             out_shardings=out_shardings,
             donate_argnums=donate_argnums,
@@ -149,8 +163,10 @@ class CompiledStep:
         return self._jitted(*args)
 
     def lower(self, *args: Any) -> jax.stages.Lowered:
-        """The lowered computation (for HLO inspection); does not count as a call."""
-        return self._jitted.lower(*args)
+        """The lowered computation for `args` (default: the example arguments, which may be
+        abstract: `ShapeDtypeStruct`s); does not count as a call. `.compile()` on it is what
+        `tempo-jax compile` measures."""
+        return self._jitted.lower(*(args or self.example_args))
 
     def cache_size(self) -> int:
         """Executables compiled for this function so far."""
@@ -199,6 +215,8 @@ def compile_train_step(
         (state_shardings, replicated),
         donate_argnums=(0,),
         compiler_options=compiler_options,
+        mesh=mesh,
+        rules=rules,
     )
 
 
@@ -230,4 +248,6 @@ def compile_forward(
         (param_shardings, seq_shardings),
         parallel.batch_sharding(mesh, rules),
         compiler_options=compiler_options,
+        mesh=mesh,
+        rules=rules,
     )

@@ -50,6 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.policy_loss.dual_clip = config_dict.placeholder(float)  # ppo only: dual-clip c > 1
     cfg.value_clip = 0.1  # critic: bound on each row's mean value change per update
     cfg.micro_batches = 1  # gradient accumulation: rows are split into this many micro-batches
+    # Memory per device then stays the same for the policy update, the critic's whole step batch
+    # and the log-prob / value forwards; a multiple of the batch's mesh shards.
+    cfg.micro_batch_rows = 0  # rows per micro-batch of every step / forward (0 = micro_batches)
     cfg.vocab_chunk_size = 8192  # log-probs: at most this many vocabulary rows per chunk
     cfg.compute_dtype = ""  # '' = the model's | float32 | bfloat16 (params stay as stored)
     cfg.remat = False  # recompute each decoder layer in the backward pass (saves activations)
@@ -160,6 +163,7 @@ class TrainSettings:
     policy_loss: PolicyLossSettings = PolicyLossSettings()
     value_clip: float = 0.1
     micro_batches: int = 1
+    micro_batch_rows: int = 0
     vocab_chunk_size: int = 8192
     compute_dtype: str = ""
     remat: bool = False
@@ -170,6 +174,10 @@ class TrainSettings:
             _fail("value_clip", f"must be > 0, got {self.value_clip}")
         if _integer("micro_batches", self.micro_batches) < 1:
             _fail("micro_batches", f"must be >= 1, got {self.micro_batches}")
+        if _integer("micro_batch_rows", self.micro_batch_rows) < 0:
+            _fail(
+                "micro_batch_rows", f"must be >= 0 (0 = micro_batches), got {self.micro_batch_rows}"
+            )
         if _integer("vocab_chunk_size", self.vocab_chunk_size) < 1:
             _fail("vocab_chunk_size", f"must be >= 1, got {self.vocab_chunk_size}")
         if self.compute_dtype not in COMPUTE_DTYPES:
@@ -181,6 +189,23 @@ class TrainSettings:
             if _integer("length_buckets", b) < 1:
                 _fail("length_buckets", f"must be positive ints, got {buckets}")
         object.__setattr__(self, "length_buckets", tuple(sorted(set(buckets))))
+
+
+def micro_batches_for(settings: TrainSettings, rows: int) -> int:
+    """Micro-batches a batch of `rows` rows is split into: rows / micro_batch_rows when that is
+    set, else micro_batches.
+
+    Raises:
+      ValueError: naming train.micro_batch_rows when it does not divide `rows`.
+    """
+    if not settings.micro_batch_rows:
+        return settings.micro_batches
+    if rows % settings.micro_batch_rows:
+        _fail(
+            "micro_batch_rows",
+            f"= {settings.micro_batch_rows} does not divide a batch of {rows} rows",
+        )
+    return rows // settings.micro_batch_rows
 
 
 def _as_dict(section: Any) -> dict[str, Any]:

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tempo_jax.models.decoder import RESIDUAL_AXES
+from tempo_jax.parallel.activations import constrain
 from tempo_jax.train.batch import Sequences, response_slots, response_tokens, split_micro_batches
 from tempo_jax.train.config import TrainSettings
 from tempo_jax.train.logprobs import TokenStats, token_stats
@@ -28,6 +30,7 @@ def response_token_stats(policy: nnx.Module, seqs: Sequences, vocab_chunk_size: 
     """
     length = seqs.response_mask.shape[-1]
     hidden = response_slots(policy.hidden_states(seqs.tokens, seqs.attention_mask), length)
+    hidden = constrain(hidden, RESIDUAL_AXES)  # rows stay split through the vocabulary chunks
     return token_stats(
         hidden,
         policy.output_embedding(),

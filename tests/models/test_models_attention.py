@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tempo_jax import models
+from tempo_jax import models, parallel
 from tempo_jax.models import attention
 
 B, T, H, K, DH = 2, 40, 4, 2, 16
@@ -245,27 +245,23 @@ def test_decode_reads_a_bfloat16_cache_without_a_float32_copy():
 
 
 def test_splash_under_a_mesh_runs_per_shard_and_equals_dense():
-    """With a mesh context the kernel runs under shard_map (rows over fsdp, heads over tensor);
-    the lowered program holds no all-gather of the operands."""
-    mesh = jax.make_mesh(
-        (1, 2, 2),
-        ("data", "fsdp", "tensor"),
-        devices=jax.devices()[:4],
-        axis_types=(jax.sharding.AxisType.Auto,) * 3,
-    )
+    """Under an activation-sharding context the kernel runs under shard_map (rows over
+    data x fsdp, heads over tensor); the lowered program holds no all-gather of the operands."""
+    mesh = parallel.make_mesh((1, 2, 2), devices=jax.devices()[:4])
     q, k, v, _ = _inputs(5)
     valid = jnp.asarray(VALID)
-    spec = jax.sharding.PartitionSpec("fsdp", None, "tensor", None)
+    spec = jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor", None)
     sharding = jax.sharding.NamedSharding(mesh, spec)
     q, k, v = (jax.device_put(x, sharding) for x in (q, k, v))
 
     def splash(q, k, v):
+        context = parallel.current_activation_sharding()
         return attention.splash_attention(
-            q, k, v, valid, window=5, dtype=jnp.float32, interpret=True
+            q, k, v, valid, window=5, dtype=jnp.float32, interpret=True, sharding=context
         )
 
-    with jax.set_mesh(mesh):
+    with parallel.activation_sharding(mesh):
         lowered = jax.jit(splash).lower(q, k, v)
-        out = lowered.compile()(q, k, v)
+    out = lowered.compile()(q, k, v)
     assert "all-gather" not in lowered.compile().as_text()
     assert _valid_max_diff(out, _dense(q, k, v, 5)) < 1e-5

@@ -36,8 +36,11 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def _run_two_processes(out_dir: pathlib.Path, process_ids=(0, 1)) -> None:
-    """Runs both workers; fails (never hangs) if either errors or they exceed TIMEOUT_S."""
+def run_two_processes(
+    out_dir: pathlib.Path, process_ids=(0, 1), worker: pathlib.Path = WORKER, args=()
+) -> None:
+    """Runs both workers (`worker PORT PROCESS_ID OUT_DIR *args`); fails (never hangs) if either
+    errors or they exceed TIMEOUT_S."""
     port = _free_port()
     logs = [out_dir / f"worker_{i}.log" for i in range(len(process_ids))]
     procs = []
@@ -46,7 +49,7 @@ def _run_two_processes(out_dir: pathlib.Path, process_ids=(0, 1)) -> None:
             with open(log, "wb") as sink:  # a file, not a pipe: a full pipe would block a worker
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, str(WORKER), str(port), str(pid), str(out_dir)],
+                        [sys.executable, str(worker), str(port), str(pid), str(out_dir), *args],
                         env=_worker_env(),
                         cwd=ROOT,
                         stdout=sink,
@@ -77,7 +80,7 @@ def _run_two_processes(out_dir: pathlib.Path, process_ids=(0, 1)) -> None:
 
 @pytest.mark.slow
 def test_two_processes_build_the_same_global_batch(devices, tmp_path):
-    _run_two_processes(tmp_path)
+    run_two_processes(tmp_path)
     results = [dict(np.load(tmp_path / f"process_{pid}.npz")) for pid in range(2)]
     x, w = worker.full_batch(), worker.weight()
     for mesh_shape in worker.MESHES:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sampling_helpers import MAX_NEW, PAD, UNUSED_EOS, VOCAB
 
-from tempo_jax.sampling import Sampler, SamplingParams
+from tempo_jax.sampling import Sampler, SamplingParams, chunk_prompts
 
 SAMPLED = SamplingParams(temperature=1.0, top_k=0, top_p=0.95)
 FIELDS = ("tokens", "response_mask", "lengths", "finish_reason", "logprobs", "group_ids")
@@ -72,6 +72,53 @@ def test_chunks_whose_rows_stop_at_different_steps_equal_one_call(policy, state)
         )
 
 
+class _StopAfter(Exception):
+    pass
+
+
+class _Log:
+    """A ChunkLog that keeps chunks in a dict and stops the call after `stop_after` new ones."""
+
+    def __init__(self, kept=None, stop_after=None):
+        self.kept, self.sampled, self.stop_after = dict(kept or {}), [], stop_after
+
+    def chunk(self, index, sample):
+        if index not in self.kept:
+            self.kept[index] = sample()
+            self.sampled.append(index)
+            if len(self.sampled) == self.stop_after:
+                raise _StopAfter
+        return self.kept[index]
+
+
+def test_a_call_stopped_between_chunks_continues_with_the_kept_ones_bitwise(policy, state):
+    """5 prompts x 3 samples in 3 chunks: stopped after chunk 1, the resumed call samples only
+    chunk 2 and returns exactly the arrays of an uninterrupted (chunk-logged or plain) call."""
+    tokens, mask = _prompts(5)
+    sampler = _sampler(policy, rows=7)
+    plain = sampler.generate(state, tokens, mask, n=3, sampling=SAMPLED, seed=7)
+    first = _Log(stop_after=2)
+    with pytest.raises(_StopAfter):
+        sampler.generate(state, tokens, mask, n=3, sampling=SAMPLED, seed=7, chunk_log=first)
+    assert first.sampled == [0, 1]
+    second = _Log(kept=first.kept)
+    resumed = sampler.generate(state, tokens, mask, n=3, sampling=SAMPLED, seed=7, chunk_log=second)
+    assert second.sampled == [2]
+    assert [int(np.asarray(second.kept[i].group_ids).min()) for i in range(3)] == [0, 2, 4]
+    for name in FIELDS + ("prompt_tokens", "sampling_logprobs"):
+        want, got = np.asarray(getattr(plain, name)), np.asarray(getattr(resumed, name))
+        assert want.dtype == got.dtype and np.array_equal(want, got), name
+    # One chunk of the whole batch goes through the log too (a rollout phase of one chunk).
+    one = _Log()
+    whole = _sampler(policy).generate(state, tokens, mask, n=3, sampling=SAMPLED, seed=7)
+    logged = _sampler(policy).generate(
+        state, tokens, mask, n=3, sampling=SAMPLED, seed=7, chunk_log=one
+    )
+    assert one.sampled == [0]
+    for name in FIELDS:
+        assert np.array_equal(np.asarray(getattr(whole, name)), getattr(logged, name)), name
+
+
 def test_chunk_size_validation_and_no_padding_for_a_short_batch(policy, state):
     sampler = _sampler(policy, rows=4)
     tokens, mask = _prompts(3)
@@ -81,5 +128,12 @@ def test_chunk_size_validation_and_no_padding_for_a_short_batch(policy, state):
         _sampler(policy, rows=0)
     assert sampler.prompts_per_chunk(3, 2) == 2
     assert sampler.prompts_per_chunk(1, 2) == 1  # a short batch is not padded up to a chunk
+    # Over 8 row shards: chunks of whole groups whose rows divide (4 prompts x 2 = 8 rows), a
+    # short batch padded only to the shards' multiple, and a chunk too small for one such
+    # group named.
+    assert chunk_prompts(30, 2, 8, 20) == 8 and chunk_prompts(3, 2, 8, 20) == 4
+    assert chunk_prompts(31, 16, 8) == 31 and chunk_prompts(31, 1, 8) == 32
+    with pytest.raises(ValueError, match="max_rows_per_chunk=6 rows hold 3 prompts"):
+        chunk_prompts(30, 2, 8, 6)
     out = sampler.generate(state, tokens[:1], mask[:1], n=2, sampling=SAMPLED, seed=1)
     assert isinstance(out.tokens, jax.Array) and out.tokens.shape == (2, MAX_NEW)

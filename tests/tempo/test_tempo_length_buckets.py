@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from tempo_micro import micro_config
 
+from tempo_jax.tempo import functions
 from tempo_jax.tempo.loop import Trainer
 from tempo_jax.tempo.phases import Timer, critic_update
+from tempo_jax.tempo.step_journal import StepJournal
 from tempo_jax.train import RLBatch, Sequences
 
 ROWS, PROMPT, LENGTH = 8, 24, 8  # micro config: 4 prompts x 2 samples, P = 24, L = 8
@@ -57,13 +59,15 @@ def _rl_batch(seqs: Sequences, old_logprobs: np.ndarray, seed: int = 1) -> RLBat
 def _full_length(run):
     """A context in which `run` compiles and runs at the full response length only."""
 
+    functions = run.functions
+
     class _Full:
         def __enter__(self):
-            self.saved = run.settings
-            run.settings = dataclasses.replace(run.settings, length_buckets=())
+            self.saved = functions.settings
+            functions.settings = dataclasses.replace(functions.settings, length_buckets=())
 
         def __exit__(self, *exc):
-            run.settings = self.saved
+            functions.settings = self.saved
 
     return _Full()
 
@@ -75,9 +79,9 @@ def _copy(state):
 def test_bucketed_forwards_and_updates_equal_full_length(trainer):
     run = trainer.run
     state = trainer._fresh_state()
-    assert run.length_buckets == (2, 4, 8)
+    assert run.functions.length_buckets == (2, 4, 8)
     seqs = _sequences(run.data.tokenizer.vocab_size, [3, 1, 4, 2, 4, 1, 3, 2])
-    assert run.bucket_for(seqs.response_mask) == 4
+    assert run.functions.bucket_for(seqs.response_mask) == 4
 
     stats = run.token_stats(state.policy.params, seqs)
     values = run.values(state.critic.params, seqs)
@@ -106,11 +110,15 @@ def test_bucketed_forwards_and_updates_equal_full_length(trainer):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
     rows = trainer_rows(run, seqs)
-    critic, _ = critic_update(run, _copy(state.critic), rows, np.ones(ROWS), Timer(), updates=1)
+
+    def update(journal):  # a step's journal of its own each (one that never stops)
+        return critic_update(
+            run, journal, _copy(state.critic), rows, np.ones(ROWS), Timer(), updates=1
+        )[0]
+
+    critic = update(StepJournal("bucketed", lambda: False))
     with _full_length(run):
-        critic_full, _ = critic_update(
-            run, _copy(state.critic), rows, np.ones(ROWS), Timer(), updates=1
-        )
+        critic_full = update(StepJournal("full length", lambda: False))
     leaves = jax.tree.leaves(critic.params), jax.tree.leaves(critic_full.params)
     for a, b in zip(*leaves, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
@@ -144,3 +152,6 @@ def test_compiles_stay_bounded_over_varying_lengths(trainer):
         run.token_stats(state.policy.params, _sequences(vocab, lengths, seed))
     counts = {k: v for k, v in run.compile_counts().items() if k.startswith("token_stats/")}
     assert counts == {f"token_stats/{ROWS}x{b}": 1 for b in (2, 4, 8)}
+    # Every bucket the run compiled is one `tempo-jax compile` plans.
+    planned = {c.key for c in functions.planned_calls(run.config, run.sampler.row_shards)}
+    assert set(run.functions.compiled) <= planned

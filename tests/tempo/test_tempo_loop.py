@@ -11,7 +11,7 @@ from tempo_micro import micro_config
 
 from tempo_jax.data import batch as data_batch
 from tempo_jax.rewards.math import grade_batch
-from tempo_jax.tempo import methods, phases
+from tempo_jax.tempo import functions, methods, phases
 from tempo_jax.tempo.config_validation import ConfigError
 from tempo_jax.tempo.evaluation import evaluate
 from tempo_jax.tempo.loop import Trainer
@@ -30,6 +30,16 @@ def params_of(state):
 
 def tree_equal(a, b):
     return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b)))
+
+
+def assert_calls_planned(trainer, planned=None):
+    """Every function and shape the run compiled is one `planned_calls` names (so that
+    `tempo-jax compile` measures what the loop runs); `planned` defaults to the run config's."""
+    run = trainer.run
+    planned = planned or functions.planned_calls(run.config, run.sampler.row_shards)
+    assert set(run.functions.compiled) <= {c.key for c in planned}
+    sampled = {(c.prompts, c.samples) for c in planned if c.function == functions.SAMPLER}
+    assert {(b, n) for b, n, _ in run.sampler.compiled_shapes} <= sampled
 
 
 def run_steps(config, workdir):
@@ -51,7 +61,8 @@ def test_every_method_runs_two_steps(method, data_dir, tmp_path):
                 micro_config(data_dir, method, **{"rollout.max_generation_batches": 2}), tmp_path
             )
         return
-    _, state = run_steps(config, tmp_path)
+    trainer, state = run_steps(config, tmp_path)
+    assert_calls_planned(trainer)
     assert state.step == 2
     records = read_jsonl(str(tmp_path / "metrics.jsonl"))
     assert [r["step"] for r in records] == [1, 2]
@@ -147,7 +158,7 @@ def test_only_the_oracle_reads_hidden_answers(data_dir, tmp_path, monkeypatch):
     assert [m.name for m in methods.METHODS.values() if m.reads_hidden_answers] == ["oracle"]
     ttrl_run = types.SimpleNamespace(method=methods.get_method("ttrl"))
     with pytest.raises(ValueError, match="'ttrl' may not read D_U's hidden answers"):
-        phases.grade_hidden(ttrl_run, None, None, Timer())
+        phases.grade_hidden(ttrl_run, None, "refine/a0/grade", None, None, Timer())
     # The oracle's M-step grades every rollout against its prompt's hidden answer: with the
     # hidden answers replaced, exactly the replacements reach the grader during training.
     original = data_batch.HiddenAnswers.__init__
@@ -224,17 +235,27 @@ def test_several_policy_updates_per_step_move_the_ratio_off_one(data_dir, tmp_pa
 
 def test_evaluation_scores_exactly_the_requested_problems(data_dir, tmp_path):
     # 6 problems (more than the 4 prompts of a training batch) are sampled and scored as one
-    # batch of 6; asking for more than the split holds (16) scores the whole split.
+    # batch of 6 (padded to 8 prompts only for the 8 row shards at n = 1); asking for more than
+    # the split holds (16) scores the whole split.
     trainer = Trainer(micro_config(data_dir, "tempo_frozen"), str(tmp_path))
+    planned = []
     try:
         state = trainer._fresh_state()
+        config = trainer.run.config
+        config.eval_every = 2  # what a run that evaluates plans
         for wanted, scored in ((6, 6), (100, 16)):
-            trainer.run.config.eval.num_problems = wanted
+            config.eval.num_problems = wanted
+            planned += functions.planned_calls(
+                config, trainer.run.sampler.row_shards, eval_problems=(scored, min(wanted, 32))
+            )
             out = evaluate(
                 trainer.run, state.policy.params, state.critic.params, step=0, timer=Timer()
             )
             assert out["eval/holdout/problems"] == scored
             assert out["eval/unlabeled/problems"] == min(wanted, 32)
             assert out["eval/holdout/pass@2"] >= out["eval/holdout/mean@2"]
+        assert_calls_planned(trainer, planned)
+        shapes = {(b, n) for b, n, _ in trainer.run.sampler.compiled_shapes}
+        assert {(8, 2), (8, 1), (16, 2), (16, 1), (32, 2), (32, 1)} == shapes
     finally:
         trainer.close()

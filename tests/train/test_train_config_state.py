@@ -166,3 +166,18 @@ def test_config_section_is_an_ml_collections_config():
     assert isinstance(cfg, ml_collections.ConfigDict)
     cfg.critic_optimizer.learning_rate = 0  # an int from the command line is accepted
     assert train.settings_from_config(cfg).critic_optimizer.learning_rate == 0
+
+
+def test_micro_batch_rows_fixes_the_micro_batch_size_of_every_batch():
+    fixed = train.settings_from_config({"micro_batches": 4, "micro_batch_rows": 32})
+    # The policy update (512 rows) and the critic's whole step (2048 rows) both get 32-row
+    # micro-batches, so each holds the same rows per device.
+    assert train.micro_batches_for(fixed, 512) == 16 and train.micro_batches_for(fixed, 2048) == 64
+    counted = train.settings_from_config({"micro_batches": 4})
+    assert train.micro_batches_for(counted, 512) == train.micro_batches_for(counted, 2048) == 4
+    with pytest.raises(
+        ValueError, match="train.micro_batch_rows = 32 does not divide a batch of 48"
+    ):
+        train.micro_batches_for(fixed, 48)
+    with pytest.raises(ValueError, match="train.micro_batch_rows must be >= 0"):
+        train.settings_from_config({"micro_batch_rows": -1})

@@ -1,0 +1,114 @@
+"""`tempo-jax compile` on the suite's 8 fake CPU devices: the micro config with SFT and
+evaluation on (every kind of function a run executes) fills every report field, and a tiny
+--hbm_gib makes it exit 1 naming the function that does not fit."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from tempo_jax.tempo import functions
+from tempo_jax.tempo.compile_report import FunctionReport
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+MICRO = ROOT / "tests" / "tempo" / "tempo_micro.py"
+OVERRIDES = ["--config.sft.steps=2", "--config.sft.batch_size=8", "--config.eval_every=2"]
+
+
+def _compile(*flags: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(MICRO.parent), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "tempo_jax.cli", "compile", f"--config={MICRO}", *flags]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("compile") / "report.json"
+    done = _compile("--topology=cpu", f"--out={out}", *OVERRIDES)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| policy_step/8x8 | M-step |" in done.stdout  # the table
+    return json.loads(pathlib.Path(out).read_text())
+
+
+def test_every_planned_function_is_compiled_and_every_field_filled(report):
+    assert report["chips"] == 8 and report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert report["chip"]["hbm_bytes"] > 0 and report["hbm_limit_fraction"] == 0.9
+    names = [f["name"] for f in report["functions"]]
+    assert names == [
+        "sft_step/8",
+        "sampler/4x2",
+        "values/8x8",
+        "critic_step/8x8",
+        "token_stats/8x8",
+        "policy_step/8x8",
+        "sampler/8x1",
+    ]  # eval n = rollout n = 2: one sampler; greedy pads its 4 prompts to 8 rows (8 devices)
+    assert set(report["functions"][0]) == set(FunctionReport.__dataclass_fields__)
+    for f in report["functions"]:
+        assert f["status"] == "ok" and f["message"] == "", f
+        for key in ("argument_bytes", "temp_bytes", "peak_bytes", "total_bytes", "state_bytes"):
+            assert f[key] > 0, (f["name"], key)
+        assert f["code_bytes"] >= 0  # XLA:CPU reports no device code size
+        assert f["peak_bytes"] == (
+            f["argument_bytes"]
+            + f["output_bytes"]
+            - f["alias_bytes"]
+            + f["temp_bytes"]
+            + f["code_bytes"]
+        )
+        assert f["total_bytes"] == f["peak_bytes"] + f["resident_bytes"]
+        assert 0 < f["hbm_fraction"] < 0.9
+        assert f["flops"] > 0 and f["roofline_s"] > 0 and f["compile_s"] > 0
+    by_name = {f["name"]: f for f in report["functions"]}
+    policy, critic = by_name["policy_step/8x8"], by_name["critic_step/8x8"]
+    # The policy step donates its state: arguments and outputs alias it.
+    assert policy["alias_bytes"] >= policy["state_bytes"] * 0.99
+    # While the policy trains the critic's state stays resident, and vice versa.
+    assert policy["resident_bytes"] == critic["state_bytes"]
+    assert by_name["sampler/4x2"]["kv_cache_bytes"] > 0
+    assert by_name["values/8x8"]["kv_cache_bytes"] == 0
+    # A training step executes (3 + remat) forwards: more FLOPs than the log-prob forward.
+    assert policy["flops"] > 3 * by_name["token_stats/8x8"]["flops"] * 0.9
+
+
+def test_a_function_that_does_not_fit_exits_1_naming_it(report):
+    done = _compile("--topology=cpu", "--only=policy_step", "--hbm_gib=0.00001", *OVERRIDES)
+    assert done.returncode == 1
+    assert "does not fit: policy_step/8x8 (over: needs" in done.stderr
+    assert "over 90% of 0 GiB" in done.stderr
+
+
+def test_the_plan_names_each_phase_once():
+    from tempo_micro import micro_config
+
+    calls = functions.planned_calls(micro_config(**{"tempo.policy_trains_on_labeled": True}))
+    keys = [c.key for c in calls]
+    assert len(keys) == len(set(keys))
+    # The M-step batch carries the E-step's labeled rows too: twice the rows.
+    assert "policy_step/16x8" in keys and "token_stats/16x8" in keys and "values/16x8" in keys
+    assert "critic_step/8x8" in keys
+
+
+def test_the_plan_has_a_sampler_call_per_chunk_shape_and_a_training_call_per_bucket():
+    from tempo_micro import micro_config
+
+    changes = {
+        "train.length_buckets": (2, 4),
+        "rollout.max_rows_per_chunk": 4,
+        "eval_every": 2,
+        "eval.num_problems": 6,
+    }
+    calls = functions.planned_calls(micro_config(**changes), row_shards=2)
+    keys = {c.key for c in calls}
+    # Rollout (4 prompts x 2) and eval (6 x 2) in chunks of 2 prompts; greedy eval (6 x 1) in
+    # chunks of 4 (whole chunks of 4 rows that divide over the 2 row shards).
+    assert {k for k in keys if k.startswith("sampler/")} == {"sampler/2x2", "sampler/4x1"}
+    for function in ("values", "critic_step", "token_stats", "policy_step"):
+        assert {k for k in keys if k.startswith(function)} == {
+            f"{function}/8x{length}" for length in (2, 4, 8)
+        }
