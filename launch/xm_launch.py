@@ -324,19 +324,21 @@ def launch(args: argparse.Namespace, runs) -> int:
     if stopper.signal_name is not None:
         print(f"stopped on {stopper.signal_name}; launch the same command again to resume")
         return 128 + signal.Signals[stopper.signal_name].value
-    compare(args.root, runs)
+    from tempo_jax.tempo import grid
+
+    compare(args.root, runs, with_base=grid.wants_base(args))
     return 0 if all(o == "ok" for o in outcomes.values()) else 1
 
 
-def compare(root: str, runs) -> None:
+def compare(root: str, runs, with_base: bool = False) -> None:
     """ROOT/comparison.{md,json,png} over the units that wrote metrics (as sweep.py)."""
     from tempo_jax.tempo import grid
-    from tempo_jax.tempo.compare import aggregate, markdown_table, write_comparison
+    from tempo_jax.tempo.compare import comparison_markdown, write_comparison
 
-    results = grid.collect(runs)
+    results = grid.collect(runs, with_base)
     if results:
         paths = write_comparison(root, results)
-        print(markdown_table(aggregate(results)), end="")
+        print(comparison_markdown(results), end="")
         print(f"wrote {paths['markdown']}, {paths['json']}, {paths['plot']}")
 
 

@@ -10,7 +10,6 @@ Public API (all sharding trees mirror their input's structure; Variables stay Va
   batch_sharding(mesh, rules=None) -> NamedSharding P(batch axes)
   batch_shardings(batch, mesh, rules=None) -> NamedSharding tree (dim 0 checked)
   place(tree, shardings) -> tree on the mesh; abstract_state(tree, shardings) -> ShapeDtypeStructs
-  with_logical_constraint(x, names, mesh, rules=None) -> x constrained (inside jit)
   activation_sharding(mesh, rules) context; constrain(x, names) -> x constrained by the active
     context (identity outside one; an indivisible dimension raises instead of replicating)
   inference_rules(rules) -> rules whose parameter axes avoid the batch's mesh axes (sampler)
@@ -59,7 +58,6 @@ from tempo_jax.parallel.shardings import (
     optimizer_shardings,
     place,
     state_shardings,
-    with_logical_constraint,
 )
 
 __all__ = [
@@ -94,5 +92,4 @@ __all__ = [
     "resolve_mesh_shape",
     "state_shardings",
     "sync_processes",
-    "with_logical_constraint",
 ]

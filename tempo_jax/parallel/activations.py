@@ -27,13 +27,18 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import math
 from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 from jax.sharding import NamedSharding
 
-from tempo_jax.parallel.rules import DEFAULT_RULES, mesh_axes_for, spec_from_mesh_axes
+from tempo_jax.parallel.rules import DEFAULT_RULES, parse_rule_value
+from tempo_jax.parallel.shardings import Checker
+
+_HINT = (
+    "(it would be replicated on every device; choose row counts (prompts per step, samples, "
+    "micro-batches) that the mesh divides)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +58,7 @@ class ActivationSharding:
         cls, mesh: jax.sharding.Mesh, rules: Mapping[str, Sequence[str]] | None = None
     ) -> ActivationSharding:
         rules = DEFAULT_RULES if rules is None else rules
-        return cls(mesh, tuple(sorted((str(k), tuple(v)) for k, v in rules.items())))
+        return cls(mesh, tuple(sorted((k, parse_rule_value(k, v)) for k, v in rules.items())))
 
     def sharding(self, shape: Sequence[int], logical_axes: Sequence[str | None]) -> NamedSharding:
         """The NamedSharding of an array of `shape` with these logical names.
@@ -62,22 +67,11 @@ class ActivationSharding:
           ValueError: when a dimension is not divisible by the product of its mesh axes, or the
             number of names differs from the rank.
         """
-        if len(logical_axes) != len(shape):
-            raise ValueError(
-                f"activation of shape {tuple(shape)}: {len(logical_axes)} logical axes "
-                f"{tuple(logical_axes)}"
-            )
-        per_dim = mesh_axes_for(logical_axes, dict(self.rules), where="activation")
-        for dim, axes in enumerate(per_dim):
-            size = math.prod(self.mesh.shape[a] for a in axes)
-            if shape[dim] % size:
-                raise ValueError(
-                    f"activation of shape {tuple(shape)}: logical axis {logical_axes[dim]!r} "
-                    f"(dim {dim}, size {shape[dim]}) is not divisible by mesh axes {axes} "
-                    f"(size {size}); it would be replicated on every device. Choose row counts "
-                    "(prompts per step, samples, micro-batches) that the mesh divides."
-                )
-        return NamedSharding(self.mesh, spec_from_mesh_axes(per_dim))
+        checker = Checker(self.mesh, dict(self.rules), "error")
+        sharding = checker.sharding(tuple(shape), logical_axes, f"activation {tuple(shape)}")
+        if checker.problems:
+            raise ValueError("\n".join([*checker.problems, _HINT]))
+        return sharding
 
 
 _CURRENT: contextvars.ContextVar[ActivationSharding | None] = contextvars.ContextVar(

@@ -131,7 +131,8 @@ def mesh_axes_for(
 
     A mesh axis may shard only one dimension of an array; when two dimensions map to the same mesh
     axis (e.g. `('heads', 'mlp')` both -> `tensor`), the first dimension keeps it and the later one
-    drops it, as in flax's and MaxText's rule resolution.
+    drops it. (Flax's nnx resolver, `nnx.logical_axis_rules` + `nnx.get_partition_spec`, looks
+    each name up alone and would give the invalid `P('tensor', 'tensor')`; see the README.)
 
     Args:
       logical_axes: one logical name (or None = replicated) per dimension.

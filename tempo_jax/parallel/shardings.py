@@ -59,16 +59,17 @@ def _describe_mesh_axes(axes: Sequence[str], mesh: jax.sharding.Mesh) -> str:
     return f"mesh axes {tuple(axes)} (sizes {product} = {math.prod(sizes)})"
 
 
-class _Checker:
-    """Collects every indivisible dimension so one error can name them all."""
+class Checker:
+    """Resolves logical names to NamedShardings (for parameters, batches and activations alike)
+    and collects every indivisible dimension so one error can name them all."""
 
-    def __init__(self, mesh: jax.sharding.Mesh, rules: Rules, on_indivisible: OnIndivisible):
+    def __init__(self, mesh: jax.sharding.Mesh, rules: Rules | None, on_indivisible: OnIndivisible):
         if on_indivisible not in ("error", "replicate"):
             raise ValueError(
                 f"on_indivisible must be 'error' or 'replicate', got {on_indivisible!r}"
             )
         self.mesh = mesh
-        self.rules = rules
+        self.rules = DEFAULT_RULES if rules is None else rules
         self.on_indivisible = on_indivisible
         self.problems: list[str] = []
 
@@ -110,7 +111,7 @@ class _Checker:
             )
 
 
-def _leaf_sharding(checker: _Checker, path: Sequence[Any], x: Any) -> Any:
+def _leaf_sharding(checker: Checker, path: Sequence[Any], x: Any) -> Any:
     """Sharding for one Variable (kept as a Variable) or one plain leaf (replicated)."""
     where = _path_str(path)
     if _is_variable(x):
@@ -141,7 +142,7 @@ def state_shardings(
       ValueError: listing every dimension not divisible by its mesh axes, or a logical name
         without a rule, before any compile.
     """
-    checker = _Checker(mesh, DEFAULT_RULES if rules is None else rules, on_indivisible)
+    checker = Checker(mesh, rules, on_indivisible)
     out = jax.tree_util.tree_map_with_path(
         lambda p, x: _leaf_sharding(checker, p, x), state, is_leaf=_is_variable
     )
@@ -192,7 +193,7 @@ def optimizer_shardings(
     ):
         value = x.get_value() if _is_variable(x) else x
         by_path[tuple(_key_name(k) for k in path)] = (_shape(value), sharding)
-    checker = _Checker(mesh, DEFAULT_RULES if rules is None else rules, on_indivisible)
+    checker = Checker(mesh, rules, on_indivisible)
 
     def one(path: Sequence[Any], x: Any) -> Any:
         keys = tuple(_key_name(k) for k in path)
@@ -213,7 +214,6 @@ def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules | None = None) -> Named
 
     No divisibility check; `batch_shardings` checks a concrete batch.
     """
-    rules = DEFAULT_RULES if rules is None else rules
     return NamedSharding(mesh, spec_from_mesh_axes(mesh_axes_for(("batch",), rules)))
 
 
@@ -227,7 +227,7 @@ def batch_shardings(batch: Any, mesh: jax.sharding.Mesh, rules: Rules | None = N
     Raises:
       ValueError: naming each leaf whose batch size is not divisible by the batch mesh axes.
     """
-    checker = _Checker(mesh, DEFAULT_RULES if rules is None else rules, "error")
+    checker = Checker(mesh, rules, "error")
 
     def one(path: Sequence[Any], x: Any) -> NamedSharding:
         shape = _shape(x)
@@ -261,19 +261,3 @@ def abstract_state(tree: Any, shardings: Any) -> Any:
         tree,
         shardings,
     )
-
-
-def with_logical_constraint(
-    x: jax.Array,
-    logical_axes: Sequence[str | None],
-    mesh: jax.sharding.Mesh,
-    rules: Rules | None = None,
-) -> jax.Array:
-    """`jax.lax.with_sharding_constraint` by logical names, for activations inside a jit.
-
-    Dimensions that their mesh axes do not divide are left unconstrained (replicated) rather than
-    failing: activation shapes vary with the batch, and a constraint is only a hint.
-    """
-    checker = _Checker(mesh, DEFAULT_RULES if rules is None else rules, "replicate")
-    sharding = checker.sharding(tuple(x.shape), tuple(logical_axes), "activation")
-    return jax.lax.with_sharding_constraint(x, sharding)

@@ -6,12 +6,13 @@ Public API (B prompts, n samples each, N = B * n rows, P prompt bucket, L = max_
           pad_id=0, max_top_k=64, mesh=None, rules=None,
           max_rows_per_chunk=None)                                              (sampler.py)
     .generate(state, prompt_tokens [B, T], prompt_mask [B, T], n=1, sampling=SamplingParams(),
-              seed=0, stop=None) -> Rollouts
+              seed=0, stop=None, chunk_log=None) -> Rollouts
     .compile(state, num_prompts, n, bucket) -> the executable generate runs (state may be
         abstract); .num_compilations, .compiled_shapes, .buckets, .row_shards,
         .prompts_per_chunk(B, n): the prompts of each compiled call (B padded so its rows
         split over the mesh, at most max_rows_per_chunk rows)
   chunk_prompts(B, n, row_shards, max_rows_per_chunk): the same without a Sampler  (sampler.py)
+  ChunkLog: generate's record of finished chunks, so that an interrupted call resumes (sampler.py)
   SamplingParams(temperature, top_k, top_p, greedy): scalars or per-prompt [B] / per-row [N]
       arrays; changing values never recompiles                                 (params.py)
   Rollouts: prompt_tokens / prompt_mask [N, P], tokens / response_mask / logprobs (untempered) /
@@ -39,11 +40,12 @@ from tempo_jax.sampling.rollouts import (
     FINISH_STOP,
     Rollouts,
 )
-from tempo_jax.sampling.sampler import Sampler, chunk_prompts
+from tempo_jax.sampling.sampler import ChunkLog, Sampler, chunk_prompts
 from tempo_jax.sampling.stopping import StopArrays, StopCriteria
 from tempo_jax.sampling.token_sampling import candidate_logits, sample_tokens
 
 __all__ = [
+    "ChunkLog",
     "FINISH_EOS",
     "FINISH_LENGTH",
     "FINISH_REASONS",

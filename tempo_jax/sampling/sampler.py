@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -112,6 +112,15 @@ def chunk_prompts(
             f"{step * n})"
         )
     return min(whole, most)
+
+
+class ChunkLog(Protocol):
+    """Where `Sampler.generate` keeps the chunks of one call, so that a call interrupted between
+    chunks (a preemption) continues with the chunks it already sampled."""
+
+    def chunk(self, index: int, sample: Callable[[], Rollouts]) -> Rollouts:
+        """Chunk `index` (0-based) of the call: kept from before, or `sample()` (host arrays, the
+        chunk's real rows with call-wide group ids) run now and kept. May raise to stop."""
 
 
 class Sampler:
@@ -205,6 +214,7 @@ class Sampler:
         sampling: SamplingParams | None = None,
         seed: int = 0,
         stop: StopCriteria | None = None,
+        chunk_log: ChunkLog | None = None,
     ) -> Rollouts:
         """Samples n responses to each prompt.
 
@@ -217,6 +227,9 @@ class Sampler:
           seed: uint32; the same seed, prompts and parameters give the same tokens.
           stop: EOS ids and stop sequences for this call instead of the sampler's own (from
             `StopCriteria.create`); the same counts and longest length reuse the executable.
+          chunk_log: where each chunk goes once sampled, and where chunks an interrupted call
+            already sampled come from (see `ChunkLog`); chunks are then sampled and fetched one
+            at a time, so that each is on the host before the next starts.
 
         Returns:
           Rollouts with N = B * n rows, row p * n + j the j-th sample of prompt p.
@@ -227,8 +240,8 @@ class Sampler:
         only) chunk is padded by repeating its last prompt (the repeats' rows are dropped), also
         so that its rows divide over the mesh. Every chunk uses the bucket of the call's longest
         prompt and row keys by row index in the whole batch, so the tokens are those of one
-        unchunked call. A padded or chunked call returns host (numpy) arrays; a single chunk
-        of exactly B prompts returns the executable's arrays as they are.
+        unchunked call. A padded or chunked call (or one with a `chunk_log`) returns host
+        (numpy) arrays; a single chunk of exactly B prompts returns the executable's arrays.
 
         Raises:
           ValueError: bad prompts (row named), n, seed or sampling parameters, before any
@@ -248,23 +261,32 @@ class Sampler:
         rows = (sampling or SamplingParams()).rows(batch, n, self.max_top_k)
         stop_arrays = (stop or self.stop).arrays()
         per_chunk = self.prompts_per_chunk(batch, n)
-        if per_chunk == batch:
+        if per_chunk == batch and chunk_log is None:
             return self._call(state, tokens, mask, rows, seed, 0, stop_arrays, n, bucket)
-        parts = []
-        for start in range(0, batch, per_chunk):
-            real = min(per_chunk, batch - start)
+        starts = range(0, batch, per_chunk)
+
+        def dispatch(start: int) -> Rollouts:
             pick = np.minimum(np.arange(start, start + per_chunk), batch - 1)
             row_pick = (pick[:, None] * n + np.arange(n)[None, :]).reshape(-1)
             chunk_rows = jax.tree.map(lambda x, i=row_pick: x[i], rows)
-            out = self._call(
+            return self._call(
                 state, tokens[pick], mask[pick], chunk_rows, seed, start * n, stop_arrays, n, bucket
             )
-            parts.append((out, real * n, start))
-        # Fetched after every chunk is dispatched, so host copies overlap the next decode.
-        host = []
-        for out, real_rows, start in parts:
-            out = jax.tree.map(lambda x, k=real_rows: x[:k], parallel.host_from_global(out))
-            host.append(out.replace(group_ids=out.group_ids + start))
+
+        def fetch(out: Rollouts, start: int) -> Rollouts:
+            real_rows = min(per_chunk, batch - start) * n
+            out = jax.tree.map(lambda x: x[:real_rows], parallel.host_from_global(out))
+            return out.replace(group_ids=out.group_ids + start)
+
+        if chunk_log is None:
+            # Fetched after every chunk is dispatched, so host copies overlap the next decode.
+            dispatched = [(dispatch(start), start) for start in starts]
+            host = [fetch(out, start) for out, start in dispatched]
+        else:
+            host = [
+                chunk_log.chunk(i, lambda s=start: fetch(dispatch(s), s))
+                for i, start in enumerate(starts)
+            ]
         return jax.tree.map(lambda *xs: np.concatenate(xs), *host)
 
     def prompts_per_chunk(self, batch: int, n: int) -> int:

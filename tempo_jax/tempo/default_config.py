@@ -16,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     """All defaults; configs/*.py start from this and override."""
     c = ml_collections.ConfigDict()
 
-    c.method = "tempo"  # tempo | tempo_mixed | tempo_frozen | ttrl | empo | intuitor | rlvr
+    c.method = "tempo"  # tempo|tempo_mixed|tempo_frozen|ttrl|empo|intuitor|rlvr|oracle (a bound)
     c.seed = 0  # master seed: model init, data order, sampling
     c.total_steps = 100  # test-time-training steps
     c.eval_every = 4  # evaluate every this many steps and at the end (0 = never, not even step 0)

@@ -1,7 +1,8 @@
 """Evaluation metrics of TEMPO_ALGORITHM.md §6, in numpy (they run outside jit, on host data).
 
 Accuracy: mean@k, unbiased pass@k, maj@k. Diversity: distinct answers per problem, answer
-entropy. Critic quality: AUROC, explained variance, Brier score, expected calibration error.
+entropy. Critic quality: AUROC (pooled, and within each question), explained variance, Brier
+score, expected calibration error.
 
 Inputs are per-problem arrays: `correct [P, n]` (bool) for P problems with n samples each, and
 answer cluster ids `[P, n]` (int; equal ids within a row are equivalent answers, -1 = no answer).
@@ -151,17 +152,41 @@ def value_to_prob(values: np.ndarray) -> np.ndarray:
     return np.clip((np.asarray(values, np.float64) + 1.0) / 2.0, 0.0, 1.0)
 
 
-def critic_quality(values: np.ndarray, correct: np.ndarray) -> dict[str, float]:
-    """Critic metrics from its final-token values `[M]` and the ±1 outcomes' correctness `[M]`."""
+def within_group_auroc(scores: np.ndarray, labels: np.ndarray, group_ids: np.ndarray) -> float:
+    """Mean over groups (e.g. the samples of one question) of the AUROC inside the group, over
+    the groups that hold both classes; NaN when none does.
+
+    A reward that ranks the answers to one question (what a policy gradient with per-question
+    baselines uses) needs this above 0.5; the pooled AUROC can be high from ranking questions
+    by difficulty alone.
+    """
+    scores, labels = np.asarray(scores).ravel(), np.asarray(labels, bool).ravel()
+    group_ids = np.asarray(group_ids).ravel()
+    per_group = [
+        auroc(scores[group_ids == g], labels[group_ids == g])
+        for g in np.unique(group_ids)
+        if 0 < labels[group_ids == g].sum() < (group_ids == g).sum()
+    ]
+    return float(np.mean(per_group)) if per_group else math.nan
+
+
+def critic_quality(
+    values: np.ndarray, correct: np.ndarray, group_ids: np.ndarray | None = None
+) -> dict[str, float]:
+    """Critic metrics from its final-token values `[M]` and the ±1 outcomes' correctness `[M]`;
+    with `group_ids [M]` (the question of each sample) also `auroc_within_question`."""
     values = np.asarray(values, np.float64).ravel()
     correct = np.asarray(correct, bool).ravel()
     prob = value_to_prob(values)
-    return {
+    out = {
         "auroc": auroc(values, correct),
         "explained_variance": explained_variance(np.where(correct, 1.0, -1.0), values),
         "brier": brier_score(prob, correct),
         "calibration_error": expected_calibration_error(prob, correct),
     }
+    if group_ids is not None:
+        out["auroc_within_question"] = within_group_auroc(values, correct, group_ids)
+    return out
 
 
 def accuracy_metrics(

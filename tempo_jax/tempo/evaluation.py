@@ -1,8 +1,9 @@
 """Evaluation on the unlabeled split (its hidden answers are read only here) and a holdout.
 
 Per split: mean@n, unbiased pass@k, maj@n, greedy accuracy, diversity (distinct answers, answer
-entropy, token entropy) and, when a critic exists, its quality (AUROC, explained variance,
-Brier, calibration error) on the same samples. Metric keys: `eval/<split>/<metric>`.
+entropy, token entropy) and, when a critic exists, its quality (AUROC pooled and within each
+question, explained variance, Brier, calibration error) on the same samples. Metric keys:
+`eval/<split>/<metric>`.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def evaluate_split(
     if values is not None:
         last = np.maximum(rows.lengths - 1, 0)
         v_last = values[np.arange(rows.num_rows), last]
-        for key, value in eval_metrics.critic_quality(v_last, correct).items():
+        quality = eval_metrics.critic_quality(v_last, correct, group_ids=rows.group_ids)
+        for key, value in quality.items():
             out[f"critic/{key}"] = value
     return {f"eval/{label}/{k}": v for k, v in out.items()}
 

@@ -3,8 +3,10 @@ schedule depends on it), one run per point, named after its hyperparameters, in 
 under one root (a local directory or a bucket). Nothing in a name or workdir depends on when or
 by whom the grid was launched, so launching the same grid again resumes every run.
 
-Shared by `launch/sweep.py` (local subprocesses, one after another) and `launch/xm_launch.py`
-(xmanager work units), which both compare the runs with `collect` + `tempo_jax.tempo.compare`.
+Shared by `launch/sweep.py` (local subprocesses) and `launch/xm_launch.py` (xmanager work
+units), which both compare the runs with `collect` + `tempo_jax.tempo.compare`. The method
+`base` (the initial policy, no training) has no run of its own: `collect` reads it from the
+step-0 evaluations of the trained runs (`compare.base_runs`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from tempo_jax.tempo.compare import BASE, base_runs
 from tempo_jax.tempo.methods import METHODS, get_method
 from tempo_jax.train import storage
 from tempo_jax.train.metric_writers import read_jsonl
@@ -84,14 +87,16 @@ def points(
     methods: Sequence[str], seeds: Sequence[int], recalibrate_every: Sequence[int] = ()
 ) -> list[GridPoint]:
     """The grid in method-major order; `recalibrate_every` values multiply only the methods that
-    recalibrate in phases (the others get one point per seed).
+    recalibrate in phases (the others get one point per seed); `base` gives no point.
 
     Raises:
-      ValueError: an unknown method, a repeated value, or a recalibrate_every < 1.
+      ValueError: an unknown method, a repeated value, a recalibrate_every < 1, or `base` alone.
     """
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and m != BASE]
     if unknown:
-        raise ValueError(f"--methods: unknown {unknown}; known: {sorted(METHODS)}")
+        raise ValueError(f"--methods: unknown {unknown}; known: {sorted(METHODS)} and {BASE!r}")
+    if BASE in methods and all(m == BASE for m in methods):
+        raise ValueError(f"--methods: {BASE!r} is read from the trained runs' step 0; add one")
     for flag, values in (
         ("--methods", methods),
         ("--seeds", seeds),
@@ -103,7 +108,7 @@ def points(
     if bad:
         raise ValueError(f"--recalibrate_every values must be ints >= 1, got {bad}")
     out = []
-    for method in methods:
+    for method in (m for m in methods if m != BASE):
         ks: Sequence[int | None] = (None,)
         if recalibrate_every and varies_with_recalibrate_every(method):
             ks = recalibrate_every
@@ -185,12 +190,20 @@ def runs_from_flags(
     return runs(args.config, args.root, grid_points, overrides, executable, extra_args)
 
 
-def collect(grid_runs: Sequence[GridRun]) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+def wants_base(args: argparse.Namespace) -> bool:
+    """Whether the `add_flags` flags ask for the `base` rows."""
+    return BASE in [m.strip() for m in args.methods.split(",")]
+
+
+def collect(
+    grid_runs: Sequence[GridRun], with_base: bool = False
+) -> dict[str, tuple[str, list[dict[str, Any]]]]:
     """`{name: (label, records)}` of the runs that wrote metrics, for `compare.write_comparison`
-    (runs of one label, i.e. differing only in the seed, are averaged together)."""
+    (runs of one label, i.e. differing only in the seed, are averaged together), plus one
+    `base-s<seed>` row per seed (its step-0 evaluation) when `with_base`."""
     out = {}
     for run in grid_runs:
         path = os.path.join(run.workdir, "metrics.jsonl")
         if storage.exists(path):
             out[run.name] = (run.point.label, read_jsonl(path))
-    return out
+    return {**base_runs(out), **out} if with_base else out

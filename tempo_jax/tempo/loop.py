@@ -2,11 +2,13 @@
 (E-step) and policy refinement (M-step) as the method's schedule says, with evaluation, metrics
 and Orbax checkpoints. Rerunning the same command on the same workdir resumes.
 
-State that a checkpoint holds: policy and critic TrainStates (params, optimizer state, step),
-the loop step, whether the critic warm-up is done, and the D_L / D_U / mixed stream positions.
-Sampling seeds are functions of (seed, step, phase, attempt), so no RNG state needs saving and a
-resumed run draws exactly what an uninterrupted run draws. The metadata also holds the running
-fault counters and each network's `ModelConfig` (so `tempo-jax export` needs only the checkpoint).
+State that a checkpoint holds (`loop_checkpoints`): policy and critic TrainStates (params,
+optimizer state, step), the loop step, whether the critic warm-up is done, and the D_L / D_U /
+mixed stream positions. Sampling seeds are functions of (seed, step, phase, attempt), so no RNG
+state needs saving and a resumed run draws exactly what an uninterrupted run draws. The metadata
+also holds the running fault counters and each network's `ModelConfig` (so `tempo-jax export`
+needs only the checkpoint). A checkpoint made to stop inside a step also holds the step's journal
+(`step_journal`), which the resumed run replays to continue the step where it stopped.
 
 Several processes (`jax.distributed`, set up by the CLI): every process runs this same host
 program on the same data (streams and sampling seeds are functions of the seed; grader outcomes
@@ -18,8 +20,12 @@ save and restore the Orbax checkpoints together, so the workdir must be shared.
 Faults:
   - kill -9 at any moment: the rerun resumes from the newest good checkpoint and drops the
     metrics.jsonl records past it, so the file reads as if the run never stopped.
-  - SIGTERM / SIGINT: the current step (or the warm-up) finishes, a checkpoint is saved, a line
-    naming it is printed to stderr and `train()` returns (exit code 0, no end-of-run report).
+  - SIGTERM / SIGINT: the run stops at the next phase boundary (after a rollout chunk, a
+    grading, a forward pass whose network changes later in the step, a critic or mini-batch
+    policy update, or between warm-up steps or steps), saves an in-step checkpoint there (a
+    regular one between steps), prints a line naming it to stderr and `train()` returns (exit
+    code 0, no end-of-run report). The resumed run continues the step bitwise as if it never
+    stopped; the step's metrics record is written once, when the step ends.
   - A step whose policy or critic update was skipped for a non-finite loss or gradient counts in
     `nonfinite/consecutive` and `nonfinite/total`; periodic saves wait for a clean step, and after
     `checkpoint.max_consecutive_skips` such steps in a row `TrainingHalted` is raised, the last
@@ -31,15 +37,12 @@ Faults:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import sys
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -48,19 +51,18 @@ from tempo_jax.tempo import methods, phases, report
 from tempo_jax.tempo.build import build_run, init_critic
 from tempo_jax.tempo.evaluation import evaluate
 from tempo_jax.tempo.export import model_config_to_dict
+from tempo_jax.tempo.loop_checkpoints import GRADER_KEYS, LoopCheckpoints, LoopState, StepProgress
 from tempo_jax.tempo.rollout_data import concat_rows
 from tempo_jax.tempo.sft import run_sft
+from tempo_jax.tempo.step_journal import Interrupted, StepJournal
 from tempo_jax.train import storage
-from tempo_jax.train.checkpointing import Checkpointer, check_writable
+from tempo_jax.train.checkpointing import check_writable
 from tempo_jax.train.metric_writers import JsonlWriter, MetricWriters
 from tempo_jax.train.preemption import PreemptionGuard
 
 log = logging.getLogger(__name__)
 
 PROGRESS_KEYS = ("policy/loss", "rollout/labeled_accuracy", "eval/unlabeled/mean@8")
-GRADER_KEYS = ("pool_tasks", "timeouts", "crashes", "errors", "memory_errors")
-# Config fields that may change between a run and its resumption without a warning.
-RESUME_MAY_CHANGE = ("total_steps", "progress_bar", "parallel.", "checkpoint.", "data.dir")
 
 
 class TrainingHalted(RuntimeError):
@@ -68,29 +70,12 @@ class TrainingHalted(RuntimeError):
     which checkpoint to resume from."""
 
 
-@dataclasses.dataclass
-class LoopState:
-    """What changes as the loop runs (all of it checkpointed).
+class _Stopped(Exception):  # noqa: N818  (control flow: the run saved and stops)
+    """Raised once the run saved on a stop request; ends `_run` with `state`."""
 
-    Attributes:
-      policy: the policy's TrainState.
-      critic: the critic's TrainState (None for critic-free methods).
-      step: TTT steps completed.
-      warmed_up: critic warm-up finished.
-      nonfinite_consecutive: steps in a row, up to this one, that skipped a non-finite update.
-      nonfinite_total: such steps in the whole run (warm-up included).
-      grader_totals: grading-pool task outcomes of the whole run ({GRADER_KEYS name: count}).
-    """
-
-    policy: train.TrainState
-    critic: train.TrainState | None
-    step: int = 0
-    warmed_up: bool = False
-    nonfinite_consecutive: int = 0
-    nonfinite_total: int = 0
-    grader_totals: dict[str, int] = dataclasses.field(
-        default_factory=lambda: dict.fromkeys(GRADER_KEYS, 0)
-    )
+    def __init__(self, state: LoopState):
+        super().__init__("stopped")
+        self.state = state
 
 
 class Trainer:
@@ -107,22 +92,39 @@ class Trainer:
             "unlabeled": self.run.data.unlabeled_batches(),
             "mixed": self.run.data.mixed_batches(),
         }
-        self.checkpointer = Checkpointer(
-            os.path.join(workdir, "checkpoints"),
-            keep=config.checkpoint.keep,
-            async_save=config.checkpoint.async_save,
-            async_timeout_s=config.checkpoint.async_timeout_s,
-            keep_best=config.checkpoint.keep_best,
-            keep_best_mode=config.checkpoint.keep_best_mode,
+        self.guard = PreemptionGuard()
+        self.checkpoints = LoopCheckpoints(
+            config,
+            workdir,
+            self.run,
+            self.streams,
+            self.guard,
+            {"policy": model_config_to_dict(self._initial_policy.config)},
         )
-        self._model_configs = {"policy": model_config_to_dict(self._initial_policy.config)}
-        self._last_saved_step: int | None = None
+        self.checkpointer = self.checkpoints.regular
+        # Set by `_restore` when the newest checkpoint stopped inside a step (consumed by the
+        # step or warm-up step it interrupted).
+        self._progress: StepProgress | None = None
+        # Where the step in progress began (streams, grading-pool counts): what an in-step
+        # checkpoint records, so that the resumed run can rerun the step from its start.
+        self._step_streams: dict[str, Any] = {}
+        self._step_grader_before: dict[str, int] = {}
+        self._journal = StepJournal("", self.guard.should_stop)  # the step's, from `_begin`
         self.is_main_process = parallel.is_main_process()
         if self.is_main_process:
             text = json.dumps(config.to_dict(), indent=1, sort_keys=True, default=str)
             storage.write_atomic(os.path.join(workdir, "config.json"), text)
 
     # --- state ---------------------------------------------------------------------------
+
+    def _critic_module(self, policy_module):
+        """A critic built from `policy_module`; its graphdef and config go to the run and to
+        the checkpoints' metadata."""
+        critic_module = init_critic(self.config, policy_module, self.run.mesh, self.run.rules)
+        self.checkpoints.model_configs["critic"] = model_config_to_dict(critic_module.config)
+        graphdef, critic_params = train.split_for_training(critic_module, self.run.settings)
+        self.run.critic_graphdef = graphdef
+        return critic_params
 
     def _fresh_state(self) -> LoopState:
         policy_module = self._initial_policy
@@ -134,141 +136,100 @@ class Trainer:
         )
         critic = None
         if self.method.uses_critic:
-            critic_module = init_critic(self.config, policy_module, self.run.mesh, self.run.rules)
-            self._model_configs["critic"] = model_config_to_dict(critic_module.config)
-            graphdef, critic_params = train.split_for_training(critic_module, self.run.settings)
-            self.run.critic_graphdef = graphdef
             critic = train.create_train_state(
-                critic_params, self.run.settings.critic_optimizer, self.run.mesh, self.run.rules
+                self._critic_module(policy_module),
+                self.run.settings.critic_optimizer,
+                self.run.mesh,
+                self.run.rules,
             )
         return LoopState(policy=policy, critic=critic)
 
-    def _items(self, state: LoopState) -> dict[str, Any]:
-        items = {"policy": state.policy}
-        if state.critic is not None:
-            items["critic"] = state.critic
-        return items
-
-    def _config_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(self.config.to_dict(), default=str))
-
     def _save(self, state: LoopState, evaluation: dict[str, Any] | None = None) -> str:
-        """Checkpoints `state` (once per step: a second call for the same step is a no-op), with
-        this step's `evaluation` for `checkpoint.keep_best` to rank it by."""
-        if self._last_saved_step == state.step:
-            return self.checkpointer.step_path(state.step)
-        keep_best = self.config.checkpoint.keep_best
-        if keep_best and evaluation is not None and keep_best not in evaluation:
-            raise ValueError(
-                f"config.checkpoint.keep_best={keep_best!r} is not an eval metric of this run; "
-                f"it reports {sorted(evaluation)}"
-            )
-        metadata = {
-            "step": state.step,
-            "warmed_up": state.warmed_up,
-            "method": self.config.method,
-            "streams": {k: s.get_state() for k, s in self.streams.items()},
-            "counters": {
-                "nonfinite_consecutive": state.nonfinite_consecutive,
-                "nonfinite_total": state.nonfinite_total,
-                "grader_totals": dict(state.grader_totals),
-            },
-            "models": dict(self._model_configs),
-            "vocab_size": int(self.run.data.tokenizer.vocab_size),
-            "config": self._config_json(),
-        }
-        # Step k of the checkpoint directory = k TTT steps done; the warm-up checkpoint is 0.
-        path = self.checkpointer.save(state.step, self._items(state), metadata, evaluation)
-        self._last_saved_step = state.step
-        return path
+        """A regular checkpoint of `state` (see `LoopCheckpoints.save`). Step k of the checkpoint
+        directory = k TTT steps done; the warm-up checkpoint is 0."""
+        return self.checkpoints.save(state, evaluation)
 
     def _restore(self) -> LoopState | None:
-        if self.checkpointer.latest_good_step() is None:
-            return None
-        policy_abstract = train.abstract_train_state(
-            _abstract_params(self._initial_policy, self.run.settings),
-            self.run.settings.policy_optimizer,
-            self.run.mesh,
-            self.run.rules,
-        )
-        abstract = {"policy": policy_abstract}
+        """The newest checkpointed state, or None; sets `_progress` when it stopped in a step."""
+        settings = self.run.settings
+        policy_params = train.split_for_training(self._initial_policy, settings)[1]
+        abstract = {
+            "policy": train.abstract_train_state(
+                policy_params, settings.policy_optimizer, self.run.mesh, self.run.rules
+            )
+        }
         if self.method.uses_critic:
-            critic_module = init_critic(
-                self.config, self._initial_policy, self.run.mesh, self.run.rules
-            )
-            self._model_configs["critic"] = model_config_to_dict(critic_module.config)
-            graphdef, critic_params = train.split_for_training(critic_module, self.run.settings)
-            self.run.critic_graphdef = graphdef
             abstract["critic"] = train.abstract_train_state(
-                critic_params, self.run.settings.critic_optimizer, self.run.mesh, self.run.rules
+                self._critic_module(self._initial_policy),
+                settings.critic_optimizer,
+                self.run.mesh,
+                self.run.rules,
             )
-        items, metadata = self.checkpointer.restore(None, abstract)
-        for name, stream in self.streams.items():
-            stream.set_state(metadata["streams"][name])
-        path = self.checkpointer.step_path(self.checkpointer.restored_step)
-        self._warn_config_changes(metadata.get("config", {}), path)
-        self._last_saved_step = int(metadata["step"])
-        counters = metadata.get("counters", {})
-        totals = dict.fromkeys(GRADER_KEYS, 0)
-        totals.update(counters.get("grader_totals", {}))
-        print(f"resuming from {path} (step {metadata['step']})", file=sys.stderr)
-        return LoopState(
-            policy=items["policy"],
-            critic=items.get("critic"),
-            step=int(metadata["step"]),
-            warmed_up=bool(metadata["warmed_up"]),
-            nonfinite_consecutive=int(counters.get("nonfinite_consecutive", 0)),
-            nonfinite_total=int(counters.get("nonfinite_total", 0)),
-            grader_totals=totals,
-        )
+        restored = self.checkpoints.restore(abstract)
+        if restored is None:
+            return None
+        state, self._progress = restored
+        return state
 
-    def _warn_config_changes(self, saved: dict[str, Any], path: str) -> None:
-        """Logs the config fields that differ from the checkpoint's (a resumed run with another
-        learning rate or dataset is no longer the run that was checkpointed)."""
-        old, new = _flatten(saved), _flatten(self._config_json())
-        changed = sorted(
-            k
-            for k in set(old) | set(new)
-            if old.get(k) != new.get(k) and not k.startswith(RESUME_MAY_CHANGE)
+    # --- stopping inside a step ----------------------------------------------------------
+
+    def _begin(self, scope: str) -> StepJournal:
+        """The journal of a step (or warm-up step) starting now: it replays the interrupted
+        step's units when `_progress` holds them, and stops at the guard's request."""
+        self._step_streams = {k: s.get_state() for k, s in self.streams.items()}
+        before = self._pool_counts()
+        progress, self._progress = self._progress, None
+        recorded, where = None, ""
+        if progress is not None:
+            # What the interrupted run's part of the step counted is part of this step's counts.
+            before = {k: before[k] - progress.grader_done.get(k, 0) for k in GRADER_KEYS}
+            recorded, where = progress.units, progress.where
+        self._step_grader_before = before
+        self._journal = StepJournal(scope, self.guard.should_stop, recorded, where=where)
+        return self._journal
+
+    def _stop_in_step(self, state: LoopState, stop: Interrupted, warmup_steps_done: int | None):
+        """Saves the step `stop` interrupted (an in-step checkpoint) and ends the run."""
+        journal = stop.journal
+        for network, train_state in journal.latest.items():
+            setattr(state, network, train_state)
+        now = self._pool_counts()
+        progress = StepProgress(
+            in_warmup=warmup_steps_done is not None,
+            warmup_steps_done=warmup_steps_done or 0,
+            units=journal.units,
+            grader_done={k: now[k] - self._step_grader_before[k] for k in GRADER_KEYS},
         )
-        if changed:
-            log.warning(
-                "resuming from %s with a changed config: %s",
-                path,
-                ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed),
-            )
+        path = self.checkpoints.save_in_step(state, self._step_streams, progress)
+        where = f"before {journal.scope}"
+        if journal.units:
+            where = f"in {journal.scope} after {journal.units[-1][0]}"
+        print(self.guard.exit_message(where, path), file=sys.stderr)
+        raise _Stopped(state)
 
     # --- phases --------------------------------------------------------------------------
 
-    def _warmup(self, state: LoopState, writer: JsonlWriter) -> LoopState:
-        """Fits the critic to graded D_L rollouts of the initial policy."""
-        for i in range(self.config.tempo.critic_warmup_steps):
+    def _warmup(self, state: LoopState, writer: JsonlWriter, done: int = 0) -> LoopState:
+        """Fits the critic to graded D_L rollouts of the initial policy: warm-up steps `done`
+        + 1 ... (a run that stopped inside the warm-up continues it)."""
+        total = self.config.tempo.critic_warmup_steps
+        for i in range(done, total):
+            journal = self._begin(f"warm-up step {i + 1}")
             timer = phases.Timer()
-            grader_before = self._pool_counts()
-            rows, rewards, metrics = phases.collect_groups(
-                self.run,
-                self.streams["labeled"],
-                state.policy.params,
-                step=i,
-                phase="recalibrate",
-                timer=timer,
-            )
-            state.critic, m = phases.critic_update(
-                self.run,
-                state.critic,
-                rows,
-                rewards,
-                timer,
-                updates=self.config.tempo.critic_updates,
-                prefix="warmup",
-            )
-            metrics.update(m)
+            try:
+                rows, rewards, metrics = self._fit_critic(state, i, timer, prefix="warmup")
+            except Interrupted as stop:
+                self._stop_in_step(state, stop, warmup_steps_done=i)
+            journal.finish()
             metrics.update(phases.rollout_metrics("warmup", rows, rewards))
-            metrics.update(self._grader_counters(state, grader_before))
+            metrics.update(self._grader_counters(state, self._step_grader_before))
             metrics.update(self._count_nonfinite(state, metrics))
             if self.is_main_process:
                 writer.write({"warmup_step": i + 1, **metrics, **timer.metrics()})
             self._halt_if_nonfinite(state, f"critic warm-up step {i + 1}")
+            if i + 1 < total and self.guard.should_stop():  # between warm-up steps
+                journal = self._begin(f"warm-up step {i + 2}")
+                self._stop_in_step(state, Interrupted(journal), warmup_steps_done=i + 1)
         state.warmed_up = True
         return state
 
@@ -309,11 +270,12 @@ class Trainer:
         if state.nonfinite_consecutive < limit:
             return
         self.checkpointer.wait()  # the last good checkpoint may still be in flight
-        if self._last_saved_step is None:
+        last = self.checkpoints.last_saved_step
+        if last is None:
             resume = "no checkpoint was saved yet; a rerun starts from scratch"
         else:
-            path = self.checkpointer.step_path(self._last_saved_step)
-            resume = f"the last checkpoint, {path} (step {self._last_saved_step}), is intact"
+            path = self.checkpointer.step_path(last)
+            resume = f"the last checkpoint, {path} (step {last}), is intact"
         raise TrainingHalted(
             f"stopping at {where}: {state.nonfinite_consecutive} steps in a row skipped their "
             f"update for a non-finite loss or gradient (config.checkpoint."
@@ -321,25 +283,51 @@ class Trainer:
             "data, then rerun the same command to resume."
         )
 
-    def _recalibrate(self, state, step, timer, metrics):
-        rows, rewards, m = phases.collect_groups(
+    def _fit_critic(self, state: LoopState, step: int, timer: phases.Timer, prefix: str):
+        """Graded D_L rollouts of the current policy (the recalibrate phase's seeds of `step`)
+        and `tempo.critic_updates` value-loss updates on them: an E-step or a warm-up step.
+        Returns (rows, rewards, metrics)."""
+        rows, rewards, metrics = phases.collect_groups(
             self.run,
             self.streams["labeled"],
             state.policy.params,
+            journal=self._journal,
             step=step,
             phase="recalibrate",
             timer=timer,
         )
-        metrics.update(m)
-        metrics.update(phases.rollout_metrics("recalibrate", rows, rewards))
         state.critic, m = phases.critic_update(
-            self.run, state.critic, rows, rewards, timer, updates=self.config.tempo.critic_updates
+            self.run,
+            self._journal,
+            state.critic,
+            rows,
+            rewards,
+            timer,
+            updates=self.config.tempo.critic_updates,
+            prefix=prefix,
         )
         metrics.update(m)
+        return rows, rewards, metrics
+
+    def _recalibrate(self, state, step, timer, metrics):
+        rows, rewards, m = self._fit_critic(state, step, timer, prefix="critic")
+        metrics.update(m)
+        metrics.update(phases.rollout_metrics("recalibrate", rows, rewards))
         return rows, rewards
 
     def _train_step(self, state: LoopState) -> tuple[LoopState, dict[str, Any]]:
-        """One loop step: the phases the method's schedule gives for `state.step`."""
+        """One loop step: the phases the method's schedule gives for `state.step`. Stops at a
+        phase boundary when asked to (saving an in-step checkpoint: `_Stopped`)."""
+        journal = self._begin(f"step {state.step + 1}")
+        try:
+            state, metrics = self._step_phases(state)
+        except Interrupted as stop:
+            self._stop_in_step(state, stop, warmup_steps_done=None)
+        journal.finish()
+        return state, metrics
+
+    def _step_phases(self, state: LoopState) -> tuple[LoopState, dict[str, Any]]:
+        journal = self._journal
         step = state.step
         timer = phases.Timer()
         schedule = self.method.phases(
@@ -356,6 +344,7 @@ class Trainer:
                     self.run,
                     self.streams[stream],
                     state.policy.params,
+                    journal=journal,
                     step=step,
                     phase="refine",
                     timer=timer,
@@ -365,9 +354,13 @@ class Trainer:
                 keep = None
                 if self.config.tempo.policy_trains_on_labeled and self.method.uses_critic:
                     rows, rewards, keep = self._with_labeled(rows, rewards, labeled)
-                critic_params = state.critic.params if state.critic is not None else None
+                values = None
+                if state.critic is not None:
+                    values = phases.critic_values(
+                        self.run, journal, "policy/values", state.critic.params, rows, timer
+                    )
                 state.policy, m = phases.policy_update(
-                    self.run, state.policy, critic_params, rows, rewards, timer, keep=keep
+                    self.run, journal, state.policy, rows, rewards, timer, values=values, keep=keep
                 )
                 metrics.update(m)
             elif phase == methods.MIXED_UPDATE:
@@ -375,16 +368,21 @@ class Trainer:
                     self.run,
                     self.streams["mixed"],
                     state.policy.params,
+                    journal=journal,
                     step=step,
                     phase="mixed",
                     timer=timer,
                 )
                 metrics.update(m)
                 metrics.update(phases.rollout_metrics("rollout", rows, rewards))
-                # Advantages use the critic before its update (the authors' order).
-                old_critic_params = jax.tree.map(jnp.copy, state.critic.params)
+                # Advantages use the critic before its update (the authors' order): its values
+                # are taken first (also what a resumed step needs once the critic moved).
+                values = phases.critic_values(
+                    self.run, journal, "policy/values", state.critic.params, rows, timer
+                )
                 state.critic, m = phases.critic_update(
                     self.run,
+                    journal,
                     state.critic,
                     rows,
                     rewards,
@@ -393,7 +391,7 @@ class Trainer:
                 )
                 metrics.update(m)
                 state.policy, m = phases.policy_update(
-                    self.run, state.policy, old_critic_params, rows, rewards, timer
+                    self.run, journal, state.policy, rows, rewards, timer, values=values
                 )
                 metrics.update(m)
         state.step = step + 1
@@ -421,12 +419,12 @@ class Trainer:
         `checkpoint.max_consecutive_skips` non-finite steps in a row.
         """
         cfg = self.config
-        with PreemptionGuard() as guard:
+        with self.guard as guard:
             state = self._restore()
             resumed = state is not None
             if state is None:
                 state = self._fresh_state()
-                # The local flag only: multi-process runs agree on a stop step in the TTT loop.
+                # The local flag only: multi-process runs agree on a stop point in the loop.
                 if guard.signal_name is not None and cfg.sft.steps > 0:
                     sft = os.path.join(self.workdir, "sft")
                     print(
@@ -443,8 +441,12 @@ class Trainer:
                 is_main_process=self.is_main_process,
                 progress=cfg.progress_bar,
             )
+            stopped = True
             try:
-                state, stopped = self._run(state, resumed, writers, guard)
+                state = self._run(state, resumed, writers)
+                stopped = False
+            except _Stopped as stop:
+                state = stop.state
             finally:
                 writers.close()
         self.checkpointer.wait()
@@ -455,20 +457,22 @@ class Trainer:
         print(f"metrics: {os.path.join(self.workdir, 'metrics.jsonl')}\nplot: {plot_path}")
         return state
 
-    def _run(
-        self, state: LoopState, resumed: bool, writers: MetricWriters, guard: PreemptionGuard
-    ) -> tuple[LoopState, bool]:
-        """The warm-up (fresh runs) and the TTT steps; (state, True) when stopped by a signal."""
+    def _run(self, state: LoopState, resumed: bool, writers: MetricWriters) -> LoopState:
+        """The warm-up (unless a checkpoint is past it) and the TTT steps. Raises `_Stopped`
+        once it saved on a stop request."""
         cfg = self.config
-        # Records past the restored step (or all of them on a fresh start) are from a run that
+        progress = self._progress
+        in_warmup = not resumed or (progress is not None and progress.in_warmup)
+        # Records past the restored step (or all of them before step 0's) are from a run that
         # did not reach its next checkpoint; they will be written again.
-        writers.truncate_after(state.step if resumed else -1)  # process 0 only: it writes them
-        if not resumed:
+        writers.truncate_after(-1 if in_warmup else state.step)  # process 0 only: it writes
+        if in_warmup:
+            done = progress.warmup_steps_done if progress is not None else 0
             warmup_writer = JsonlWriter(os.path.join(self.workdir, "warmup_metrics.jsonl"))
             if self.is_main_process:
-                warmup_writer.truncate_after(-1)
+                warmup_writer.truncate_after(done, key="warmup_step")
             if self.method.uses_critic:
-                state = self._warmup(state, warmup_writer)
+                state = self._warmup(state, warmup_writer, done)
             evaluation = None
             if cfg.eval_every > 0:
                 grader_before = self._pool_counts()
@@ -477,11 +481,8 @@ class Trainer:
                 record.update(self._grader_counters(state, grader_before))
                 writers.write(record)
             self._save(state, evaluation)
-            if self._stop_on_signal(state, guard):
-                return state, True
-        save_pending = False
+            self._stop_on_signal(state)
         while state.step < cfg.total_steps:
-            grader_before = self._pool_counts()
             state, metrics = self._train_step(state)
             record = {"step": state.step, **metrics}
             is_last = state.step == cfg.total_steps
@@ -489,29 +490,30 @@ class Trainer:
             if cfg.eval_every > 0 and (state.step % cfg.eval_every == 0 or is_last):
                 evaluation = self._evaluate(state, state.step)
                 record.update(evaluation)
-            record.update(self._grader_counters(state, grader_before))
+            record.update(self._grader_counters(state, self._step_grader_before))
             record.update(self._count_nonfinite(state, metrics))
             writers.write(record)
             self._halt_if_nonfinite(state, f"step {state.step}")
-            save_pending |= cfg.save_every > 0 and state.step % cfg.save_every == 0
+            state.save_pending |= cfg.save_every > 0 and state.step % cfg.save_every == 0
             # keep_best ranks checkpoints by their eval: every evaluated step is saved.
-            save_pending |= bool(cfg.checkpoint.keep_best) and evaluation is not None
+            state.save_pending |= bool(cfg.checkpoint.keep_best) and evaluation is not None
             # A save due during a streak of skipped updates waits for a clean step, so that the
             # last checkpoint predates whatever made the updates non-finite.
-            if is_last or (save_pending and state.nonfinite_consecutive == 0):
+            if is_last or (state.save_pending and state.nonfinite_consecutive == 0):
+                state.save_pending = False
                 self._save(state, evaluation)
-                save_pending = False
-            if self._stop_on_signal(state, guard):
-                return state, True
-        return state, False
+            self._stop_on_signal(state)
+        return state
 
-    def _stop_on_signal(self, state: LoopState, guard: PreemptionGuard) -> bool:
-        if not guard.should_stop(state.step):
-            return False
+    def _stop_on_signal(self, state: LoopState) -> None:
+        """A stop point between steps: saves `state` (a regular checkpoint) and raises
+        `_Stopped` if the run is to stop."""
+        if not self.guard.should_stop():
+            return
         path = self._save(state)
         self.checkpointer.wait()
-        print(guard.exit_message(state.step, path), file=sys.stderr)
-        return True
+        print(self.guard.exit_message(f"after step {state.step}", path), file=sys.stderr)
+        raise _Stopped(state)
 
     def _evaluate(self, state: LoopState, step: int) -> dict[str, float]:
         timer = phases.Timer()
@@ -521,22 +523,10 @@ class Trainer:
         return out
 
     def close(self) -> None:
-        self.checkpointer.close()
-        self.run.pool.close()
-
-
-def _abstract_params(policy, settings):
-    return train.split_for_training(policy, settings)[1]
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+        try:
+            self.checkpoints.close()
+        finally:
+            self.run.pool.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LoopState:

@@ -18,6 +18,9 @@ MIXED = "mixed"
 # Reward sources.
 CRITIC = "critic"  # V_last of the (fixed) critic; ground truth on labeled rows
 GROUND_TRUTH = "ground_truth"  # grader against the labeled answer
+# Grader against D_U's hidden answers: the `oracle` upper bound. It reads what only evaluation
+# may read otherwise, so it bounds what a self-reward can reach and is never a default.
+HIDDEN_GROUND_TRUTH = "hidden_ground_truth"
 MAJORITY_VOTE = "majority_vote"  # TTRL
 CLUSTER_FREQUENCY = "cluster_frequency"  # EMPO
 SELF_CERTAINTY = "self_certainty"  # Intuitor
@@ -51,6 +54,11 @@ class Method:
     uses_critic: bool
     recalibrates: bool
 
+    @property
+    def reads_hidden_answers(self) -> bool:
+        """True for an upper bound that is rewarded with D_U's hidden answers (`oracle`)."""
+        return self.reward == HIDDEN_GROUND_TRUTH
+
     def phases(self, step: int, recalibrate_every: int, critic_warmed_up: bool) -> tuple[str, ...]:
         """The phases of loop step `step` (0-based).
 
@@ -69,13 +77,81 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("tempo", UNLABELED, CRITIC, None, "tempo", True, True),
-        Method("tempo_mixed", MIXED, CRITIC, "em_token", "tempo", True, True),
-        Method("tempo_frozen", UNLABELED, CRITIC, None, "tempo", True, False),
-        Method("ttrl", UNLABELED, MAJORITY_VOTE, "grpo", "none", False, False),
-        Method("empo", UNLABELED, CLUSTER_FREQUENCY, "grpo", "none", False, False),
-        Method("intuitor", UNLABELED, SELF_CERTAINTY, "grpo", "none", False, False),
-        Method("rlvr", LABELED, GROUND_TRUTH, "grpo", "dapo", False, False),
+        Method(
+            name="tempo",
+            stream=UNLABELED,
+            reward=CRITIC,
+            advantage=None,
+            group_filter="tempo",
+            uses_critic=True,
+            recalibrates=True,
+        ),
+        Method(
+            name="tempo_mixed",
+            stream=MIXED,
+            reward=CRITIC,
+            advantage="em_token",
+            group_filter="tempo",
+            uses_critic=True,
+            recalibrates=True,
+        ),
+        Method(
+            name="tempo_frozen",
+            stream=UNLABELED,
+            reward=CRITIC,
+            advantage=None,
+            group_filter="tempo",
+            uses_critic=True,
+            recalibrates=False,
+        ),
+        Method(
+            name="ttrl",
+            stream=UNLABELED,
+            reward=MAJORITY_VOTE,
+            advantage="grpo",
+            group_filter="none",
+            uses_critic=False,
+            recalibrates=False,
+        ),
+        Method(
+            name="empo",
+            stream=UNLABELED,
+            reward=CLUSTER_FREQUENCY,
+            advantage="grpo",
+            group_filter="none",
+            uses_critic=False,
+            recalibrates=False,
+        ),
+        Method(
+            name="intuitor",
+            stream=UNLABELED,
+            reward=SELF_CERTAINTY,
+            advantage="grpo",
+            group_filter="none",
+            uses_critic=False,
+            recalibrates=False,
+        ),
+        Method(
+            name="rlvr",
+            stream=LABELED,
+            reward=GROUND_TRUTH,
+            advantage="grpo",
+            group_filter="dapo",
+            uses_critic=False,
+            recalibrates=False,
+        ),
+        # Upper bound, not a method one can deploy: TTRL's loop with the hidden ground truth of
+        # D_U as reward (TTRL's "leakage" run). Same estimator and batches as ttrl, so the gap
+        # between the two is the cost of not knowing the answers.
+        Method(
+            name="oracle",
+            stream=UNLABELED,
+            reward=HIDDEN_GROUND_TRUTH,
+            advantage="grpo",
+            group_filter="none",
+            uses_critic=False,
+            recalibrates=False,
+        ),
     )
 }
 

@@ -5,8 +5,10 @@ Multi-process runs: every process computes the same rows; rewards and self-rewar
 a grader that may time out on one host only) are process 0's on every process, and sharded
 outputs of the compiled functions come back with `parallel.host_from_global`.
 
-Unlabeled ground truths never enter this module: rows carry `ground_truths` only for labeled
-prompts (`PromptBatch.labeled_answers`); evaluation reads hidden answers elsewhere.
+Unlabeled ground truths never enter training: rows carry `ground_truths` only for labeled
+prompts (`PromptBatch.labeled_answers`); evaluation reads hidden answers elsewhere. The one
+exception is the `oracle` upper bound, whose reward is D_U's hidden answers (`grade_hidden`,
+refused for every other method).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from tempo_jax.data.batch import PromptBatch
 from tempo_jax.rewards import self_rewards
 from tempo_jax.rewards.clusters import cluster_answers
 from tempo_jax.rewards.math import grade_batch
-from tempo_jax.sampling import SamplingParams
+from tempo_jax.sampling import ChunkLog, SamplingParams
 from tempo_jax.tempo import methods
 from tempo_jax.tempo.build import Run
 from tempo_jax.tempo.rollout_data import RolloutRows, concat_rows, dense_ids, rollout_rows
+from tempo_jax.tempo.step_journal import StepJournal
 from tempo_jax.train import RLBatch, Sequences, TrainState
 
 PHASE_CODES = {"rollout": 0, "recalibrate": 1, "refine": 2, "mixed": 3, "warmup": 4, "eval": 5}
@@ -68,15 +71,23 @@ def sample(
     seed: int,
     timer: Timer,
     sampling: SamplingParams | None = None,
+    chunk_log: ChunkLog | None = None,
 ) -> RolloutRows:
-    """n rollouts per prompt of `batch` under `params`, on the host with decoded texts."""
+    """n rollouts per prompt of `batch` under `params`, on the host with decoded texts (each
+    chunk a unit of `chunk_log` when given)."""
     cfg = run.config.rollout
     sampling = sampling or SamplingParams(
         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p
     )
     with timer("rollout"):
         rollouts = run.sampler.generate(
-            params, batch.prompt_tokens, batch.prompt_mask, n=n, sampling=sampling, seed=seed
+            params,
+            batch.prompt_tokens,
+            batch.prompt_mask,
+            n=n,
+            sampling=sampling,
+            seed=seed,
+            chunk_log=chunk_log,
         )
         rollouts = parallel.host_from_global(rollouts)
     return rollout_rows(
@@ -90,24 +101,59 @@ def sample(
     )
 
 
-def grade_labeled(run: Run, rows: RolloutRows, timer: Timer) -> tuple[np.ndarray, dict]:
-    """±1 rewards for labeled rows (0 for unlabeled rows, which are never graded here)."""
+def _grade(run: Run, rows: RolloutRows, which: np.ndarray, truths, timer: Timer):
+    """±1 rewards of rows `which` (indices) against `truths` (one tuple per row), 0 elsewhere,
+    and the grader's counters, as one dict (a journal unit's record)."""
     rewards = np.zeros(rows.num_rows, np.float32)
-    labeled = np.flatnonzero(rows.is_labeled)
     counters = {}
-    if len(labeled):
+    if len(which):
         with timer("grading"):
             grades = grade_batch(
-                [rows.texts[i] for i in labeled],
-                [list(rows.ground_truths[i]) for i in labeled],
+                [rows.texts[i] for i in which],
+                [list(truths[i]) for i in which],
                 pool=run.pool,
                 timeout_s=run.config.grader.timeout_s,
             )
-        rewards[labeled] = grades.rewards
+        rewards[which] = grades.rewards
         # A grader timeout on one process only must not give the processes different batches.
         rewards = parallel.broadcast_from_main(rewards)
         counters = {f"grader/{k}": v for k, v in grades.counters.as_dict().items()}
-    return rewards, counters
+    return {"rewards": rewards, **counters}
+
+
+def _journaled(journal: StepJournal, unit: str, grade) -> tuple[np.ndarray, dict]:
+    """Runs `grade` as journal unit `unit` (a grader may time out, so it is never redone)."""
+    graded = journal.run(unit, grade)
+    counters = {k: int(v) for k, v in graded.items() if k != "rewards"}
+    return graded["rewards"], counters
+
+
+def grade_labeled(
+    run: Run, journal: StepJournal, unit: str, rows: RolloutRows, timer: Timer
+) -> tuple[np.ndarray, dict]:
+    """±1 rewards for labeled rows (0 for unlabeled rows, which are never graded here), and the
+    grader's counters: journal unit `unit`."""
+    labeled = np.flatnonzero(rows.is_labeled)
+    return _journaled(journal, unit, lambda: _grade(run, rows, labeled, rows.ground_truths, timer))
+
+
+def grade_hidden(
+    run: Run,
+    journal: StepJournal,
+    unit: str,
+    rows: RolloutRows,
+    batch: PromptBatch,
+    timer: Timer,
+) -> tuple[np.ndarray, dict]:
+    """±1 rewards of every row against its prompt's answer, hidden ones included: the `oracle`
+    upper bound only (`Method.reads_hidden_answers`), never a self-reward method. Journal unit
+    `unit`, as `grade_labeled`."""
+    if not run.method.reads_hidden_answers:
+        raise ValueError(f"method {run.method.name!r} may not read D_U's hidden answers")
+    answers = batch.evaluation_answers()
+    truths = [answers[g] for g in rows.group_ids]
+    every = np.arange(rows.num_rows)
+    return _journaled(journal, unit, lambda: _grade(run, rows, every, truths, timer))
 
 
 @functools.partial(jax.jit, static_argnames=("kind",))
@@ -122,20 +168,24 @@ def collect_groups(
     stream: Iterator[PromptBatch],
     params,
     *,
+    journal: StepJournal,
     step: int,
     phase: str,
     timer: Timer,
 ) -> tuple[RolloutRows, np.ndarray, dict]:
     """Rollouts of B prompt groups that survive the method's group filter, regenerating from the
     stream (at most `rollout.max_generation_batches` batches). Without a filter: one batch.
+    Units: `<phase>/a<attempt>/chunk<i>` and `<phase>/a<attempt>/grade`.
 
     Returns:
-      rows (B * n), their rewards (±1 on labeled rows), and metrics.
+      rows (B * n), their rewards (±1 on labeled rows; on every row for the oracle's M-step),
+      and metrics.
     """
     cfg = run.config
     kind = run.method.group_filter if phase != "recalibrate" else "none"
     need = cfg.data.prompts_per_step
     kept_parts, reward_parts, counters, attempts, dropped = [], [], {}, 0, 0
+    generated, hidden_correct = [], []  # correctness of every generated labeled / oracle row
     while sum(int(p.group_ids.max()) + 1 for p in kept_parts) < need:
         if attempts == cfg.rollout.max_generation_batches:
             raise RuntimeError(
@@ -144,6 +194,7 @@ def collect_groups(
                 f"rewards were all equal: the task is too easy or too hard for this policy"
             )
         batch = next(stream)
+        unit = f"{phase}/a{attempts}"
         rows = sample(
             run,
             params,
@@ -151,8 +202,14 @@ def collect_groups(
             n=cfg.rollout.n,
             timer=timer,
             seed=step_seed(cfg.seed, step, phase, attempts),
+            chunk_log=journal.chunk_log(unit, cfg.rollout.n),
         )
-        rewards, counters = grade_labeled(run, rows, timer)
+        if run.method.reads_hidden_answers and phase == "refine":
+            rewards, counters = grade_hidden(run, journal, f"{unit}/grade", rows, batch, timer)
+            hidden_correct.append(rewards > 0)
+        else:
+            rewards, counters = grade_labeled(run, journal, f"{unit}/grade", rows, timer)
+        generated.append(rewards[rows.is_labeled] > 0)
         attempts += 1
         if kind == "none":
             kept_parts, reward_parts = [rows], [rewards]
@@ -168,6 +225,12 @@ def collect_groups(
             kept_parts.append(part)
             reward_parts.append(rewards[idx])
     metrics = {f"{phase}/generation_batches": attempts, f"{phase}/dropped_groups": dropped}
+    if kind != "none" and np.concatenate(generated).size:
+        # The filtered batch's accuracy is biased towards 1/2 (all-wrong and all-right groups
+        # are dropped); this is the accuracy of everything sampled, what the policy really does.
+        metrics[f"{phase}/accuracy_before_filter"] = float(np.concatenate(generated).mean())
+    if hidden_correct:
+        metrics["rollout/hidden_answer_accuracy"] = float(np.concatenate(hidden_correct).mean())
     metrics.update(counters)
     return concat_rows(kept_parts), np.concatenate(reward_parts), metrics
 
@@ -205,8 +268,21 @@ def rollout_metrics(prefix: str, rows: RolloutRows, rewards: np.ndarray) -> dict
     return out
 
 
+def critic_values(
+    run: Run, journal: StepJournal, unit: str, critic_params, rows: RolloutRows, timer: Timer
+) -> np.ndarray:
+    """The critic's values [N, L] of `rows`: journal unit `unit` (the critic may change after)."""
+
+    def compute():
+        return {"values": run.values(critic_params, sequences(rows))}
+
+    with timer("critic"):
+        return journal.run(unit, compute)["values"]
+
+
 def critic_update(
     run: Run,
+    journal: StepJournal,
     critic: TrainState,
     rows: RolloutRows,
     rewards: np.ndarray,
@@ -215,16 +291,18 @@ def critic_update(
     updates: int,
     prefix: str = "critic",
 ) -> tuple[TrainState, dict[str, float]]:
-    """`updates` value-loss steps on the labeled rows, V_old = values before the first update."""
+    """`updates` value-loss steps on the labeled rows, V_old = values before the first update.
+    Units: `<prefix>/old_values`, `<prefix>/update<j>`."""
+    old_values = critic_values(run, journal, f"{prefix}/old_values", critic.params, rows, timer)
     with timer("critic"):
-        seqs = sequences(rows)
-        old_values = parallel.host_from_global(run.values(critic.params, seqs))
         returns = rewards[:, None] * rows.response_mask
         batch = rl_batch(rows, returns=returns.astype(np.float32), old_values=old_values)
         metrics = {}
-        for _ in range(updates):
-            critic, metrics = run.critic_step(critic, batch)
-        metrics = {f"{prefix}/{k}": float(v) for k, v in jax.device_get(metrics).items()}
+        for j in range(updates):
+            critic, metrics = journal.update(
+                f"{prefix}/update{j}", "critic", critic, lambda c: run.critic_step(c, batch)
+            )
+        metrics = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
     return critic, metrics
 
 
@@ -242,16 +320,27 @@ def _advantages(name, scores, response_mask, group_ids, is_labeled, values, keep
 
 
 def method_scores(
-    run: Run, rows: RolloutRows, rewards: np.ndarray, self_certainty: np.ndarray, timer: Timer
+    run: Run,
+    journal: StepJournal,
+    rows: RolloutRows,
+    rewards: np.ndarray,
+    self_certainty: np.ndarray,
+    timer: Timer,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Per-row scores the advantage estimator reads, by the method's reward source."""
+    """Per-row scores the advantage estimator reads, by the method's reward source (answer
+    clusters from the grading pool are journal unit `policy/scores`)."""
     source = run.method.reward
-    if source in (methods.CRITIC, methods.GROUND_TRUTH):
+    if source in (methods.CRITIC, methods.GROUND_TRUTH, methods.HIDDEN_GROUND_TRUTH):
         return rewards, {}
     if source == methods.SELF_CERTAINTY:
         mask = rows.response_mask
         scores = (self_certainty * mask).sum(-1) / np.maximum(mask.sum(-1), 1)
         return scores.astype(np.float32), {"policy/self_certainty": float(scores.mean())}
+    scores = journal.run("policy/scores", lambda: {"scores": _vote_scores(run, rows, timer)})
+    return scores["scores"], {"policy/self_reward": float(scores["scores"].mean())}
+
+
+def _vote_scores(run: Run, rows: RolloutRows, timer: Timer) -> np.ndarray:
     with timer("grading"):
         clusters = cluster_answers(
             rows.answers, rows.group_ids, pool=run.pool, timeout_s=run.config.grader.timeout_s
@@ -259,12 +348,11 @@ def method_scores(
     ids, valid = dense_ids(clusters.cluster_ids), np.asarray(clusters.valid, bool)
     fn = (
         self_rewards.majority_vote_reward
-        if source == methods.MAJORITY_VOTE
+        if run.method.reward == methods.MAJORITY_VOTE
         else self_rewards.cluster_frequency_reward
     )
     # Clustering may time out on one process only: every process uses process 0's scores.
-    scores = parallel.broadcast_from_main(np.asarray(fn(ids, valid, rows.group_ids), np.float32))
-    return scores, {"policy/self_reward": float(scores.mean())}
+    return parallel.broadcast_from_main(np.asarray(fn(ids, valid, rows.group_ids), np.float32))
 
 
 def mini_batches(group_ids: np.ndarray, num: int) -> list[np.ndarray]:
@@ -290,9 +378,10 @@ def mini_batches(group_ids: np.ndarray, num: int) -> list[np.ndarray]:
 
 
 def _mini_batch_updates(
-    run: Run, policy: TrainState, batch: RLBatch, group_ids: np.ndarray
+    run: Run, journal: StepJournal, policy: TrainState, batch: RLBatch, group_ids: np.ndarray
 ) -> tuple[TrainState, dict[str, float]]:
-    """One epoch of policy optimizer updates over mini-batches of `batch`.
+    """One epoch of policy optimizer updates over mini-batches of `batch` (units
+    `policy/update<j>`).
 
     Advantages and old log-probs were computed once on the whole batch, as in the authors' PPO
     loop, so from the second mini-batch on the ratios move away from 1 and the clip acts.
@@ -301,12 +390,17 @@ def _mini_batch_updates(
     per_update = run.config.data.prompts_per_update
     num = 1 if per_update == 0 else run.config.data.prompts_per_step // per_update
     if num == 1:
-        policy, metrics = run.policy_step(policy, batch)
-        return policy, jax.device_get(metrics)
+        return journal.update(
+            "policy/update0", "policy", policy, lambda p: run.policy_step(p, batch)
+        )
     collected = []
-    for idx in mini_batches(group_ids, num):
-        policy, metrics = run.policy_step(policy, jax.tree.map(lambda x, i=idx: x[i], batch))
-        collected.append(jax.device_get(metrics))
+    for j, idx in enumerate(mini_batches(group_ids, num)):
+
+        def update(p, i=idx):
+            return run.policy_step(p, jax.tree.map(lambda x: x[i], batch))
+
+        policy, metrics = journal.update(f"policy/update{j}", "policy", policy, update)
+        collected.append(metrics)
     out = {k: float(np.mean([m[k] for m in collected])) for k in collected[0]}
     for key in ("skipped", "empty"):  # counts, not rates
         if key in out:
@@ -317,27 +411,31 @@ def _mini_batch_updates(
 
 def policy_update(
     run: Run,
+    journal: StepJournal,
     policy: TrainState,
-    critic_params,
     rows: RolloutRows,
     rewards: np.ndarray,
     timer: Timer,
     *,
+    values: np.ndarray | None = None,
     keep: np.ndarray | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
-    """One policy step on `rows`: old log-probs recomputed under the current policy, scores from
-    the method's reward source, advantages from the registry, GSPO/PPO update."""
+    """One policy step on `rows`: old log-probs recomputed under the current policy (unit
+    `policy/old_logprobs`), scores from the method's reward source, advantages from the registry
+    with the critic's `values` [N, L] (`critic_values`; None for critic-free methods), GSPO/PPO
+    update."""
     cfg = run.config
     keep = np.ones(rows.num_rows, bool) if keep is None else keep
-    seqs = sequences(rows)
+
+    def compute():
+        return run.token_stats(policy.params, sequences(rows))._asdict()
+
     with timer("policy"):
-        stats = parallel.host_from_global(run.token_stats(policy.params, seqs))
-    if critic_params is not None:
-        with timer("critic"):
-            values = parallel.host_from_global(run.values(critic_params, seqs))
-    else:
+        stats = journal.run("policy/old_logprobs", compute)
+    critic_values_given = values is not None
+    if values is None:
         values = np.zeros(rows.response_mask.shape, np.float32)
-    scores, metrics = method_scores(run, rows, rewards, np.asarray(stats.self_certainty), timer)
+    scores, metrics = method_scores(run, journal, rows, rewards, stats["self_certainty"], timer)
     name = run.method.advantage or cfg.tempo.advantage
     with timer("policy"):
         adv, returns = _advantages(
@@ -345,17 +443,17 @@ def policy_update(
         )
         batch = rl_batch(
             rows,
-            old_logprobs=np.asarray(stats.logprobs),
+            old_logprobs=stats["logprobs"],
             advantages=np.asarray(adv),
             returns=np.asarray(returns),
             old_values=values,
             keep=keep,
         )
-        policy, step_metrics = _mini_batch_updates(run, policy, batch, rows.group_ids)
+        policy, step_metrics = _mini_batch_updates(run, journal, policy, batch, rows.group_ids)
     mask = rows.response_mask & keep[:, None]
     metrics.update({f"policy/{k}": float(v) for k, v in step_metrics.items()})
-    metrics["policy/token_entropy"] = float((stats.entropy * mask).sum() / max(mask.sum(), 1))
-    if critic_params is not None:
+    metrics["policy/token_entropy"] = float((stats["entropy"] * mask).sum() / max(mask.sum(), 1))
+    if critic_values_given:
         last = np.maximum(rows.lengths - 1, 0)
         v_last = values[np.arange(rows.num_rows), last]
         unl = ~rows.is_labeled & keep

@@ -1,6 +1,15 @@
-"""Checkpoints of the training state on Orbax: async saves, keep-N, verified restore, preflight.
+"""Checkpoints of the training state on Orbax: async saves, keep-N, keep-best, verified restore
+(the preflight disk checks are in `checkpoint_preflight`, re-exported here).
 
-The stop-on-signal side of preemption lives in `tempo_jax.train.preemption`.
+The stop-on-signal side of preemption lives in `tempo_jax.train.preemption`. Orbax's save
+decision policies: a checkpointer made with `preemption_saves_only` saves through Orbax's
+`PreemptionCheckpointingPolicy` (the trainer's in-step checkpoints), and Orbax's preemption
+question is answered by the caller's guard (`preempted`), never by JAX's sync point directly.
+Regular saves are the caller's decision (`force`): the trainer's rule (every `save_every` steps,
+but a save due during a streak of skipped updates waits for a clean step; every evaluated step
+with keep-best; the last step) is not a fixed interval or a step list, so `FixedIntervalPolicy`
+/ `SpecificStepsPolicy` would only restate part of it, and `ContinuousCheckpointingPolicy`
+(save whenever no save is in flight) would write a two-network checkpoint at every step.
 
 This is the only module that imports Orbax, so an Orbax API change touches only this file.
 
@@ -48,11 +57,9 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
-import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
 import jax
@@ -62,6 +69,12 @@ from etils import epath
 
 from tempo_jax.train import storage
 from tempo_jax.train.checkpoint_metadata import decode_metadata, encode_metadata
+from tempo_jax.train.checkpoint_preflight import (  # noqa: F401  (re-exported)
+    DEFAULT_MIN_FREE_BYTES,
+    CheckpointDirectoryError,
+    check_writable,
+    pytree_nbytes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +83,6 @@ METADATA_ITEM = "run_metadata"
 _MANIFEST_FORMAT = 1
 _CRC_MAX_BYTES = 1 << 20
 _ITEM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-DEFAULT_MIN_FREE_BYTES = 256 << 20
 DEFAULT_ASYNC_TIMEOUT_S = 1200  # Orbax's default
 # The step item in which Orbax stores `save(metrics=...)` (reserved: not a restorable item).
 ORBAX_METRICS_ITEM = "metrics"
@@ -86,76 +98,6 @@ class CorruptCheckpointError(CheckpointError):
 
 class MissingItemError(CheckpointError):
     """`restore` asked for an item the checkpoint does not hold (a caller error, not corruption)."""
-
-
-class CheckpointDirectoryError(OSError):
-    """The checkpoint directory is unwritable or nearly full."""
-
-
-def _format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def check_writable(
-    directory: str | os.PathLike, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
-) -> int:
-    """Fails early if `directory` cannot hold checkpoints; creates it if missing.
-
-    Args:
-      directory: the checkpoint directory (local or a remote epath such as gs://).
-      min_free_bytes: required free space in bytes, e.g. twice `pytree_nbytes(state)`. Only checked
-        on local filesystems (remote object stores have no meaningful free space).
-
-    Returns:
-      Free bytes on the filesystem (-1 for remote paths).
-
-    Raises:
-      CheckpointDirectoryError: naming the directory and the reason (cannot create, cannot write,
-        or the free space against `min_free_bytes`).
-    """
-    path = epath.Path(directory)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CheckpointDirectoryError(
-            f"checkpoint directory {directory} cannot be created: {e}"
-        ) from e
-    probe = path / f".write_probe_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    try:
-        probe.write_bytes(b"tempo_jax write probe\n")
-        probe.unlink()
-    except OSError as e:
-        raise CheckpointDirectoryError(
-            f"checkpoint directory {directory} is not writable: {e}"
-        ) from e
-    if storage.is_remote(directory):
-        return -1
-    free = shutil.disk_usage(os.fspath(path)).free
-    if free < min_free_bytes:
-        raise CheckpointDirectoryError(
-            f"checkpoint directory {directory} is nearly full: {_format_bytes(free)} "
-            f"({free} bytes) free, need at least {_format_bytes(min_free_bytes)} "
-            f"({min_free_bytes} bytes)"
-        )
-    return free
-
-
-def pytree_nbytes(tree: Any) -> int:
-    """Total bytes of the array leaves of `tree` (global shapes), for sizing `min_free_bytes`."""
-    total = 0
-    for leaf in jax.tree.leaves(tree):
-        shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
-        if shape is None or dtype is None:
-            continue
-        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-            total += math.prod(shape) * 8
-        else:
-            total += math.prod(shape) * np.dtype(dtype).itemsize
-    return total
 
 
 def _ranked_metric(name: str, sign: float, metrics: Mapping[str, Any]) -> float:
@@ -177,6 +119,24 @@ def _validate_abstract(item: str, tree: Any) -> None:
     jax.tree_util.tree_map_with_path(check, tree)
 
 
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, told by the caller whether the run reached its preemption stop point.
+
+    Orbax asks `reached_preemption(step)` in every save (for its logs and save-decision policies)
+    and by default answers with JAX's preemption sync point, using the checkpoint step as the
+    id. That protocol needs one caller with consecutive ids (`tempo_jax.train.preemption`), so
+    the answer comes from the caller's `PreemptionGuard` instead.
+    """
+
+    def __init__(self, directory, *, options, preempted: Callable[[], bool]):
+        self._preempted = preempted
+        super().__init__(directory, options=options)
+
+    def reached_preemption(self, step: int) -> bool:
+        del step
+        return self._preempted()
+
+
 class Checkpointer:
     """Saves and restores `{item name: pytree of arrays}` plus a JSON metadata dict per step.
 
@@ -194,6 +154,11 @@ class Checkpointer:
       keep_best: a metric name given to `save(metrics=...)` (e.g. "eval/unlabeled/mean@8"); the
         checkpoint with its best value is kept besides the newest `keep`. "" = keep-N only.
       keep_best_mode: "max" (higher is better) or "min".
+      preempted: whether the run agreed to stop for a preemption (`PreemptionGuard.agreed`);
+        Orbax's `reached_preemption` answers with it. None: never.
+      preemption_saves_only: save only when `preempted()` (Orbax's
+        `PreemptionCheckpointingPolicy` decides; a save it declines raises): a directory of
+        checkpoints made to stop, such as the trainer's in-step checkpoints.
     """
 
     def __init__(
@@ -206,6 +171,8 @@ class Checkpointer:
         async_timeout_s: int = DEFAULT_ASYNC_TIMEOUT_S,
         keep_best: str = "",
         keep_best_mode: str = "max",
+        preempted: Callable[[], bool] | None = None,
+        preemption_saves_only: bool = False,
     ):
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
@@ -222,6 +189,7 @@ class Checkpointer:
         self._bad_steps: dict[int, str] = {}
         self._read_verified: set[int] = set()
         self._closed = False
+        self._force_saves = not preemption_saves_only
         self.restored_step: int | None = None
         self.last_save_blocking_seconds: float | None = None
         if read_only:
@@ -249,6 +217,11 @@ class Checkpointer:
                     ),
                 ]
             )
+        decision = {}
+        if preemption_saves_only:
+            decision["save_decision_policy"] = (
+                ocp.checkpoint_managers.PreemptionCheckpointingPolicy()
+            )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
             enable_async_checkpointing=True,  # Sync mode is async + wait: one code path.
@@ -259,8 +232,11 @@ class Checkpointer:
             read_only=read_only,
             create=not read_only,
             **best,
+            **decision,
         )
-        self._mgr = ocp.CheckpointManager(self._directory, options=options)
+        self._mgr = _Manager(
+            self._directory, options=options, preempted=preempted or (lambda: False)
+        )
 
     # ------------------------------------------------------------------ paths and listing
 
@@ -456,8 +432,12 @@ class Checkpointer:
                 if isinstance(v, (int, float, np.number)) and math.isfinite(float(v))
             }
         save_kwargs = {"metrics": ranked} if ranked else {}
-        if not self._mgr.save(step, args=ocp.args.Composite(**args), force=True, **save_kwargs):
-            raise CheckpointError(f"Orbax declined to save step {step} in {self.directory}")
+        composite = ocp.args.Composite(**args)
+        if not self._mgr.save(step, args=composite, force=self._force_saves, **save_kwargs):
+            raise CheckpointError(
+                f"Orbax declined to save step {step} in {self.directory}"
+                + ("" if self._force_saves else " (it saves on preemption only)")
+            )
         self.last_save_blocking_seconds = time.perf_counter() - start
         if not self._async:
             self.wait()
@@ -489,6 +469,13 @@ class Checkpointer:
             elif jax.process_index() == 0:
                 (self._directory / str(existing)).rmtree()
             self._bad_steps.pop(existing, None)
+
+    def delete(self, step: int) -> None:
+        """Deletes finalized checkpoint `step` (after the last save finished)."""
+        if self._read_only:
+            raise CheckpointError(f"checkpointer for {self.directory} is read-only")
+        self._mgr.wait_until_finished()
+        self._mgr.delete(step)
 
     def best_step(self) -> int | None:
         """The kept step with the best `keep_best` metric (None without `keep_best` or without a
@@ -557,13 +544,13 @@ class Checkpointer:
         return handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
     def _restore_step(
-        self, step: int, abstract_items: Mapping[str, Any] | None
+        self, step: int, abstract_items: Mapping[str, Any] | None, host_items: Sequence[str] = ()
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         available = self._item_names(step)
         if abstract_items is None:
             items = {name: self._restore_item_to_host(step, name) for name in available}
             return items, self._read_metadata(step)
-        missing = sorted(set(abstract_items) - set(available))
+        missing = sorted((set(abstract_items) | set(host_items)) - set(available))
         if missing:
             raise MissingItemError(
                 f"checkpoint {self.step_path(step)} has no item(s) {missing}; it holds {available}"
@@ -572,10 +559,14 @@ class Checkpointer:
         args[METADATA_ITEM] = ocp.args.JsonRestore()
         restored = self._mgr.restore(step, args=ocp.args.Composite(**args))
         items = {name: restored[name] for name in abstract_items}
+        items.update({name: self._restore_item_to_host(step, name) for name in host_items})
         return items, decode_metadata(restored[METADATA_ITEM])
 
     def restore(
-        self, step: int | None = None, abstract_items: Mapping[str, Any] | None = None
+        self,
+        step: int | None = None,
+        abstract_items: Mapping[str, Any] | None = None,
+        host_items: Sequence[str] = (),
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Restores a checkpoint; sets `self.restored_step`.
 
@@ -587,6 +578,8 @@ class Checkpointer:
             `jax.eval_shape` plus the target mesh's shardings; the mesh may differ from the one
             that saved). Only these items are restored. None restores every item as numpy arrays on
             host, with the nesting Orbax stored (dicts and lists; for export and inspection).
+          host_items: with `abstract_items`, names of further items to restore that way (numpy
+            on the host), such as host-side data saved with the state.
 
         Returns:
           (items, metadata): items with the structure and shardings of `abstract_items`, and the
@@ -614,7 +607,7 @@ class Checkpointer:
             if reason is not None:
                 self._report(step, reason)
                 raise CorruptCheckpointError(f"checkpoint {self.step_path(step)}: {reason}")
-            out = self._restore_step(step, abstract_items)
+            out = self._restore_step(step, abstract_items, host_items)
             self.restored_step = step
             return out
         if not finalized:
@@ -625,7 +618,7 @@ class Checkpointer:
             reason = self.verify(candidate)
             if reason is None:
                 try:
-                    out = self._restore_step(candidate, abstract_items)
+                    out = self._restore_step(candidate, abstract_items, host_items)
                 except MissingItemError:
                     raise
                 except Exception as e:  # noqa: BLE001  (fall back to the previous checkpoint)

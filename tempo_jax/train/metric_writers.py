@@ -50,13 +50,12 @@ class JsonlWriter:
         line = json.dumps({k: _to_jsonable(v) for k, v in record.items()}, sort_keys=True)
         storage.append_text(self.path, line + "\n")
 
-    def truncate_after(self, step: int) -> int:
-        """Drops records with `step > step` (and a torn last line); returns how many were kept."""
+    def truncate_after(self, step: int, key: str = "step") -> int:
+        """Drops records whose `key` is past `step` (and a torn last line); returns how many were
+        kept."""
         if not storage.exists(self.path):
             return 0
-        kept = [
-            line + "\n" for line, record in _records(self.path) if record.get("step", -1) <= step
-        ]
+        kept = [line + "\n" for line, record in _records(self.path) if record.get(key, -1) <= step]
         storage.write_atomic(self.path, "".join(kept))
         return len(kept)
 

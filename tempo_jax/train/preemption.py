@@ -1,9 +1,18 @@
-"""Stop cleanly on preemption: SIGTERM / SIGINT become a flag the training loop polls.
+"""Stop cleanly on preemption: SIGTERM / SIGINT become a flag the training loop polls at every
+stop point (between steps, and inside a step at each phase boundary: see
+`tempo_jax.tempo.step_journal`).
 
 Single process: signal handlers set the flag. Multi-process: JAX's preemption service (enabled by
-default in `jax.distributed`) owns SIGTERM and agrees on one step for all hosts through
-`jax.experimental.multihost_utils.reached_preemption_sync_point`, so all of them save the same
-step and none is left waiting in a collective.
+default in `jax.distributed`) owns SIGTERM and agrees on one stop point for all hosts through
+`jax.experimental.multihost_utils.reached_preemption_sync_point`, so all of them save at the
+same point and none is left waiting in a collective.
+
+The sync point protocol: when a notice arrives, every host reports the id of its last call, and
+the sync point is max + 1; a host stops when it calls with exactly that id. So the ids must be
+consecutive, in the same sequence on every host, and have a single caller: the guard numbers
+its own checks 1, 2, 3, ... (every host makes the same checks in the same order), and Orbax,
+which would also call it with checkpoint steps as ids, is answered by `agreed` instead (see
+`tempo_jax.train.checkpointing.Checkpointer(preempted=...)`).
 """
 
 from __future__ import annotations
@@ -27,19 +36,20 @@ class PreemptionGuard:
     on `__exit__`. A second SIGINT raises KeyboardInterrupt (an impatient Ctrl-C still works).
 
     Multi-process (jax.process_count() > 1): JAX's preemption service owns SIGTERM and agrees on a
-    common step across hosts, so no handlers are installed and `should_stop(step)` asks
-    `jax.experimental.multihost_utils.reached_preemption_sync_point(step)`, which every process
-    must call at every step. A local flag would let one host leave a collective the others enter.
+    common stop point across hosts, so no handlers are installed and every `should_stop()` call
+    asks `jax.experimental.multihost_utils.reached_preemption_sync_point` with the number of
+    this call (see the module docstring), so every process must make the same calls. A local flag
+    would let one host leave a collective the others enter.
 
     Usage::
 
         with PreemptionGuard() as guard:
             for step in range(start, num_steps):
                 state = train_step(state)
-                if guard.should_stop(step):
+                if guard.should_stop():
                     path = ckpt.save(step, items, metadata)
                     ckpt.wait()
-                    print(guard.exit_message(step, path))
+                    print(guard.exit_message(f"after step {step}", path))
                     break
     """
 
@@ -48,6 +58,8 @@ class PreemptionGuard:
         self._previous: dict[int, Any] = {}
         self._received: int | None = None
         self._multiprocess = jax.process_count() > 1
+        self._checks = 0
+        self._agreed = False
 
     def __enter__(self) -> Self:
         if self._multiprocess:
@@ -83,17 +95,23 @@ class PreemptionGuard:
         """Name of the signal received ("SIGTERM"), or None."""
         return None if self._received is None else signal.Signals(self._received).name
 
-    def should_stop(self, step: int | None = None) -> bool:
-        """True once a stop was requested; multi-process runs must pass the current `step`."""
-        if self._received is not None:
-            return True
-        if self._multiprocess:
-            if step is None:
-                raise ValueError("should_stop(step) needs the step in multi-process runs")
-            return bool(multihost_utils.reached_preemption_sync_point(step))
-        return False
+    def should_stop(self) -> bool:
+        """A stop point: True once a stop was requested (single process) or all processes reached
+        the agreed point (multi-process); stays True after."""
+        if not self._agreed:
+            self._checks += 1
+            if self._received is not None:
+                self._agreed = True
+            elif self._multiprocess:
+                self._agreed = bool(multihost_utils.reached_preemption_sync_point(self._checks))
+        return self._agreed
 
-    def exit_message(self, step: int, path: str) -> str:
-        """The line to print before exiting 0."""
+    def agreed(self) -> bool:
+        """Whether a `should_stop()` call returned True: the run is saving to stop (asks no one)."""
+        return self._agreed
+
+    def exit_message(self, where: str, path: str) -> str:
+        """The line to print before exiting 0; `where` says where the run stopped ("after step
+        3", "in step 4 after policy/update0")."""
         cause = self.signal_name or "preemption notice"
-        return f"Stopped on {cause} after step {step}; checkpoint saved to {path}"
+        return f"Stopped on {cause} {where}; checkpoint saved to {path}"

@@ -96,6 +96,16 @@ def test_cli_reports_a_missing_checkpoint_without_a_traceback(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing written before the config is known good
 
 
+def test_tiny_arith_rlvr_variant_is_the_documented_recipe():
+    c = load(ROOT / "configs" / "tiny_arith.py", "rlvr")
+    validate(c)
+    assert (c.method, c.train.policy_optimizer.learning_rate) == ("rlvr", 1e-4)
+    assert (c.data.prompts_per_step, c.rollout.n, c.total_steps) == (16, 8, 48)
+    assert load(ROOT / "configs" / "tiny_arith.py").method == "tempo"  # the main job unchanged
+    with pytest.raises(ValueError, match="unknown variant"):
+        load(ROOT / "configs" / "tiny_arith.py", "ppo")
+
+
 @pytest.mark.parametrize("name", sorted(AIME))
 def test_bfloat16_parameters_at_the_recipe_learning_rate_are_rejected(name):
     c = load(ROOT / "configs" / f"{name}.py")

@@ -72,7 +72,7 @@ def test_prefill_then_decode_matches_full_forward(hf_cases, name, under_jit):
             jnp.int32(index),
         )
         np.testing.assert_allclose(logits, full[:, index], atol=1e-5, err_msg=f"step {step}")
-        key_mask[:, index] = True
+        key_mask = key_mask | (np.arange(MAX_LEN) == index)  # a new array: never mutate an input
         positions = positions + 1
 
 
@@ -85,10 +85,13 @@ def test_decode_respects_the_key_mask(hf_cases):
     )
     key_mask = np.zeros((3, MAX_LEN), bool)
     key_mask[:, :PROMPT] = prompt_mask.astype(bool)
+    # Each call gets its own host array: JAX may read a numpy argument after the call returns
+    # (dispatch is asynchronous), so mutating `key_mask` in place would race with the first step.
+    hiding = key_mask.copy()
+    hiding[0, 2] = False
     args = (jnp.asarray(continuation[:, 0]), jnp.asarray(prompt_mask.sum(1)))
     seen, _ = model.decode_step(*args, jnp.asarray(key_mask), cache, PROMPT)
-    key_mask[0, 2] = False
-    hidden, _ = model.decode_step(*args, jnp.asarray(key_mask), cache, PROMPT)
+    hidden, _ = model.decode_step(*args, jnp.asarray(hiding), cache, PROMPT)
     assert np.abs(np.asarray(seen[0] - hidden[0])).max() > 1e-3
     np.testing.assert_array_equal(seen[1:], hidden[1:])
 

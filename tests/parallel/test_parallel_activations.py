@@ -34,6 +34,12 @@ def test_constrain_shards_by_logical_names_inside_jit(devices):
     np.testing.assert_array_equal(np.asarray(y), 2.0)
 
 
+def test_context_takes_unparsed_rule_strings(devices):
+    mesh = parallel.make_mesh((2, 2, 2))
+    context = parallel.ActivationSharding.create(mesh, {"batch": "data,fsdp", "length": ""})
+    assert context.sharding((4, 3), ("batch", "length")).spec == PartitionSpec(("data", "fsdp"))
+
+
 def test_an_indivisible_activation_raises_instead_of_replicating(devices):
     mesh = parallel.make_mesh((1, 8, 1))
     with parallel.activation_sharding(mesh), pytest.raises(ValueError) as info:

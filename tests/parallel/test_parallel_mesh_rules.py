@@ -176,16 +176,3 @@ def test_batch_shardings_split_rows_and_check_them(devices):
         ),
     ):
         parallel.batch_shardings({"tokens": np.zeros((6, 5))}, mesh)
-
-
-def test_logical_constraint_inside_jit(devices):
-    mesh = parallel.make_mesh((2, 2, 2))
-
-    @jax.jit
-    def f(x):
-        return parallel.with_logical_constraint(x * 2, ("batch", "length", "activation_mlp"), mesh)
-
-    y = f(jnp.ones((4, 3, 6)))
-    assert y.sharding.spec == PartitionSpec(("data", "fsdp"), None, "tensor")
-    assert {s.data.shape for s in y.addressable_shards} == {(1, 3, 3)}
-    np.testing.assert_array_equal(np.asarray(y), 2.0)

@@ -6,6 +6,7 @@ import re
 
 import jax
 import numpy as np
+from scipy import stats
 
 from tempo_jax.sampling import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Rollouts
 
@@ -27,6 +28,23 @@ def teacher_forced_logits(policy, rollouts: Rollouts) -> np.ndarray:
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def binomial_count_range(
+    probs: np.ndarray, draws: int, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell [lo, hi] such that a Binomial(draws, p) count falls outside with probability at
+    most `alpha` (at most alpha / 2 on each side), from the exact binomial tails (no normal
+    approximation: for small p the binomial tail is far heavier than the normal one).
+
+    A test that checks C cells against these ranges, each with alpha = budget / C, fails a
+    correct sampler with probability at most `budget` (union bound). p = 0 gives [0, 0] and
+    p = 1 gives [draws, draws].
+    """
+    probs = np.clip(np.asarray(probs, np.float64), 0.0, 1.0)
+    lo = stats.binom.ppf(alpha / 2, draws, probs)  # P(X < lo) < alpha / 2
+    hi = stats.binom.isf(alpha / 2, draws, probs)  # P(X > hi) <= alpha / 2
+    return lo, hi
 
 
 def expected_end(tokens: np.ndarray, eos_ids, stop_sequences, max_new: int) -> tuple[int, int]:

@@ -72,6 +72,53 @@ def test_chunks_whose_rows_stop_at_different_steps_equal_one_call(policy, state)
         )
 
 
+class _StopAfter(Exception):
+    pass
+
+
+class _Log:
+    """A ChunkLog that keeps chunks in a dict and stops the call after `stop_after` new ones."""
+
+    def __init__(self, kept=None, stop_after=None):
+        self.kept, self.sampled, self.stop_after = dict(kept or {}), [], stop_after
+
+    def chunk(self, index, sample):
+        if index not in self.kept:
+            self.kept[index] = sample()
+            self.sampled.append(index)
+            if len(self.sampled) == self.stop_after:
+                raise _StopAfter
+        return self.kept[index]
+
+
+def test_a_call_stopped_between_chunks_continues_with_the_kept_ones_bitwise(policy, state):
+    """5 prompts x 3 samples in 3 chunks: stopped after chunk 1, the resumed call samples only
+    chunk 2 and returns exactly the arrays of an uninterrupted (chunk-logged or plain) call."""
+    tokens, mask = _prompts(5)
+    sampler = _sampler(policy, rows=7)
+    plain = sampler.generate(state, tokens, mask, n=3, sampling=SAMPLED, seed=7)
+    first = _Log(stop_after=2)
+    with pytest.raises(_StopAfter):
+        sampler.generate(state, tokens, mask, n=3, sampling=SAMPLED, seed=7, chunk_log=first)
+    assert first.sampled == [0, 1]
+    second = _Log(kept=first.kept)
+    resumed = sampler.generate(state, tokens, mask, n=3, sampling=SAMPLED, seed=7, chunk_log=second)
+    assert second.sampled == [2]
+    assert [int(np.asarray(second.kept[i].group_ids).min()) for i in range(3)] == [0, 2, 4]
+    for name in FIELDS + ("prompt_tokens", "sampling_logprobs"):
+        want, got = np.asarray(getattr(plain, name)), np.asarray(getattr(resumed, name))
+        assert want.dtype == got.dtype and np.array_equal(want, got), name
+    # One chunk of the whole batch goes through the log too (a rollout phase of one chunk).
+    one = _Log()
+    whole = _sampler(policy).generate(state, tokens, mask, n=3, sampling=SAMPLED, seed=7)
+    logged = _sampler(policy).generate(
+        state, tokens, mask, n=3, sampling=SAMPLED, seed=7, chunk_log=one
+    )
+    assert one.sampled == [0]
+    for name in FIELDS:
+        assert np.array_equal(np.asarray(getattr(whole, name)), getattr(logged, name)), name
+
+
 def test_chunk_size_validation_and_no_padding_for_a_short_batch(policy, state):
     sampler = _sampler(policy, rows=4)
     tokens, mask = _prompts(3)

@@ -1,12 +1,14 @@
 """sample_tokens against exact float64 references on a 12-token vocabulary.
 
-Statistical bound: each setting draws D = 20000 tokens with independent keys; for every token the
-empirical frequency f must satisfy |f - p| <= 5 sqrt(p (1 - p) / D) + 1e-4 (p the reference
-probability). Under the null each cell exceeds 5 sigma with probability < 6e-7, and there are
-< 100 cells, so a correct sampler fails with probability < 1e-4 (the seed is fixed, so the test
-is deterministic anyway). Tokens outside the top-k / top-p set must never be drawn at all. The
-same bound rejects the untempered distribution on the tempered rows (checked), so the test has
-the power to see a temperature or truncation bug.
+Statistical bound: each setting draws D = 20000 tokens with independent keys; every token's count
+must lie in the exact Binomial(D, p) range that a correct sampler leaves with probability at most
+1e-7 / 96 (p the reference probability; 8 settings x 12 tokens = 96 cells), so by the union bound
+the frequency test fails a correct sampler with probability at most 1e-7 per run, whatever the
+seed (`binomial_count_range`: exact tails, since a normal approximation understates the tail of
+a small-p cell). The multi-block test below gets its own 1e-7. Tokens outside the top-k / top-p set
+must never be drawn at all (p = 0 gives the range [0, 0]). The same ranges reject the untempered
+distribution on the tempered rows (checked), so the test has the power to see a temperature or
+truncation bug.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sampling_helpers import binomial_count_range
 
 from tempo_jax.sampling import RowSamplingParams, sample_tokens
 from tempo_jax.sampling.token_sampling import argmax_rows, categorical_rows
@@ -22,6 +25,7 @@ from tempo_jax.sampling.token_sampling import argmax_rows, categorical_rows
 VOCAB = 12
 MAX_TOP_K = 8
 DRAWS = 20000
+FALSE_FAILURE_RATE = 1e-7  # per test, for a correct sampler (union bound over its cells)
 # (temperature, top_k, top_p, greedy)
 SETTINGS = [
     (1.0, 0, 1.0, False),  # full vocabulary, no sort
@@ -83,8 +87,8 @@ def draws():
 
 
 def _within_bound(counts: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    freq = counts / DRAWS
-    return np.abs(freq - probs) <= 5 * np.sqrt(probs * (1 - probs) / DRAWS) + 1e-4
+    lo, hi = binomial_count_range(probs, DRAWS, FALSE_FAILURE_RATE / (len(SETTINGS) * VOCAB))
+    return (lo <= counts) & (counts <= hi)
 
 
 @pytest.mark.parametrize("index", range(len(SETTINGS)))
@@ -135,7 +139,8 @@ def test_blocked_argmax_equals_argmax_with_ties_and_padding():
 
 
 def test_inverse_cdf_over_several_blocks():
-    """600 tokens (3 blocks, the last one padded): frequencies within the 5-sigma bound."""
+    """600 tokens (3 blocks, the last one padded): counts within the exact binomial ranges of the
+    16 tokens with p > 0 (false-failure rate <= 1e-7), none elsewhere."""
     rng = np.random.default_rng(1)
     width, draws = 600, 40000
     logits = np.full(width, -np.inf, np.float32)
@@ -149,6 +154,6 @@ def test_inverse_cdf_over_several_blocks():
     counts = np.bincount(np.asarray(tokens), minlength=width)
     assert counts.size == width  # never a padding id >= width
     assert np.all(counts[probs == 0] == 0)
-    freq = counts / draws
-    assert np.all(np.abs(freq - probs) <= 5 * np.sqrt(probs * (1 - probs) / draws) + 1e-4)
+    lo, hi = binomial_count_range(probs, draws, FALSE_FAILURE_RATE / support.size)
+    assert np.all((lo <= counts) & (counts <= hi)), (counts[support], draws * probs[support])
     np.testing.assert_allclose(logprobs, np.log(probs[np.asarray(tokens)]), atol=1e-5)

@@ -67,6 +67,27 @@ def get_config() -> ml_collections.ConfigDict:
     return micro_config()
 
 
+def run_trainer(config: ml_collections.ConfigDict, workdir):
+    """Trains (or resumes) `config` in `workdir` in this process; the final LoopState."""
+    from tempo_jax.tempo.loop import Trainer
+
+    trainer = Trainer(config, str(workdir))
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+def checkpoint_steps(directory) -> list[int]:
+    """The good checkpoints in `directory` ([] when it does not exist)."""
+    from tempo_jax.train.checkpointing import Checkpointer
+
+    if not os.path.isdir(directory):
+        return []
+    with Checkpointer(directory, read_only=True) as ckpt:
+        return ckpt.all_steps()
+
+
 def host(tree):
     """A pytree's arrays as numpy (None stays None)."""
     return None if tree is None else jax.tree.map(np.asarray, tree)

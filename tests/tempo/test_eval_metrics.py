@@ -82,6 +82,23 @@ def test_critic_quality_numbers():
     assert q["calibration_error"] == pytest.approx((0.1 + 0.2 + 0.6 + 0.0) / 4)
 
 
+def test_within_question_auroc_ignores_ranking_between_questions():
+    # Question 0 (easy: 3 of 4 right) gets high values, question 1 (hard: 1 of 4) low ones: the
+    # pooled AUROC is above 1/2 from that alone, while inside each question the critic prefers
+    # wrong answers.
+    values = np.array([0.9, 0.85, 0.8, 0.75, -0.5, -0.6, -0.65, -0.7])
+    correct = np.array([0, 1, 1, 1, 0, 0, 1, 0], bool)
+    groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    q = em.critic_quality(values, correct, group_ids=groups)
+    assert q["auroc"] == pytest.approx(10 / 16)  # (3 x 3 + 1) of the 16 (right, wrong) pairs
+    # question 0: the wrong answer outranks all three right ones (0); question 1: the right one
+    # beats one of the three wrong ones (1/3).
+    assert q["auroc_within_question"] == pytest.approx(1 / 6)
+    # A question whose samples are all right (or all wrong) has no within-question AUROC.
+    assert math.isnan(em.within_group_auroc(values, np.ones(8, bool), groups))
+    assert "auroc_within_question" not in em.critic_quality(values, correct)
+
+
 def test_accuracy_metrics_keys_and_k_bounds():
     correct = np.array([[1, 0, 1, 0]], bool)
     ids = np.array([[0, 1, 0, 2]])

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tempo_fault_worker
 from tempo_micro import host, micro_config, trees_equal
 
 from tempo_jax.rewards.grading_pool import GradingPool
@@ -116,18 +117,9 @@ def test_grader_crash_and_timeout_are_wrong_answers_counted_in_metrics(
 ):
     # An E-step at every step after the first, grading its D_L rollouts.
     config = micro_config(data_dir, **{"tempo.recalibrate_every": 1, "grader.timeout_s": 1.5})
-    sample = phases.sample
-
-    def boxed_sample(*args, **kwargs):
-        rows = sample(*args, **kwargs)
-        # Right answers that no cheap check decides ("0+<truth>"): every labeled row goes to a
-        # worker, and only a failed task makes it wrong.
-        for i in np.flatnonzero(rows.is_labeled):
-            answer = f"0+{rows.ground_truths[i][0]}"
-            rows.texts[i], rows.answers[i] = f"so \\boxed{{{answer}}}", answer
-        return rows
-
-    monkeypatch.setattr(phases, "sample", boxed_sample)
+    # Right answers that no cheap check decides ("0+<truth>"): every labeled row goes to a
+    # worker, and only a failed task makes it wrong.
+    tempo_fault_worker.install("pool_graded", patch=monkeypatch.setattr)
     monkeypatch.setattr(build, "GradingPool", FaultyPool)
     start = time.monotonic()
     trainer = Trainer(config, str(tmp_path))

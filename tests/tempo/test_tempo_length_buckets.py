@@ -12,6 +12,7 @@ from tempo_micro import micro_config
 from tempo_jax.tempo import functions
 from tempo_jax.tempo.loop import Trainer
 from tempo_jax.tempo.phases import Timer, critic_update
+from tempo_jax.tempo.step_journal import StepJournal
 from tempo_jax.train import RLBatch, Sequences
 
 ROWS, PROMPT, LENGTH = 8, 24, 8  # micro config: 4 prompts x 2 samples, P = 24, L = 8
@@ -109,11 +110,15 @@ def test_bucketed_forwards_and_updates_equal_full_length(trainer):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
     rows = trainer_rows(run, seqs)
-    critic, _ = critic_update(run, _copy(state.critic), rows, np.ones(ROWS), Timer(), updates=1)
+
+    def update(journal):  # a step's journal of its own each (one that never stops)
+        return critic_update(
+            run, journal, _copy(state.critic), rows, np.ones(ROWS), Timer(), updates=1
+        )[0]
+
+    critic = update(StepJournal("bucketed", lambda: False))
     with _full_length(run):
-        critic_full, _ = critic_update(
-            run, _copy(state.critic), rows, np.ones(ROWS), Timer(), updates=1
-        )
+        critic_full = update(StepJournal("full length", lambda: False))
     leaves = jax.tree.leaves(critic.params), jax.tree.leaves(critic_full.params)
     for a, b in zip(*leaves, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)

@@ -2,6 +2,7 @@
 that change are the right ones, and unlabeled answers never reach training."""
 
 import math
+import types
 
 import jax
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 from tempo_micro import micro_config
 
 from tempo_jax.data import batch as data_batch
-from tempo_jax.tempo import functions, methods
+from tempo_jax.rewards.math import grade_batch
+from tempo_jax.tempo import functions, methods, phases
 from tempo_jax.tempo.config_validation import ConfigError
 from tempo_jax.tempo.evaluation import evaluate
 from tempo_jax.tempo.loop import Trainer
@@ -150,6 +152,34 @@ def test_unlabeled_answers_never_reach_training(data_dir, tmp_path, monkeypatch)
     dirty_m = read_jsonl(str(tmp_path / "dirty" / "metrics.jsonl"))
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("timing/")} for r in rs]  # noqa: E731
     assert strip(clean_m) == strip(dirty_m)
+
+
+def test_only_the_oracle_reads_hidden_answers(data_dir, tmp_path, monkeypatch):
+    assert [m.name for m in methods.METHODS.values() if m.reads_hidden_answers] == ["oracle"]
+    ttrl_run = types.SimpleNamespace(method=methods.get_method("ttrl"))
+    with pytest.raises(ValueError, match="'ttrl' may not read D_U's hidden answers"):
+        phases.grade_hidden(ttrl_run, None, "refine/a0/grade", None, None, Timer())
+    # The oracle's M-step grades every rollout against its prompt's hidden answer: with the
+    # hidden answers replaced, exactly the replacements reach the grader during training.
+    original = data_batch.HiddenAnswers.__init__
+
+    def corrupted(self, answers):
+        original(self, [None if a is None else (f"corrupted-{i}",) for i, a in enumerate(answers)])
+
+    graded = []
+
+    def recording_grade_batch(texts, truths, **kwargs):
+        graded.extend(t[0] for t in truths)
+        return grade_batch(texts, truths, **kwargs)
+
+    monkeypatch.setattr(data_batch.HiddenAnswers, "__init__", corrupted)
+    monkeypatch.setattr(phases, "grade_batch", recording_grade_batch)
+    config = micro_config(data_dir, "oracle", total_steps=1)
+    run_steps(config, tmp_path)
+    rows = config.data.prompts_per_step * config.rollout.n
+    assert len(graded) == rows and all(t.startswith("corrupted-") for t in graded)
+    record = read_jsonl(str(tmp_path / "metrics.jsonl"))[0]
+    assert record["rollout/hidden_answer_accuracy"] == 0.0  # nothing equals "corrupted-i"
 
 
 @pytest.mark.parametrize(

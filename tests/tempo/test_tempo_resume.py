@@ -8,24 +8,27 @@ metrics.jsonl lines (timings aside), to one uninterrupted run of the same config
 
 import glob
 import os
-import pathlib
 import random
 import shutil
 import signal
 import subprocess
-import sys
 
 import jax
 import pytest
-from tempo_micro import host, metric_lines, micro_config, trees_equal
+import tempo_fault_worker
+from tempo_micro import (
+    checkpoint_steps,
+    host,
+    metric_lines,
+    micro_config,
+    run_trainer,
+    trees_equal,
+)
 
 from tempo_jax.tempo import phases
 from tempo_jax.tempo.loop import Trainer
-from tempo_jax.train.checkpointing import Checkpointer
 from tempo_jax.train.metric_writers import read_jsonl
 
-HERE = pathlib.Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
 TOTAL = 4
 # Phased tempo (E-step every 2nd step), both networks, an eval every 2 steps (sampled only: a
 # greedy pass would be one more executable per process), a checkpoint at every step, async saves
@@ -44,14 +47,6 @@ def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tempo_resume_data"))
 
 
-def run_trainer(config, workdir):
-    trainer = Trainer(config, str(workdir))
-    try:
-        return trainer.train()
-    finally:
-        trainer.close()
-
-
 @pytest.fixture(scope="module")
 def reference(data_dir, tmp_path_factory):
     """One uninterrupted run: (workdir, final policy state, final critic state, metric lines)."""
@@ -63,34 +58,23 @@ def reference(data_dir, tmp_path_factory):
 
 def run_cli(fault: str, workdir, data_dir) -> subprocess.CompletedProcess:
     """`tempo-jax train` on the micro config with `fault` injected (see tempo_fault_worker)."""
-    command = [
-        sys.executable,
-        str(HERE / "tempo_fault_worker.py"),
-        fault,
-        "train",
-        f"--config={HERE / 'tempo_micro.py'}",
-        f"--workdir={workdir}",
-        f"--config.data.dir={data_dir}",
-    ] + [f"--config.{k}={v}" for k, v in CHANGES.items()]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]))
-    return subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False
-    )
+    return tempo_fault_worker.run_cli(fault, workdir, data_dir, CHANGES)
 
 
 def good_steps(workdir) -> list[int]:
-    with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
-        return ckpt.all_steps()
+    return checkpoint_steps(os.path.join(workdir, "checkpoints"))
 
 
-def resume_and_compare(reference, data_dir, workdir, capsys, expect_step: int | None):
-    """Finishes the run in this process; asserts where it resumed (None: nowhere) and that it
-    matches the reference."""
+def resume_and_compare(reference, data_dir, workdir, capsys, expect_step: int | str | None):
+    """Finishes the run in this process; asserts where it resumed (a regular checkpoint's step,
+    the text after "resuming from ", or None: nowhere) and that it matches the reference."""
     capsys.readouterr()
     state = run_trainer(micro_config(data_dir, **CHANGES), workdir)
     err = capsys.readouterr().err
     if expect_step is None:
         assert "resuming from" not in err, err
+    elif isinstance(expect_step, str):
+        assert f"resuming from {expect_step}" in err, err
     else:
         assert f"resuming from {workdir}/checkpoints/{expect_step} (step {expect_step})" in err, err
     _, policy, critic, lines = reference
@@ -158,14 +142,19 @@ def test_sigterm_and_sigint_save_and_exit_0_then_resume_exactly(
 ):
     proc = run_cli("sigterm_in_step:2", tmp_path, data_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # The signal arrived in the middle of step 2: the step finished, then was saved.
-    saved = f"{tmp_path}/checkpoints/2"
-    assert f"Stopped on SIGTERM after step 2; checkpoint saved to {saved}" in proc.stderr
-    assert max(good_steps(tmp_path)) == 2
-    assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))] == [0, 1, 2]
+    # The signal arrived in the middle of step 2, before its policy update: the run stopped at
+    # the next phase boundary (the update's old log-probs) and saved there, inside step 2.
+    saved = f"{tmp_path}/in_step_checkpoints/0"
+    assert (
+        f"Stopped on SIGTERM in step 2 after policy/old_logprobs; checkpoint saved to {saved}"
+        in proc.stderr
+    )
+    assert max(good_steps(tmp_path)) == 1
+    assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))] == [0, 1]
     assert not (tmp_path / "summary.txt").exists()  # the report is written when the run ends
 
-    # SIGINT (Ctrl-C) in this process, in the middle of the first step after resuming.
+    # SIGINT (Ctrl-C) in this process, in the middle of the step it resumes: the step's first
+    # unit that is not replayed (its policy update) is the next stop point.
     policy_update = phases.policy_update
 
     def update_with_ctrl_c(*args, **kwargs):
@@ -176,13 +165,18 @@ def test_sigterm_and_sigint_save_and_exit_0_then_resume_exactly(
     handler = signal.getsignal(signal.SIGINT)
     state = run_trainer(micro_config(data_dir, **CHANGES), tmp_path)
     err = capsys.readouterr().err
-    assert state.step == 3
-    assert f"resuming from {saved} (step 2)" in err
-    assert f"Stopped on SIGINT after step 3; checkpoint saved to {tmp_path}/checkpoints/3" in err
+    assert state.step == 1
+    assert f"resuming from {saved} (inside step 2, 4 units done)" in err
+    again = f"{tmp_path}/in_step_checkpoints/1"
+    assert f"Stopped on SIGINT in step 2 after policy/update0; checkpoint saved to {again}" in err
     assert signal.getsignal(signal.SIGINT) is handler  # the guard gave the handler back
+    assert not os.path.exists(saved)  # the newer in-step checkpoint replaced it
     monkeypatch.undo()
-    resume_and_compare(reference, data_dir, tmp_path, capsys, expect_step=3)
+    resume_and_compare(
+        reference, data_dir, tmp_path, capsys, expect_step=f"{again} (inside step 2, 5 units"
+    )
     assert (tmp_path / "summary.txt").exists()
+    assert not os.listdir(tmp_path / "in_step_checkpoints")  # superseded by step 2's, deleted
 
 
 def test_restore_onto_another_mesh_gives_the_same_state(reference, data_dir, tmp_path):

@@ -77,10 +77,10 @@ def _sigterm(directory: str) -> None:
             state["b"] = state["b"] + 1
             if step == 2:
                 print("READY", flush=True)
-            if guard.should_stop(step):
+            if guard.should_stop():
                 path = ckpt.save(step, {"state": state}, {"step": step, "steps_done": step + 1})
                 ckpt.wait()
-                print(guard.exit_message(step, path), flush=True)
+                print(guard.exit_message(f"after step {step}", path), flush=True)
                 break
         else:
             raise SystemExit("never received a stop signal")
@@ -104,7 +104,7 @@ def _multiprocess(process_id: int, port: int) -> None:
             time.sleep(0.005 * (1 + process_id))  # Hosts at different speeds.
             if step == 5:
                 print("READY", flush=True)
-            if guard.should_stop(step):
+            if guard.should_stop():
                 print(f"STOP {step}", flush=True)
                 break
     jax.distributed.shutdown()

@@ -341,13 +341,14 @@ def test_preemption_guard_in_process():
     before_term, before_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with PreemptionGuard() as guard:
         assert signal.getsignal(signal.SIGTERM) is not before_term
-        assert not guard.should_stop(0)
+        assert not guard.should_stop() and not guard.agreed()
         os.kill(os.getpid(), signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while not guard.should_stop(1) and time.monotonic() < deadline:
+        while not guard.should_stop() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert guard.should_stop(1) and guard.signal_name == "SIGTERM"
-        assert "SIGTERM after step 1; checkpoint saved to /x/1" in guard.exit_message(1, "/x/1")
+        assert guard.should_stop() and guard.agreed() and guard.signal_name == "SIGTERM"
+        message = guard.exit_message("after step 1", "/x/1")
+        assert "SIGTERM after step 1; checkpoint saved to /x/1" in message
         with pytest.raises(KeyboardInterrupt):  # SIGINT after a stop request aborts for real.
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
