@@ -34,6 +34,7 @@ def test_micro_config_compiles_for_a_v5p_slice(tmp_path):
     report = json.loads(out.read_text())
     assert report["chips"] == 16 and report["chip"]["name"] == "TPU v5p"
     assert report["mesh"] == {"data": 1, "fsdp": 16, "tensor": 1}
+    assert report["attention"] == "splash"  # model.attention=auto on TPU devices
     for f in report["functions"]:
         assert f["status"] == "ok", f
         # On TPU the executable's code is counted: every field is filled.
