@@ -8,7 +8,8 @@ config-file argument picks a baseline (any registered method name) and/or the v6
     tempo-jax train --config=configs/qwen3_8b_aime.py:ttrl,v6e --workdir=...
 
 The default layout is for 16 TPU v5p chips (v5p:2x2x4, 95 GiB); `v6e` changes memory settings
-only, not the math (`tempo-jax compile` measured every function of both below 90% of HBM; README).
+only, not the math (`tempo-jax compile`: every function of both below 90% of HBM at full
+length, v6e 68% at most; README).
 
 Checkpoint: $TEMPO_ROOT/checkpoints/Qwen3-8B (override with --config.model.hf_path=DIR).
 """
