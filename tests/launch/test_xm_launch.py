@@ -206,7 +206,9 @@ def test_an_experiment_completes_resumes_and_stops_cleanly(tmp_path):
     assert {r["workdir"] for r in records} == {str(root / "ttrl-s0"), str(root / "ttrl-s1")}
     assert all("--config.method=ttrl" in r["args"] for r in records)
     assert (
-        json.loads((root / "comparison.json").read_text())["ttrl"]["eval/unlabeled/mean@2"]["n"]
+        json.loads((root / "comparison.json").read_text())["summary"]["ttrl"][
+            "eval/unlabeled/mean@2"
+        ]["n"]
         == 2
     )
 
