@@ -73,7 +73,7 @@ def test_chunks_whose_rows_stop_at_different_steps_equal_one_call(policy, state)
 
 
 class _StopAfter(Exception):
-    pass
+    """Raised by `_Log` to stop a call between chunks, as a preemption would."""
 
 
 class _Log:
