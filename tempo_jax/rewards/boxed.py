@@ -7,32 +7,10 @@ response or 10^5 nested braces must cost a single pass and no recursion.
 import collections
 import re
 
+from tempo_jax.rewards.braces import match_braced
+
 # `\boxed` / `\fbox` as whole command names (not `\fboxsep`, `\boxedanswer`).
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-
-
-def _match_braced(text: str, open_index: int) -> int | None:
-    """Index just past the `}` closing the `{` at `open_index`, or None if unbalanced.
-
-    A backslash escapes the next character, so `\\{` and `\\}` (literal braces in a set) do not
-    count as grouping, while `\\\\` (a LaTeX line break) consumes both backslashes.
-    """
-    depth = 0
-    i = open_index
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return None
 
 
 def _box_content(text: str, command_end: int) -> str | None:
@@ -42,7 +20,7 @@ def _box_content(text: str, command_end: int) -> str | None:
     while i < n and text[i] in " \t":
         i += 1
     if i < n and text[i] == "{":
-        end = _match_braced(text, i)
+        end = match_braced(text, i)
         if end is None:
             return None
         return text[i + 1 : end - 1]

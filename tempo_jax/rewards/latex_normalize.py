@@ -11,6 +11,8 @@ nested quantifiers; strings longer than `MAX_NORMALIZE_CHARS` only lose their wh
 
 import re
 
+from tempo_jax.rewards.braces import brace_depths, match_braced
+
 MAX_NORMALIZE_CHARS = 4000
 # Deeper brace nesting than this is left as is: no real answer nests 100 levels.
 _MAX_FIX_DEPTH = 100
@@ -85,29 +87,11 @@ def _replace_text_commands(s: str) -> str:
         if m is None:
             return s
         open_index = m.end() - 1
-        end = _match_group(s, open_index)
+        end = match_braced(s, open_index)
         if end is None:
             return s
         s = s[: m.start()] + s[open_index + 1 : end - 1] + s[end:]
     return s
-
-
-def _match_group(s: str, open_index: int) -> int | None:
-    depth = 0
-    i = open_index
-    while i < len(s):
-        ch = s[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return None
 
 
 def _strip_trailing_units(s: str) -> str:
@@ -173,7 +157,7 @@ def _brace_arguments(s: str, depth: int = 0) -> str:
             if i >= n:
                 break
             if s[i] == "{":
-                end = _match_group(s, i)
+                end = match_braced(s, i)
                 if end is None:
                     out.append(s[i:])
                     return "".join(out)
@@ -199,19 +183,9 @@ def strip_outer_braces(s: str) -> str:
         return s
     depth = 0
     lowest = k
-    i = 0
-    while i < n:
-        ch = s[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
+    for i, depth in brace_depths(s):
         if k <= i < n - k:
             lowest = min(lowest, depth)
-        i += 1
     if depth != 0:
         return s
     return s[lowest : n - lowest] if lowest > 0 else s

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_counter import CompileCounter
 from flax import nnx
 from jax.sharding import PartitionSpec
 from parallel_toy_model import toy_params
@@ -88,23 +89,10 @@ def test_rule_with_unknown_mesh_axis_names_the_rule():
         parallel.make_rules({"embed": "fsdq"})
 
 
-class _CompileCounter:
-    """Counts lowerings to XLA (every compile starts with one, persistent-cache hit or not)."""
-
-    def __init__(self):
-        self.count = 0
-
-    def __call__(self, event, duration, **kwargs):
-        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
-            self.count += 1
-
-
 @pytest.fixture(scope="module")
 def compile_counter():
-    counter = _CompileCounter()
-    jax.monitoring.register_event_duration_secs_listener(counter)
-    yield counter
-    jax.monitoring.unregister_event_duration_listener(counter)
+    with CompileCounter() as counter:
+        yield counter
 
 
 def test_indivisible_heads_fail_before_compile(devices, compile_counter):

@@ -1,15 +1,12 @@
 """Multi-host: two processes x 4 CPU devices assemble global batches through jax.distributed."""
 
-import os
 import pathlib
-import socket
-import subprocess
 import sys
-import time
 
 import numpy as np
 import parallel_multihost_worker as worker
 import pytest
+from multihost_launch import free_port, host_env, run_hosts
 
 from tempo_jax import parallel
 
@@ -18,64 +15,21 @@ ROOT = WORKER.parents[2]
 TIMEOUT_S = 120
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # conftest gave this process 8 devices; each worker is one "host" with 4.
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    env["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=4"])
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-        env.pop(name, None)
-    return env
-
-
 def run_two_processes(
     out_dir: pathlib.Path, process_ids=(0, 1), worker: pathlib.Path = WORKER, args=()
 ) -> None:
     """Runs both workers (`worker PORT PROCESS_ID OUT_DIR *args`); fails (never hangs) if either
     errors or they exceed TIMEOUT_S."""
-    port = _free_port()
-    logs = [out_dir / f"worker_{i}.log" for i in range(len(process_ids))]
-    procs = []
-    try:
-        for pid, log in zip(process_ids, logs, strict=True):
-            with open(log, "wb") as sink:  # a file, not a pipe: a full pipe would block a worker
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, str(worker), str(port), str(pid), str(out_dir), *args],
-                        env=_worker_env(),
-                        cwd=ROOT,
-                        stdout=sink,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-        deadline = time.monotonic() + TIMEOUT_S
-        # Poll both: when one dies the other would wait for it until jax's own timeouts.
-        while True:
-            codes = [p.poll() for p in procs]  # poll every worker: any() would short-circuit
-            if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"multi-host workers did not finish within {TIMEOUT_S} s")
-            time.sleep(0.1)
-    finally:
-        for proc in procs:  # never leave a worker behind
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    failures = [
-        f"worker {i} exited {p.returncode}:\n{logs[i].read_text(errors='replace')[-3000:]}"
-        for i, p in enumerate(procs)
-        if p.returncode != 0
-    ]
-    assert not failures, "\n\n".join(failures)
+    port = free_port()
+    run_hosts(
+        [
+            [sys.executable, str(worker), str(port), str(pid), str(out_dir), *args]
+            for pid in process_ids
+        ],
+        [host_env() for _ in process_ids],
+        [out_dir / f"worker_{i}.log" for i in range(len(process_ids))],
+        TIMEOUT_S,
+    )
 
 
 @pytest.mark.slow

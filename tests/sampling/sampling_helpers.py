@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import jax
 import numpy as np
 from scipy import stats
 
@@ -56,24 +55,6 @@ def expected_end(tokens: np.ndarray, eos_ids, stop_sequences, max_new: int) -> t
             if t + 1 >= len(seq) and tuple(tokens[t + 1 - len(seq) : t + 1]) == tuple(seq):
                 return t + 1, FINISH_STOP
     return max_new, FINISH_LENGTH
-
-
-class CompileCounter:
-    """Counts lowerings to XLA (every compile starts with one, persistent-cache hit or not)."""
-
-    def __init__(self):
-        self.count = 0
-
-    def __call__(self, event, duration, **kwargs):
-        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
-            self.count += 1
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self)
 
 
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%[\w.\-]+ = \w+\[([\d,]*)\]\S* ([\w\-]+)\(")

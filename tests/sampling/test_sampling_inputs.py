@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sampling_helpers import VOCAB, CompileCounter
+from compile_counter import CompileCounter
+from sampling_helpers import VOCAB
 
 from tempo_jax.sampling import SamplingParams, StopCriteria, default_buckets, left_pad_to
 from tempo_jax.sampling.buckets import choose_bucket

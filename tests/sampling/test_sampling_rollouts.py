@@ -10,13 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_counter import CompileCounter
 from flax import nnx
 from sampling_helpers import (
     MAX_NEW,
     PAD,
     UNUSED_EOS,
     VOCAB,
-    CompileCounter,
     expected_end,
     log_softmax,
     teacher_forced_logits,

@@ -17,16 +17,14 @@ up to 4.7e-5 (measured), while a missing or repeated update would differ by ~1e-
 """
 
 import json
-import os
 import pathlib
-import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
+from multihost_launch import free_port, host_env, run_hosts
 from tempo_micro import metric_lines, micro_config
 
 from tempo_jax.tempo.loop import Trainer
@@ -45,30 +43,15 @@ NETWORK_PARTS = ("/token_entropy", "/critic/")
 PARAM_ATOL = 2e-4
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(port: int, process_id: int) -> dict[str, str]:
-    env = dict(os.environ)
-    # conftest gave this process 8 devices; each process of the run is one "host" with 4.
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    env["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=4"])
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(MICRO.parent), env.get("PYTHONPATH", "")])
-    # The CLI reads the process layout from the environment (config fields left unset).
-    env["JAX_COORDINATOR_ADDRESS"] = f"127.0.0.1:{port}"
-    env["JAX_NUM_PROCESSES"] = "2"
-    env["JAX_PROCESS_ID"] = str(process_id)
-    return env
+    """One host's environment; the CLI reads the process layout from it (config fields unset)."""
+    return host_env(MICRO.parent, distributed=(port, 2, process_id))
 
 
 def _train_two_processes(data_dir: str, workdir: pathlib.Path, logs: pathlib.Path) -> list[str]:
     """Runs `tempo-jax train` in two processes; their outputs. Fails (never hangs) if either
     errors or they exceed TIMEOUT_S."""
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable,
         "-m",
@@ -82,37 +65,12 @@ def _train_two_processes(data_dir: str, workdir: pathlib.Path, logs: pathlib.Pat
         "--config.parallel.distributed.initialization_timeout_s=60",
         f"--workdir={workdir}",
     ]
-    paths = [logs / f"process_{i}.log" for i in range(2)]
-    procs = []
-    try:
-        for pid, path in enumerate(paths):
-            with open(path, "wb") as sink:  # a file, not a pipe: a full pipe would block it
-                procs.append(
-                    subprocess.Popen(
-                        command, env=_env(port, pid), cwd=ROOT, stdout=sink, stderr=sink
-                    )
-                )
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:  # poll both: when one dies the other would wait for it until jax times out
-            codes = [p.poll() for p in procs]
-            if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"tempo-jax train processes did not finish within {TIMEOUT_S} s")
-            time.sleep(0.2)
-    finally:
-        for proc in procs:  # never leave a process behind
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    outputs = [p.read_text(errors="replace") for p in paths]
-    failures = [
-        f"process {i} exited {p.returncode}:\n{outputs[i][-4000:]}"
-        for i, p in enumerate(procs)
-        if p.returncode != 0
-    ]
-    assert not failures, "\n\n".join(failures)
-    return outputs
+    return run_hosts(
+        [command, command],
+        [_env(port, pid) for pid in range(2)],
+        [logs / f"process_{i}.log" for i in range(2)],
+        TIMEOUT_S,
+    )
 
 
 def _checkpoint(workdir: pathlib.Path, step: int) -> tuple[dict[str, np.ndarray], dict]:

@@ -5,18 +5,15 @@ Tolerance 1e-5 absolute, as for the single-process meshes: cross-process all-red
 add the partial sums in another order than in-process collectives.
 """
 
-import os
 import pathlib
-import socket
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import train_multihost_worker as worker
 import train_step_helpers as h
 from flax import nnx
+from multihost_launch import free_port, host_env, run_hosts
 
 WORKER = pathlib.Path(worker.__file__).resolve()
 ROOT = WORKER.parents[2]
@@ -25,60 +22,15 @@ ROOT = WORKER.parents[2]
 TIMEOUT_S = 300
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # conftest gave this process 8 devices; each worker is one "host" with 4.
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    env["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=4"])
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(WORKER.parent), env.get("PYTHONPATH", "")])
-    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-        env.pop(name, None)
-    return env
-
-
 def _run_two_processes(out_dir: pathlib.Path) -> None:
     """Runs both workers; fails (never hangs) if either errors or they exceed TIMEOUT_S."""
-    port = _free_port()
-    logs = [out_dir / f"worker_{i}.log" for i in range(2)]
-    procs = []
-    try:
-        for pid, log in enumerate(logs):
-            with open(log, "wb") as sink:  # a file, not a pipe: a full pipe would block a worker
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, str(WORKER), str(port), str(pid), str(out_dir)],
-                        env=_worker_env(),
-                        cwd=ROOT,
-                        stdout=sink,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:  # poll both: when one dies the other would wait for it until jax times out
-            codes = [p.poll() for p in procs]
-            if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"multi-host workers did not finish within {TIMEOUT_S} s")
-            time.sleep(0.2)
-    finally:
-        for proc in procs:  # never leave a worker behind
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    failures = [
-        f"worker {i} exited {p.returncode}:\n{logs[i].read_text(errors='replace')[-3000:]}"
-        for i, p in enumerate(procs)
-        if p.returncode != 0
-    ]
-    assert not failures, "\n\n".join(failures)
+    port = free_port()
+    run_hosts(
+        [[sys.executable, str(WORKER), str(port), str(pid), str(out_dir)] for pid in range(2)],
+        [host_env(WORKER.parent) for _ in range(2)],
+        [out_dir / f"worker_{i}.log" for i in range(2)],
+        TIMEOUT_S,
+    )
 
 
 @pytest.mark.slow

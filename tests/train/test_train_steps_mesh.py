@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 import train_step_helpers as h
+from compile_counter import CompileCounter
 from flax import nnx
 
 from tempo_jax import train
@@ -72,7 +73,7 @@ def test_each_step_compiles_once_across_fresh_batches(devices, role):
     # A batch of another shape is refused (it would otherwise compile a second executable).
     step = h.run_steps(role, (1, 1, 1))["step"]
     state = h.run_steps(role, (1, 1, 1))["state"]
-    with h.LoweringCounter() as counter, pytest.raises(ValueError, match="field tokens"):
+    with CompileCounter() as counter, pytest.raises(ValueError, match="field tokens"):
         step(state, h.host_batch(5, length=h.L + 1))
     with pytest.raises(ValueError, match="field keep: shape"):
         step(state, h.host_batch(5).replace(keep=np.ones(h.N, np.int32)))
@@ -82,7 +83,7 @@ def test_each_step_compiles_once_across_fresh_batches(devices, role):
 def test_bad_mesh_fails_before_compiling(devices):
     _, params = h.split_model("policy")
     mesh = h.make_mesh((1, 1, 8))  # 4 heads / 2 kv heads cannot split over tensor = 8
-    with h.LoweringCounter() as counter:
+    with CompileCounter() as counter:
         with pytest.raises(ValueError) as info:
             train.create_train_state(params, h.SETTINGS.policy_optimizer, mesh)
         message = str(info.value)

@@ -13,6 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from compile_counter import CompileCounter
 from flax import nnx
 
 from tempo_jax import models, parallel, train
@@ -95,24 +96,6 @@ def make_mesh(shape: tuple[int, int, int]) -> jax.sharding.Mesh:
     return parallel.make_mesh(shape, devices=jax.devices()[: math.prod(shape)])
 
 
-class LoweringCounter:
-    """Counts lowerings to XLA (every compile starts with one, persistent-cache hit or not)."""
-
-    def __init__(self):
-        self.count = 0
-
-    def __call__(self, event, duration, **kwargs):
-        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
-            self.count += 1
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self)
-
-
 def to_numpy(tree):
     return jax.tree.map(np.asarray, tree)
 
@@ -154,7 +137,7 @@ def run_steps(role: str, mesh_shape: tuple[int, int, int]):
         compiler_options=FAST_COMPILE,
     )
     out = {"params": [], "metrics": [], "step": step, "mesh": mesh}
-    with LoweringCounter() as counter:
+    with CompileCounter() as counter:
         for i in range(STEPS):
             state, metrics = step(state, host_batch(i))
             out["params"].append(to_numpy(state.params))
