@@ -10,8 +10,11 @@ but a save due during a streak of skipped updates waits for a clean step; every 
 with keep-best; the last step) is not a fixed interval or a step list, so `FixedIntervalPolicy`
 / `SpecificStepsPolicy` would only restate part of it, and `ContinuousCheckpointingPolicy`
 (save whenever no save is in flight) would write a two-network checkpoint at every step.
+Which checkpoints are kept (keep-N, keep-best) is `checkpoint_retention`; the integrity manifest
+described below is written and checked by `checkpoint_manifest`.
 
-This is the only module that imports Orbax, so an Orbax API change touches only this file.
+This module and `checkpoint_retention` (which checkpoints are kept: keep-N, keep-best) are the
+only ones that import Orbax, so an Orbax API change touches only these two files.
 
 On-disk layout of `Checkpointer(directory)`::
 
@@ -51,14 +54,11 @@ deletion and torn writes, the failures of crashes, full disks and partial copies
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import math
 import os
 import re
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
@@ -67,7 +67,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from tempo_jax.train import storage
+from tempo_jax.train.checkpoint_manifest import (  # noqa: F401  (MANIFEST_NAME re-exported)
+    MANIFEST_NAME,
+    verify_manifest,
+    write_manifest,
+)
 from tempo_jax.train.checkpoint_metadata import decode_metadata, encode_metadata
 from tempo_jax.train.checkpoint_preflight import (  # noqa: F401  (re-exported)
     DEFAULT_MIN_FREE_BYTES,
@@ -75,13 +79,11 @@ from tempo_jax.train.checkpoint_preflight import (  # noqa: F401  (re-exported)
     check_writable,
     pytree_nbytes,
 )
+from tempo_jax.train.checkpoint_retention import ranked_metric, retention_options
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "tempo_manifest.json"
 METADATA_ITEM = "run_metadata"
-_MANIFEST_FORMAT = 1
-_CRC_MAX_BYTES = 1 << 20
 _ITEM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 DEFAULT_ASYNC_TIMEOUT_S = 1200  # Orbax's default
 # The step item in which Orbax stores `save(metrics=...)` (reserved: not a restorable item).
@@ -98,14 +100,6 @@ class CorruptCheckpointError(CheckpointError):
 
 class MissingItemError(CheckpointError):
     """`restore` asked for an item the checkpoint does not hold (a caller error, not corruption)."""
-
-
-def _ranked_metric(name: str, sign: float, metrics: Mapping[str, Any]) -> float:
-    """The value by which `keep_best` ranks a checkpoint (higher is kept); -inf without one."""
-    value = metrics.get(name) if isinstance(metrics, Mapping) else None
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        return -math.inf
-    return sign * float(value)
 
 
 def _validate_abstract(item: str, tree: Any) -> None:
@@ -178,8 +172,7 @@ class Checkpointer:
             raise ValueError(f"keep must be >= 1, got {keep}")
         if async_timeout_s < 1:
             raise ValueError(f"async_timeout_s must be >= 1, got {async_timeout_s}")
-        if keep_best_mode not in ("max", "min"):
-            raise ValueError(f"keep_best_mode must be 'max' or 'min', got {keep_best_mode!r}")
+        retention = retention_options(keep, keep_best, keep_best_mode)
         self.keep_best = keep_best
         self._directory = epath.Path(directory)
         self._async = async_save
@@ -198,32 +191,12 @@ class Checkpointer:
         else:
             check_writable(directory, min_free_bytes=0)
             self._report_unfinished_saves()
-        policy = ocp.checkpoint_managers.LatestN(keep)
-        best = {}
-        if keep_best:
-            # Orbax's own best-checkpoint machinery: `best_fn` makes it store each save's
-            # `metrics` (a "metrics" item of the step) and read them back on restart; the
-            # preservation policy keeps the last `keep` and, besides them, the best one. Saves
-            # without the metric (no eval at that step, or a non-finite value) are ranked by
-            # recency only.
-            sign = 1.0 if keep_best_mode == "max" else -1.0
-            metric_fn = functools.partial(_ranked_metric, keep_best, sign)
-            best = {"best_fn": metric_fn, "best_mode": "max"}
-            policy = ocp.checkpoint_managers.AnyPreservationPolicy(
-                [
-                    policy,
-                    ocp.checkpoint_managers.BestN(
-                        get_metric_fn=metric_fn, n=1, keep_checkpoints_without_metrics=False
-                    ),
-                ]
-            )
         decision = {}
         if preemption_saves_only:
             decision["save_decision_policy"] = (
                 ocp.checkpoint_managers.PreemptionCheckpointingPolicy()
             )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy,
             enable_async_checkpointing=True,  # Sync mode is async + wait: one code path.
             async_options=ocp.AsyncOptions(
                 timeout_secs=async_timeout_s, post_finalization_callback=self._write_manifest
@@ -231,7 +204,7 @@ class Checkpointer:
             cleanup_tmp_directories=not read_only,
             read_only=read_only,
             create=not read_only,
-            **best,
+            **retention,
             **decision,
         )
         self._mgr = _Manager(
@@ -305,16 +278,7 @@ class Checkpointer:
             return
         candidates = sorted(self._directory.glob(f"{step}{ocp.utils.TMP_DIR_SUFFIX}*"))
         step_dir = candidates[-1] if candidates else self._directory / str(step)
-        files = {}
-        for relative in storage.walk_files(step_dir):
-            if "/" not in relative:
-                continue  # Top-level files belong to Orbax's commit protocol and change at commit.
-            path = step_dir / relative
-            size = path.stat().length
-            crc = zlib.crc32(path.read_bytes()) if size <= _CRC_MAX_BYTES else None
-            files[relative] = {"size": size, "crc32": crc}
-        manifest = {"format": _MANIFEST_FORMAT, "step": step, "files": files}
-        (step_dir / MANIFEST_NAME).write_text(json.dumps(manifest, sort_keys=True))
+        write_manifest(step_dir, step)
 
     def _item_names(self, step: int) -> list[str]:
         step_dir = self._directory / str(step)
@@ -326,9 +290,8 @@ class Checkpointer:
         step_dir = self._directory / str(step)
         if not step_dir.is_dir():
             return f"{step_dir} does not exist"
-        manifest_path = step_dir / MANIFEST_NAME
-        if manifest_path.exists():
-            reason = self._verify_manifest(step_dir, manifest_path)
+        if (step_dir / MANIFEST_NAME).exists():
+            reason = verify_manifest(step_dir)
         elif step in self._read_verified:
             reason = None
         else:
@@ -339,26 +302,6 @@ class Checkpointer:
             self._read_metadata(step)
         except Exception as e:  # noqa: BLE001  (any failure to parse means unusable)
             return f"metadata JSON unreadable: {type(e).__name__}: {e}"
-        return None
-
-    @staticmethod
-    def _verify_manifest(step_dir: epath.Path, manifest_path: epath.Path) -> str | None:
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            files = manifest["files"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            return f"{MANIFEST_NAME} unreadable: {type(e).__name__}: {e}"
-        if not files:
-            return f"{MANIFEST_NAME} lists no files"
-        for rel, expected in sorted(files.items()):
-            path = step_dir / rel
-            if not path.exists():
-                return f"missing file {rel}"
-            size = path.stat().length
-            if size != expected["size"]:
-                return f"file {rel} is {size} bytes, expected {expected['size']} (truncated?)"
-            if expected["crc32"] is not None and zlib.crc32(path.read_bytes()) != expected["crc32"]:
-                return f"file {rel} has the wrong CRC-32 (overwritten or bit rot)"
         return None
 
     def _verify_by_reading(self, step: int) -> str | None:
@@ -485,7 +428,7 @@ class Checkpointer:
         self._mgr.wait_until_finished()
         step = self._mgr.best_step()
         metrics = self._mgr.metrics(step) if step is not None else None
-        if metrics is None or _ranked_metric(self.keep_best, 1.0, metrics) == -math.inf:
+        if metrics is None or ranked_metric(self.keep_best, 1.0, metrics) == -math.inf:
             return None
         return step
 
