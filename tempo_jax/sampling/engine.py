@@ -159,6 +159,15 @@ class Engine(Sampler):
         full_pages = self.num_pages or 1 + batch * prompt_width + num_slots * per_slot
         ring, ring_pool = self.ring, 1 + (num_slots + batch) * self.ring
         spec = PagedSpec(n, max_new, self.max_top_k, ps, steps, self.impl, ring)
+        prompt_need = sum(_cdiv(int(x), ps) for x in plen[:real])
+        row_need = max(_cdiv(int(x) + max_new - 1, ps) - int(x) // ps for x in plen[:real])
+        if full_pages - 1 < prompt_need + row_need:
+            # With this much, a row always fits once the slots are empty: admission never stalls.
+            raise ValueError(
+                f"rollout.paged.num_pages={full_pages} holds {full_pages - 1} pages, fewer than "
+                f"the chunk's prompts ({prompt_need}) plus one row at full length ({row_need}) "
+                f"of {ps} tokens"
+            )
         allocator = PageAllocator(full_pages)
 
         # Prompt pages: full layers from the allocator, sliding rings after the slots' rings.
@@ -214,11 +223,6 @@ class Engine(Sampler):
                 unadmitted[p] -= 1
                 if unadmitted[p] == 0:
                     allocator.release(held[p])
-            if not slots.active.any():
-                raise RuntimeError(
-                    f"rollout engine: a row needs more pages than the pool's {full_pages} "
-                    "(rollout.paged.num_pages)"
-                )
             width = self._grow_tables(slots, plen, n, allocator, reserved, max_new)
             state_in = SlotState(
                 full_table=slots.table[:, :width],
