@@ -29,7 +29,7 @@ the tokens, log-probs and finish reasons are those of `Sampler` (the decode atte
 reduction order differs, a float rounding; tests check token-for-token equality). Rows of a
 chunk are units of `chunk_log` as in the Sampler, so a preempted rollout resumes bitwise.
 
-One device only (a mesh of one device is accepted); `last_stats` holds the last call's decode
+One device (of a mesh, its first); `last_stats` holds the last call's decode
 slot-steps, kept tokens and peak pages.
 """
 
@@ -111,7 +111,9 @@ class Engine(Sampler):
           row of a chunk at full length, so admission never waits for pages.
         steps_per_call: decode steps per jitted call.
         attention_impl: "reference" or "pallas"; None = from the model's attention setting.
-        mesh: only a one-device mesh (or None).
+        mesh: None, or a mesh whose devices this process addresses: the engine runs on its
+          first device (the parameters are gathered there once per chunk; Rollouts come back
+          as host arrays, as the Sampler's chunked calls do).
         """
         for name, value, least in (
             ("page_size", page_size, 1),
@@ -121,11 +123,15 @@ class Engine(Sampler):
         ):
             if not isinstance(value, (int, np.integer)) or value < least:
                 raise ValueError(f"Engine: {name} must be an int >= {least}, got {value!r}")
-        if mesh is not None and mesh.devices.size > 1:
-            raise ValueError(
-                f"the paged rollout engine runs on one device; mesh {dict(mesh.shape)} has "
-                f"{mesh.devices.size} (use rollout.engine='static' on a multi-device mesh)"
-            )
+        self._device = None
+        if mesh is not None:
+            local = {d.id for d in jax.local_devices()}
+            if any(d.id not in local for d in mesh.devices.flat):
+                raise ValueError(
+                    f"the paged rollout engine runs on one device of this process; mesh "
+                    f"{dict(mesh.shape)} spans several processes (use rollout.engine='static')"
+                )
+            self._device = mesh.devices.flat[0]
         super().__init__(policy, **sampler_kwargs)
         self.page_size = int(page_size)
         self.num_slots = int(num_slots)
@@ -148,6 +154,8 @@ class Engine(Sampler):
     def _call(self, state, tokens, mask, rows, seed, first_row, stop_arrays, n, bucket,
               real_prompts=None):  # fmt: skip
         """Samples the chunk's first `real_prompts` prompts (all by default); host Rollouts."""
+        if self._device is not None:
+            state = jax.device_put(state, self._device)
         batch = tokens.shape[0]
         real = batch if real_prompts is None else real_prompts
         num_rows = real * n
@@ -333,6 +341,8 @@ class Engine(Sampler):
         pools = self._pools.pop(key, None)
         if pools is None:
             pools = init_pools(self.config, full_pages, ring_pool, self.page_size)
+            if self._device is not None:
+                pools = jax.device_put(pools, self._device)
         return pools
 
     def _jit(self, kind: str, spec: PagedSpec, stop: StopArrays | None):
