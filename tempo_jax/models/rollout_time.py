@@ -54,6 +54,9 @@ PROMPT_TOKENS = 256
 # Keys one Pallas compute block holds (sampling/paged_attention_tpu.BLOCK_TOKENS): the kernel
 # reads a slot's keys in whole blocks.
 KERNEL_BLOCK_TOKENS = 512
+# Share of the page pool the engine keeps free when admitting (growth room before preempting).
+WATERMARK = 0.02
+SLOTS_PER_TARGET = 1.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +170,7 @@ class Estimate:
       steps: decode steps per group.
       kv_budget_bytes: per chip.
       wasted_fraction: slot-steps producing no kept token, over all slot-steps (engine).
+      preemptions: rows preempted and recomputed (engine, per group).
     """
 
     seconds: float
@@ -175,6 +179,7 @@ class Estimate:
     steps: int
     kv_budget_bytes: int
     wasted_fraction: float = 0.0
+    preemptions: int = 0
 
 
 def kv_bytes_per_token(model: ModelConfig, itemsize: int) -> tuple[int, int]:
@@ -234,6 +239,8 @@ def floor_seconds(recipe: RolloutRecipe, distribution: LengthDistribution, tenso
     lengths = distribution.lengths(recipe.max_new_tokens, recipe.rows)
     groups = recipe.chips // tensor
     budget = kv_budget(recipe, tensor)
+    if budget <= 0:
+        raise ValueError(f"no row fits the KV budget with tensor={tensor}")
     kv_read = _row_kv_byte_steps(recipe, lengths) / recipe.chips  # per chip
     steps = max(math.ceil(kv_read / budget), int(lengths.max()))
     tokens = lengths.sum() / groups
@@ -296,20 +303,19 @@ def engine_seconds(
     """The paged engine's time for one step's rollouts, simulated call by call for one group of
     `tensor` chips holding every (chips / tensor)-th row.
 
-    Admission never over-commits the pool and never preempts: a row is admitted when a slot is
-    free and the pool holds, at every future step, every active row's pages if each ran to the
-    cap (a row's worst case grows one token a step until the cap, then frees all its pages; the
-    sum peaks just before one of them would end). Rows that end early free their pages sooner.
-    During the first L steps admissions are paced one every L / target steps (target: the rows
-    the budget holds at an average age of L / 2) so that rows end at staggered steps instead of
-    in waves of budget / (one capped row).
+    Admission (vLLM's policy, on pages): a free slot takes the next row when the pool, after
+    the coming call, holds every active row's pages with `WATERMARK` of it to spare; when the
+    active rows would overflow it, the most recently admitted rows are preempted (their pages
+    freed; they return to the head of the queue and, when readmitted, recompute their prompt and
+    generated tokens in a prefill). During the first L steps admissions are paced one every
+    L / target steps (target: the rows the budget holds at an average age of L / 2) so that rows
+    end at staggered steps instead of all growing together into preemptions.
     """
     c, chip = recipe.model, recipe.chip
     groups = recipe.chips // tensor
     queue = list(distribution.lengths(recipe.max_new_tokens, recipe.rows)[::groups])
     full, sliding = kv_bytes_per_token(c, recipe.itemsize)
     page, p, k, w = recipe.page_size, recipe.prompt_tokens, recipe.steps_per_call, _window(c)
-    cap = p + recipe.max_new_tokens
     budget = kv_budget(recipe, tensor)
     ring = (math.ceil(w / page) + 1) * page * sliding if sliding else 0
 
@@ -319,8 +325,9 @@ def engine_seconds(
     target = int(budget // held(p + recipe.max_new_tokens / 2))
     if target < 1:
         raise ValueError(f"no row fits the KV budget with tensor={tensor}")
-    slots = recipe.num_slots or 2 * target
-    gap = recipe.max_new_tokens / target
+    target = min(target, len(queue))  # more slots than rows would only cost FLOPs
+    slots = recipe.num_slots or math.ceil(SLOTS_PER_TARGET * target)
+    gap = recipe.max_new_tokens / (2 * target)
     block = _kernel_block_tokens(recipe)
     weights = recipe.weight_bytes / tensor
     # Every slot runs the matmuls (fixed shapes); attention FLOPs follow the filled keys.
@@ -331,26 +338,37 @@ def engine_seconds(
         comm = 2 * c.num_layers * (ALLREDUCE_LATENCY_S + moved / ICI_BYTES_PER_S)
     context = np.zeros(slots, np.int64)  # keys of each slot's next step
     remaining = np.zeros(slots, np.int64)  # tokens still to decode (0 = idle)
-    seconds, steps, kept, admitted = 0.0, 0, 0, 0
+    order = np.zeros(slots, np.int64)  # admission count of each slot's row (latest = preempted)
+    queue = [(int(n), 0) for n in queue]  # (tokens to decode, tokens decoded before preemption)
+    seconds, steps, kept, admitted, preempted = 0.0, 0, 0, 0, 0
     offsets = np.arange(k)[None, :]
+
+    def after_call():  # per-chip bytes of every active row once the coming call ran
+        return held(np.minimum(context + k, context + remaining)) * (remaining > 0)
+
     while queue or remaining.any():
-        new = []
+        while after_call().sum() > budget:
+            slot = int(np.argmax(np.where(remaining > 0, order, -1)))
+            queue.insert(0, (int(remaining[slot]), int(context[slot] - p - 1)))
+            remaining[slot] = 0
+            preempted += 1
+        recompute = 0  # tokens prefilled this call: new prompts and preempted rows
         for slot in np.flatnonzero(remaining == 0):
             if not queue or (steps < recipe.max_new_tokens and admitted * gap > steps):
                 break
-            active = remaining > 0
-            worst = np.append(cap - context[active], cap - p - 1)  # steps until each would cap
-            now = np.append(context[active], p + 1)
-            grown = np.minimum(now[None, :] + worst[:, None] - 1, cap)
-            alive = worst[None, :] >= worst[:, None]
-            if (held(grown) * alive).sum(axis=1).max() > budget:
+            left, done = queue[0]
+            grown = held(np.asarray(p + 1 + done + min(k, left)))
+            if after_call().sum() + grown > (1 - WATERMARK) * budget:
                 break
-            context[slot], remaining[slot] = p + 1, queue.pop(0)
-            new.append(slot)
+            queue.pop(0)
+            context[slot], remaining[slot], order[slot] = p + 1 + done, left, admitted
+            if done:
+                recompute += p + done
+            elif admitted % recipe.samples == 0:  # a prompt's first sample prefills it
+                recompute += p
             admitted += 1
-        if new:  # a prompt's samples arrive together; its first one prefills it
-            prompts = sum(r % recipe.samples == 0 for r in range(admitted - len(new), admitted))
-            flops = model_flops.forward_flops(c, prompts, p, head_positions=1)
+        if recompute:
+            flops = model_flops.forward_flops(c, 1, recompute, head_positions=1)
             seconds += max(weights / chip.hbm_bandwidth, flops / (tensor * chip.peak_flops))
         active = remaining > 0
         # [slots, k] keys read per step: a row that ends inside the call stays at its last step.
@@ -369,4 +387,4 @@ def engine_seconds(
         context += k * active
         remaining = np.maximum(remaining - k, 0)
     wasted = 1 - kept / (steps * slots)
-    return Estimate(seconds, tensor, slots, steps, budget, wasted)
+    return Estimate(seconds, tensor, slots, steps, budget, wasted, preempted)

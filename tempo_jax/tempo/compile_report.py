@@ -42,6 +42,7 @@ from tempo_jax.tempo import functions as fns
 from tempo_jax.tempo import sft
 from tempo_jax.tempo.build import make_sampler, planned_model_config
 from tempo_jax.tempo.methods import get_method
+from tempo_jax.tempo.rollout_estimates import rollout_recipe, rollout_section
 
 HBM_LIMIT_FRACTION = 0.9
 OK, OVER, OOM, ERROR = "ok", "over", "oom", "error"
@@ -103,6 +104,7 @@ class Report:
     attention: str
     hbm_limit_fraction: float
     functions: list[FunctionReport]
+    rollout: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def failures(self) -> list[FunctionReport]:
         return [f for f in self.functions if f.status != OK]
@@ -133,6 +135,20 @@ class Report:
             )
         for f in self.failures():
             lines.append(f"\n{f.name}: {f.status}: {f.message}")
+        if self.rollout.get("error"):
+            lines.append(f"\nrollout: {self.rollout['error']}")
+        elif self.rollout:
+            r = self.rollout
+            lines.append(
+                f"\nrollout seconds per step, decode weights {r['decode_layout']} "
+                f"(tensor {r['decode_tensor']}; setting {r['decode_layout_setting']}):"
+            )
+            for d, seconds in r["seconds_per_step"].items():
+                floor, static = r["floor_seconds_per_step"][d], r["static_seconds_per_step"][d]
+                lines.append(
+                    f"  {d}: engine {seconds:.0f} s, floor {floor:.0f} s ({seconds / floor:.2f}x), "
+                    f"static sampler {static:.0f} s"
+                )
         return "\n".join(lines)
 
 
@@ -393,7 +409,7 @@ def compile_report(
         chip = dataclasses.replace(chip, hbm_bytes=int(hbm_gib * GIB))
     plan, source = _plan(config, devices)
     planned = fns.planned_calls(config, plan.sampler.row_shards)
-    calls = [c for c in planned if not only or c.function in only or c.key in only]
+    calls = [c for c in planned if not only or _selected(c, only)]
     measured = []
     for call in calls:
         log(f"compiling {call.key} ({call.purpose}) for {topology} ...")
@@ -413,4 +429,34 @@ def compile_report(
         attention=plan.model.attention,
         hbm_limit_fraction=HBM_LIMIT_FRACTION,
         functions=measured,
+        rollout=_rollout(plan, planned, chip),
     )
+
+
+def _selected(call: fns.Call, only: Sequence[str]) -> bool:
+    """`--only`: a function name, a call key, or `rollout` for the functions rollouts run."""
+    return (
+        call.function in only
+        or call.key in only
+        or ("rollout" in only and call.purpose == "rollout")
+    )
+
+
+def _rollout(plan: _Plan, planned: list[fns.Call], chip: ChipSpec) -> dict[str, Any]:
+    """The report's rollout seconds per step (`tempo.rollout_estimates`)."""
+    rollout = next(c for c in planned if c.purpose == "rollout")
+    policy = next(c for c in planned if c.function == fns.SAMPLER)
+    weights, resident = _own_and_resident(plan, policy)
+    tensor = plan.mesh.shape["tensor"]
+    recipe = rollout_recipe(
+        plan.config,
+        plan.model,
+        chip,
+        plan.mesh.size,
+        tensor,
+        _decode_weight_bytes(plan) * tensor,  # whole weights: the sampler splits them over tensor
+        weights + resident,  # the train states, all live during rollouts
+        rollout.rows,
+        HBM_LIMIT_FRACTION,
+    )
+    return rollout_section(plan.config, recipe, tensor)

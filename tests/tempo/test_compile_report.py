@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tempo_jax.tempo import functions
-from tempo_jax.tempo.compile_report import FunctionReport
+from tempo_jax.tempo.compile_report import FunctionReport, _selected
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -75,6 +75,22 @@ def test_every_planned_function_is_compiled_and_every_field_filled(report):
     assert by_name["values/8x8"]["kv_cache_bytes"] == 0
     # A training step executes (3 + remat) forwards: more FLOPs than the log-prob forward.
     assert policy["flops"] > 3 * by_name["token_stats/8x8"]["flops"] * 0.9
+    # Rollout seconds per step for each named distribution, never below the floor.
+    rollout = report["rollout"]
+    assert rollout["decode_layout"] == "replicated" and rollout["decode_tensor"] == 1
+    for name in ("full", "aime"):
+        floor = rollout["floor_seconds_per_step"][name]
+        assert 0 < floor <= rollout["seconds_per_step"][name]
+        assert rollout["static_seconds_per_step"][name] > 0
+
+
+def test_only_rollout_selects_the_calls_rollouts_run():
+    rollout = functions.Call(functions.SAMPLER, 8, prompts=4, samples=2, purpose="rollout")
+    greedy = functions.Call(functions.SAMPLER, 8, prompts=8, samples=1, purpose="eval greedy")
+    step = functions.Call(functions.POLICY_STEP, 8, 8, purpose="M-step")
+    assert _selected(rollout, ("rollout",)) and not _selected(greedy, ("rollout",))
+    assert _selected(step, ("policy_step",)) and _selected(greedy, ("sampler/8x1",))
+    assert not _selected(step, ("rollout", "sampler"))
 
 
 def test_a_function_that_does_not_fit_exits_1_naming_it(report):
