@@ -6,26 +6,28 @@ sampler and the paged engine, for named response-length distributions.
     static_seconds(recipe, AIME).seconds              # chunks decoded to their longest row
     engine_seconds(recipe, AIME, tensor=1).seconds    # the paged engine, call by call
 
-Decode is bandwidth-bound: per decode step each chip reads its shard of the weights once plus the
-filled KV of the rows it holds, and the step costs max(bytes / HBM bandwidth, FLOPs / peak). With
-the decode weights split `tensor` ways (tensor-parallel decode), a group of `tensor` chips holds a
-row, each chip 1/tensor of its KV heads and of every weight; with `tensor` = 1 every chip holds all
-the weights (replicated) and its own rows. A chip's KV budget is what is left of
-`hbm_fraction` of HBM after the run's resident state (the train states), its weight shard and a
-workspace.
+A row of L tokens gets its first token from the prefill, then L - 1 decode steps, step i seeing
+p + i keys (p prompt tokens). Decode is bandwidth-bound: per decode step each chip reads its
+shard of the weights once plus the filled KV of the rows it holds, and the step costs
+max(bytes / HBM bandwidth, FLOPs / peak). With the decode weights split `tensor` ways
+(tensor-parallel decode), a group of `tensor` chips holds a row, each chip 1/tensor of its KV
+heads and of every weight; with `tensor` = 1 every chip holds all the weights (replicated) and
+its own rows. A chip's KV budget is what is left of `hbm_fraction` of HBM after the run's
+resident state (the train states), its weight shard and a workspace.
 
 - Floor: the pool holds exactly the filled tokens (a sliding layer its window), so by Little's law
   the decode steps are at least (KV byte-steps of the chip's rows) / budget, and at least the
-  longest row. Plus the prefill at the chips' peak FLOP/s.
+  longest row's. Plus the prefill at the chips' peak FLOP/s. (When the budget is not binding the
+  longest row bounds the steps, a bound no schedule reaches: it needs every row decoding at once.)
 - Static (`tempo_jax.sampling.decode` today, what the README's compile table reports): chunks of
   `static_chunk_rows` rows, each decoded until its longest row ends, every step reading the chunk's
   whole [rows, prompt width + L - 1] cache and the chip's weights.
-- Engine: a fixed number of slots, each admitted row reserving the pages of its longest possible
-  response (no preemption; the n samples of a prompt share its full prompt pages, a sliding layer
-  holds a ring of window pages); calls of `steps_per_call` steps in which a row that ends keeps its
-  slot until the call returns; the Pallas kernel reading whole compute blocks; a prefill per call
-  that admits prompts; per-call host overhead; per-layer all-reduces under tensor-parallel decode.
-  Simulated call by call for one group of chips (every group runs the same).
+- Engine (`engine_seconds`): slots over a page pool with vLLM-style admission and recompute
+  preemption, paced at the start; calls of `steps_per_call` steps in which a row that ends keeps
+  its slot until the call returns; the Pallas kernel reading whole compute blocks; prefills of
+  admitted prompts (the n samples of a prompt share its prompt pages); per-call host overhead;
+  per-layer all-reduces under tensor-parallel decode. Simulated call by call for one group of
+  chips (every group runs the same).
 
 Shapes and units: bytes and seconds; lengths in tokens.
 """
@@ -42,21 +44,33 @@ from tempo_jax.models import flops as model_flops
 from tempo_jax.models.config import ModelConfig
 from tempo_jax.parallel.topology import GIB, ChipSpec
 
-# Assumptions of the engine estimate (not measured here; each is small next to a decode step of
-# ~10-30 ms): host dispatch, the device-to-host copy of a call's tokens and admission bookkeeping
-# per call; one all-reduce's latency and the bytes/s it moves per chip over ICI.
+# Assumptions of the engine estimate (not measured here): host dispatch, the device-to-host copy
+# of a call's tokens and admission bookkeeping per call; one all-reduce's latency.
 CALL_OVERHEAD_S = 1e-3
 ALLREDUCE_LATENCY_S = 10e-6
-ICI_BYTES_PER_S = 90e9
+# Bytes/s one chip's ring all-reduce moves: a bidirectional ring uses 2 of the chip's ICI links,
+# each 1/ports of the published per-chip ICI bandwidth (Cloud TPU system architecture pages:
+# v5p 4800 Gbps over 6 links, v6e 3584 Gbps over 4, v5e 1600 Gbps over 4, v4 2400 Gbps over 6).
+ICI_RING_BYTES_PER_S = {
+    "TPU v5p": 2 * 4800e9 / 8 / 6,
+    "TPU v6e": 2 * 3584e9 / 8 / 4,
+    "TPU v5e": 2 * 1600e9 / 8 / 4,
+    "TPU v4": 2 * 2400e9 / 8 / 6,
+}
+HOST_RING_BYTES_PER_S = 10e9  # CPU devices: a nominal memory copy
 # Prompt tokens of the floor and the engine: AIME problems in a chat template are ~100-300
 # tokens; the static sampler pads every prompt to `max_prompt_length` instead.
 PROMPT_TOKENS = 256
 # Keys one Pallas compute block holds (sampling/paged_attention_tpu.BLOCK_TOKENS): the kernel
 # reads a slot's keys in whole blocks.
 KERNEL_BLOCK_TOKENS = 512
-# Share of the page pool the engine keeps free when admitting (growth room before preempting).
+# The engine's admission policy (`engine_seconds`): the share of the pool kept free when
+# admitting; slots per row the budget holds at an average age of L / 2 (room for rows that end
+# early); the first admissions spread over this fraction of L. Chosen among 0.25 / 0.5 / 1 (pace)
+# and 1.25 / 1.5 / 2 (slots) by the estimates of the AIME recipes.
 WATERMARK = 0.02
 SLOTS_PER_TARGET = 1.25
+PACE_FRACTION = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,9 +227,9 @@ def _row_kv_byte_steps(recipe: RolloutRecipe, lengths: np.ndarray) -> float:
     p, w = recipe.prompt_tokens, _window(recipe.model)
     total = 0.0
     for length, count in zip(*np.unique(lengths, return_counts=True), strict=True):
-        length = int(length)
-        keys = p * length + length * (length + 1) // 2
-        total += count * (full * keys + sliding * model_flops.sum_min(p + 1, p + length, w))
+        steps = int(length) - 1  # decode step i = 1..L-1 sees p + i keys
+        keys = p * steps + steps * (steps + 1) // 2
+        total += count * (full * keys + sliding * model_flops.sum_min(p + 1, p + steps, w))
     return total
 
 
@@ -224,7 +238,11 @@ def _decode_flops(recipe: RolloutRecipe, lengths: np.ndarray) -> float:
     total = 0.0
     for length, count in zip(*np.unique(lengths, return_counts=True), strict=True):
         total += count * model_flops.forward_flops(
-            recipe.model, 1, int(length), head_positions=int(length), context=recipe.prompt_tokens
+            recipe.model,
+            1,
+            int(length) - 1,
+            head_positions=int(length) - 1,
+            context=recipe.prompt_tokens,
         )
     return total
 
@@ -242,8 +260,8 @@ def floor_seconds(recipe: RolloutRecipe, distribution: LengthDistribution, tenso
     if budget <= 0:
         raise ValueError(f"no row fits the KV budget with tensor={tensor}")
     kv_read = _row_kv_byte_steps(recipe, lengths) / recipe.chips  # per chip
-    steps = max(math.ceil(kv_read / budget), int(lengths.max()))
-    tokens = lengths.sum() / groups
+    steps = max(math.ceil(kv_read / budget), int(lengths.max()) - 1, 1)
+    tokens = (lengths - 1).sum() / groups
     bytes_read = steps * recipe.weight_bytes / tensor + kv_read
     decode = max(
         bytes_read / recipe.chip.hbm_bandwidth,
@@ -307,13 +325,16 @@ def engine_seconds(
     the coming call, holds every active row's pages with `WATERMARK` of it to spare; when the
     active rows would overflow it, the most recently admitted rows are preempted (their pages
     freed; they return to the head of the queue and, when readmitted, recompute their prompt and
-    generated tokens in a prefill). During the first L steps admissions are paced one every
-    L / target steps (target: the rows the budget holds at an average age of L / 2) so that rows
-    end at staggered steps instead of all growing together into preemptions.
+    generated tokens in a prefill). The first `target` admissions (target: the rows the budget
+    holds at an average age of L / 2) are paced one every `PACE_FRACTION` L / target steps, so
+    that rows end at staggered steps instead of growing together into preemptions, unless the
+    pool holds every row of the group at the cap. Slots: `num_slots`, else `SLOTS_PER_TARGET`
+    target (at most the group's rows).
     """
     c, chip = recipe.model, recipe.chip
     groups = recipe.chips // tensor
-    queue = list(distribution.lengths(recipe.max_new_tokens, recipe.rows)[::groups])
+    # Decode steps of each row (its first token comes from the prefill).
+    queue = list(distribution.lengths(recipe.max_new_tokens, recipe.rows)[::groups] - 1)
     full, sliding = kv_bytes_per_token(c, recipe.itemsize)
     page, p, k, w = recipe.page_size, recipe.prompt_tokens, recipe.steps_per_call, _window(c)
     budget = kv_budget(recipe, tensor)
@@ -325,9 +346,11 @@ def engine_seconds(
     target = int(budget // held(p + recipe.max_new_tokens / 2))
     if target < 1:
         raise ValueError(f"no row fits the KV budget with tensor={tensor}")
-    target = min(target, len(queue))  # more slots than rows would only cost FLOPs
-    slots = recipe.num_slots or math.ceil(SLOTS_PER_TARGET * target)
-    gap = recipe.max_new_tokens / (2 * target)
+    # More slots than rows would only cost FLOPs; when the pool holds every row at the cap, no
+    # admission needs pacing.
+    slots = recipe.num_slots or min(math.ceil(SLOTS_PER_TARGET * target), len(queue))
+    everyone_fits = budget >= len(queue) * held(p + recipe.max_new_tokens)
+    gap = 0.0 if everyone_fits else PACE_FRACTION * recipe.max_new_tokens / target
     block = _kernel_block_tokens(recipe)
     weights = recipe.weight_bytes / tensor
     # Every slot runs the matmuls (fixed shapes); attention FLOPs follow the filled keys.
@@ -335,7 +358,8 @@ def engine_seconds(
     comm = 0.0
     if tensor > 1:  # attention output and MLP output all-reduced in every layer
         moved = 2 * (tensor - 1) / tensor * slots * c.hidden_size * recipe.itemsize
-        comm = 2 * c.num_layers * (ALLREDUCE_LATENCY_S + moved / ICI_BYTES_PER_S)
+        ring_bw = ICI_RING_BYTES_PER_S.get(chip.name, HOST_RING_BYTES_PER_S)
+        comm = 2 * c.num_layers * (ALLREDUCE_LATENCY_S + moved / ring_bw)
     context = np.zeros(slots, np.int64)  # keys of each slot's next step
     remaining = np.zeros(slots, np.int64)  # tokens still to decode (0 = idle)
     order = np.zeros(slots, np.int64)  # admission count of each slot's row (latest = preempted)
@@ -354,7 +378,7 @@ def engine_seconds(
             preempted += 1
         recompute = 0  # tokens prefilled this call: new prompts and preempted rows
         for slot in np.flatnonzero(remaining == 0):
-            if not queue or (steps < recipe.max_new_tokens and admitted * gap > steps):
+            if not queue or (admitted < target and admitted * gap > steps):
                 break
             left, done = queue[0]
             grown = held(np.asarray(p + 1 + done + min(k, left)))

@@ -2,15 +2,18 @@
 length distributions, for the paged engine and at the bandwidth floor, in both decode-weight
 layouts (`tempo_jax.models.rollout_time`).
 
-    section = rollout_section(config, model, chip, chips, mesh_tensor, weight_bytes, resident)
+    recipe = rollout_recipe(config, model, chip, chips, mesh_tensor, weight_bytes, resident, ...)
+    section = rollout_section(config, recipe, mesh_tensor)
     section["seconds_per_step"]["aime"], section["floor_seconds_per_step"]["aime"]
 
-Layouts: "replicated" (every chip holds the whole decode weights) and "tensor" (split over
-`parallel.mesh.tensor` chips; when the mesh has tensor = 1 it is evaluated at
-`HYPOTHETICAL_TENSOR` and marked `runnable: false`, since the run's mesh cannot execute it: set
-`parallel.mesh.tensor` to run it). `rollout.paged.decode_layout` = auto picks the runnable layout
-whose engine estimate, summed over the distributions, is lowest (replicated or tensor force one).
-The floor reported for a distribution is the lower of the two layouts' floors.
+Layouts: "replicated" (every chip holds the whole decode weights and decodes its own rows) and
+"tensor" (weights and KV heads split over `rollout.paged.decode_tensor` chips; 0 means
+`parallel.mesh.tensor` when it is above 1, else `DEFAULT_DECODE_TENSOR`). Decode runs on its own
+mesh, data = chips / tensor x tensor over the same chips (`decode_mesh` in the section): the
+weights are re-laid out for rollouts anyway (the sampler gathers them from the training layout),
+so the decode split need not be the training one. `rollout.paged.decode_layout` = auto picks the
+layout whose engine estimate, summed over the distributions, is lowest (replicated or tensor force
+one). The floor reported for a distribution is the lower of the two layouts' floors.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from tempo_jax.models import rollout_time as rt
 from tempo_jax.parallel.topology import ChipSpec
 
 LAYOUTS = ("auto", "replicated", "tensor")
-# The tensor-parallel split evaluated when the mesh has none: one v5p / v6e host's 4 chips.
-HYPOTHETICAL_TENSOR = 4
+# The tensor-parallel decode split when neither the recipe nor the mesh names one: one v5p / v6e
+# host's 4 chips (the all-reduces stay on a host's ICI ring).
+DEFAULT_DECODE_TENSOR = 4
 
 
 def _paged(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -36,6 +40,7 @@ def _paged(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "steps_per_call": int(paged.get("steps_per_call", 16)),
         "num_slots": int(paged.get("num_slots", 0)),
         "decode_layout": str(paged.get("decode_layout", "auto")),
+        "decode_tensor": int(paged.get("decode_tensor", 0)),
     }
 
 
@@ -72,9 +77,9 @@ def rollout_recipe(
     )
 
 
-def _layout(recipe: rt.RolloutRecipe, split: int, runnable: bool) -> dict[str, Any]:
+def _layout(recipe: rt.RolloutRecipe, split: int) -> dict[str, Any]:
     """One decode layout's floor and engine estimate per distribution."""
-    per: dict[str, Any] = {"tensor": split, "runnable": runnable}
+    per: dict[str, Any] = {"tensor": split}
     for dist in rt.DISTRIBUTIONS.values():
         floor = rt.floor_seconds(recipe, dist, split)
         engine = rt.engine_seconds(recipe, dist, split)
@@ -100,20 +105,21 @@ def rollout_section(
     Raises:
       ValueError: for an unknown `rollout.paged.decode_layout`.
     """
-    setting = _paged(config)["decode_layout"]
+    paged = _paged(config)
+    setting = paged["decode_layout"]
     if setting not in LAYOUTS:
         raise ValueError(f"rollout.paged.decode_layout={setting!r}; expected one of {LAYOUTS}")
-    tensor = mesh_tensor if mesh_tensor > 1 else HYPOTHETICAL_TENSOR
+    tensor = paged["decode_tensor"] or (mesh_tensor if mesh_tensor > 1 else DEFAULT_DECODE_TENSOR)
     splits = {"replicated": 1}
     if tensor in rt.tensor_options(recipe, tensor):
         splits["tensor"] = tensor
     layouts: dict[str, Any] = {}
     for name, split in splits.items():
         try:
-            layouts[name] = _layout(recipe, split, runnable=split == 1 or split == mesh_tensor)
+            layouts[name] = _layout(recipe, split)
         except ValueError as e:  # no row fits this layout's KV budget
-            layouts[name] = {"tensor": split, "runnable": False, "error": str(e)}
-    runnable = [n for n, v in layouts.items() if v["runnable"]]
+            layouts[name] = {"tensor": split, "error": str(e)}
+    runnable = [n for n, v in layouts.items() if "error" not in v]
     if not runnable:
         return {"decode_layout_setting": setting, "error": layouts["replicated"]["error"]}
     if setting == "auto":
@@ -124,14 +130,18 @@ def rollout_section(
         chosen = setting
     else:
         raise ValueError(
-            f"rollout.paged.decode_layout={setting} needs parallel.mesh.tensor > 1 dividing the "
-            "chips and the KV heads, and a KV budget"
+            f"rollout.paged.decode_layout={setting} needs a decode tensor split above 1 dividing "
+            "the chips and the KV heads, and a KV budget"
         )
     names = rt.DISTRIBUTIONS
     return {
         "decode_layout_setting": setting,
         "decode_layout": chosen,
         "decode_tensor": layouts[chosen]["tensor"],
+        "decode_mesh": {
+            "data": recipe.chips // layouts[chosen]["tensor"],
+            "tensor": layouts[chosen]["tensor"],
+        },
         "prompt_tokens": recipe.prompt_tokens,
         "seconds_per_step": {d: layouts[chosen][d]["seconds"] for d in names},
         "floor_seconds_per_step": {

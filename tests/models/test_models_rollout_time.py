@@ -46,8 +46,9 @@ def test_kv_bytes_per_token_split_by_layer_kind():
 
 
 def test_floor_by_hand_on_one_chip():
-    """2 rows of L = 4 after 2 prompt tokens, budget for everything: 4 steps, each reading the
-    weights once; KV reads 2 x (3 + 4 + 5 + 6) tokens; compute negligible (huge peak)."""
+    """2 rows of L = 4 after 2 prompt tokens, budget for everything: the prefill gives each row
+    its first token, then 3 decode steps seeing 3, 4, 5 keys, each step reading the weights once;
+    compute negligible (huge peak)."""
     model = get_preset("tiny", dtype="bfloat16")
     chip = ChipSpec("test", hbm_bytes=10**12, peak_flops=1e30, hbm_bandwidth=1e9)
     recipe = rt.RolloutRecipe(
@@ -57,12 +58,19 @@ def test_floor_by_hand_on_one_chip():
     full, sliding = rt.kv_bytes_per_token(model, 2)
     assert sliding == 0
     floor = rt.floor_seconds(recipe, rt.FULL, tensor=1)
-    assert floor.steps == 4
-    assert floor.seconds == pytest.approx((4 * 10**6 + 2 * 18 * full) / 1e9)
-    # Static: one chunk, 3 decode steps (the prefill gives the first token), each reading the
-    # weights and the whole [2 rows, 2 + 4 - 1] cache.
+    assert floor.steps == 3 and floor.slots == 2
+    assert floor.seconds == pytest.approx((3 * 10**6 + 2 * 12 * full) / 1e9)
+    # Static: the same 3 steps, each reading the whole [2 rows, 2 + 4 - 1] cache.
     static = rt.static_seconds(recipe, rt.FULL)
     assert static.seconds == pytest.approx(3 * (10**6 + 2 * 5 * full) / 1e9)
+    # The engine: both rows in one call of 16 steps, each step reading the weights and each row's
+    # one 16-token page (a slot's 6 tokens fit one page, the kernel's block), also after the
+    # row's 3 steps; one prefill of the shared prompt; the call's host overhead.
+    engine = rt.engine_seconds(recipe, rt.FULL, tensor=1)
+    assert engine.slots == 2 and engine.steps == 16 and engine.preemptions == 0
+    call = 16 * 10**6 + 16 * 2 * 16 * full
+    assert engine.seconds == pytest.approx((call + 10**6) / 1e9 + rt.CALL_OVERHEAD_S)
+    assert engine.wasted_fraction == pytest.approx(1 - 6 / 32)
 
 
 def test_static_reproduces_the_readme_roofline_for_qwen3_8b():
@@ -81,16 +89,28 @@ def test_qwen3_8b_floor_matches_the_issue_and_bounds_the_engine():
     tensor = rt.floor_seconds(recipe, rt.FULL, tensor=4).seconds
     assert 1170 <= replicated <= 1230 and 960 <= tensor <= 1020
     assert rt.floor_seconds(recipe, rt.AIME, tensor=1).seconds == pytest.approx(459, abs=10)
+    assert rt.floor_seconds(recipe, rt.AIME, tensor=4).seconds == pytest.approx(386, abs=10)
     for dist in (rt.FULL, rt.AIME):
         for split in (1, 4):
             engine = rt.engine_seconds(recipe, dist, split)
             assert engine.seconds >= rt.floor_seconds(recipe, dist, split).seconds
-            assert engine.steps >= 16384
+            assert engine.steps >= 16383
             assert 0 <= engine.wasted_fraction < 1
     # Without a prompt the replicated floor is the issue's arithmetic: 2048 rows x 16384 tokens
     # of 144 KiB a token over 16 chips, plus the weights once per step at 61.5 GB of KV budget.
     bare = rt.floor_seconds(_qwen3_8b(prompt_tokens=0), rt.FULL, tensor=1)
     assert bare.seconds == pytest.approx(1160, abs=10)
+
+
+def test_qwen3_8b_engine_estimate_against_the_floor():
+    """Tensor-parallel decode over 4 chips: within 1.25x of the floor (the better layout's) at
+    full length, 1.26x under aime (the floor there assumes all 2048 rows decode at once)."""
+    recipe = _qwen3_8b()
+    for dist, most in ((rt.FULL, 1.2), (rt.AIME, 1.26)):
+        floor = min(rt.floor_seconds(recipe, dist, t).seconds for t in (1, 4))
+        engine = rt.engine_seconds(recipe, dist, 4).seconds
+        assert engine <= most * floor
+        assert engine < rt.static_seconds(recipe, dist).seconds / 2.5
 
 
 def test_engine_slots_follow_the_page_budget():
