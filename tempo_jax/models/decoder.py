@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import flax.struct
@@ -198,8 +199,14 @@ def _block(
     ctx: _Attend,
     cache_k: jax.Array | None,
     cache_v: jax.Array | None,
+    attend: Callable | None = None,
 ):
-    """One decoder block. x [B, T, D] -> ([B, T, D], updated cache_k, cache_v or None)."""
+    """One decoder block. x [B, T, D] -> ([B, T, D], updated cache_k, cache_v or None).
+
+    `attend(q [B, T, H, Dh], k, v [B, T, K, Dh], cache_k, cache_v) -> (attn [B, T, H, Dh],
+    cache_k, cache_v)` replaces the contiguous cache's update and attention when given (the
+    paged rollout engine's pools, `tempo_jax.sampling.paged_decode`); the projections, norms,
+    rotary and MLP stay this function's."""
     c = config
     dtype = c.compute_dtype
     eps = c.rms_norm_eps
@@ -225,6 +232,9 @@ def _block(
     k = _shard(layers.apply_rope(k, cos, sin), KEY_AXES, ctx.sharding)
     v = _shard(v, KEY_AXES, ctx.sharding)
 
+    if attend is not None:
+        attn, cache_k, cache_v = attend(q, k, v, cache_k, cache_v)
+        return _block_output(c, p, x, attn, ctx), cache_k, cache_v
     if cache_k is not None:
         start = (0, ctx.index, 0, 0)
         cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
@@ -244,6 +254,15 @@ def _block(
         block_size=c.attention_block_size,
         sharding=ctx.sharding,
     )
+    return _block_output(c, p, x, attn, ctx), cache_k, cache_v
+
+
+def _block_output(
+    c: ModelConfig, p: dict[str, jax.Array], x: jax.Array, attn: jax.Array, ctx: _Attend
+) -> jax.Array:
+    """The rest of a block after attention: output projection, residuals, norms and MLP."""
+    dtype = c.compute_dtype
+    eps = c.rms_norm_eps
     attn = _shard(attn, QUERY_AXES, ctx.sharding)
     attn_out = layers.dense(attn, p["o_proj"].astype(dtype), contract=2)
 
@@ -262,7 +281,7 @@ def _block(
             x, p["gate_proj"], p["up_proj"], p["down_proj"], dtype=dtype, constrain_hidden=mlp
         )
         x = x + layers.rms_norm(mlp_out, p["post_feedforward_layernorm"], eps)
-    return _shard(x, RESIDUAL_AXES, ctx.sharding), cache_k, cache_v
+    return _shard(x, RESIDUAL_AXES, ctx.sharding)
 
 
 class Decoder(nnx.Module):

@@ -11,6 +11,9 @@ Public API (B prompts, n samples each, N = B * n rows, P prompt bucket, L = max_
         abstract); .num_compilations, .compiled_shapes, .buckets, .row_shards,
         .prompts_per_chunk(B, n): the prompts of each compiled call (B padded so its rows
         split over the mesh, at most max_rows_per_chunk rows)
+  Engine(policy, page_size=16, num_slots=0, num_pages=0, steps_per_call=16, **Sampler's):
+      the same interface and tokens by continuous batching over a paged KV cache (engine.py;
+      paged_decode.py, paged_attention.py, page_allocator.py); .last_stats
   chunk_prompts(B, n, row_shards, max_rows_per_chunk): the same without a Sampler  (sampler.py)
   ChunkLog: generate's record of finished chunks, so that an interrupted call resumes (sampler.py)
   SamplingParams(temperature, top_k, top_p, greedy): scalars or per-prompt [B] / per-row [N]
@@ -32,6 +35,7 @@ sample j of prompt p (group_ids = p); a row's random draws depend only on (seed,
 
 from tempo_jax.sampling.buckets import choose_bucket, default_buckets, left_pad_to
 from tempo_jax.sampling.decode import DecodeSpec, cast_for_compute, generate_rollouts
+from tempo_jax.sampling.engine import Engine
 from tempo_jax.sampling.params import RowSamplingParams, SamplingParams
 from tempo_jax.sampling.rollouts import (
     FINISH_EOS,
@@ -51,6 +55,7 @@ __all__ = [
     "FINISH_REASONS",
     "FINISH_STOP",
     "DecodeSpec",
+    "Engine",
     "RowSamplingParams",
     "Rollouts",
     "Sampler",

@@ -125,6 +125,34 @@ class _Loop:
     finish_reason: jax.Array  # [N]
 
 
+def step_outcome(
+    logits: jax.Array,
+    step_keys: jax.Array,
+    params: RowSamplingParams,
+    stop: StopArrays,
+    window: jax.Array,
+    active: jax.Array,
+    last_step: jax.Array,
+    max_top_k: int,
+) -> tuple[jax.Array, ...]:
+    """One sampling step of N rows and its stop tests (shared with the paged engine).
+
+    Args:
+      logits: [N, V]; step_keys: [N] keys of this step; window: [N, M] stop window.
+      active: [N] bool rows still running; last_step: bool ([N] or scalar), the step samples
+        the row's last response slot.
+
+    Returns:
+      tokens, logprobs, sampling_logprobs [N]; the new window [N, M]; finishing [N] bool
+      (active rows that end now) and the finish reason [N] int32 they would end with.
+    """
+    tokens, logprobs, sampling_lp = sample_tokens(logits, step_keys, params, max_top_k)
+    window, is_eos, is_stop = stop.update(window, tokens)
+    finishing = active & (is_eos | is_stop | last_step)
+    reason = jnp.where(is_eos, FINISH_EOS, jnp.where(is_stop, FINISH_STOP, FINISH_LENGTH))
+    return tokens, logprobs, sampling_lp, window, finishing, reason
+
+
 def _record(
     spec: DecodeSpec,
     loop: _Loop,
@@ -136,12 +164,11 @@ def _record(
     """Samples step t's tokens from logits [N, V] and writes them into the carry."""
     t = loop.t
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, t)
-    tokens, logprobs, sampling_lp = sample_tokens(logits, step_keys, params, spec.max_top_k)
     active = ~loop.done
-    window, is_eos, is_stop = stop.update(loop.window, tokens)
-    out_of_room = t == spec.max_new_tokens - 1
-    finishing = active & (is_eos | is_stop | out_of_room)
-    reason = jnp.where(is_eos, FINISH_EOS, jnp.where(is_stop, FINISH_STOP, FINISH_LENGTH))
+    tokens, logprobs, sampling_lp, window, finishing, reason = step_outcome(
+        logits, step_keys, params, stop, loop.window, active, t == spec.max_new_tokens - 1,
+        spec.max_top_k,
+    )  # fmt: skip
 
     def column(buffer, values, fill):
         values = jnp.where(active, values, fill).astype(buffer.dtype)

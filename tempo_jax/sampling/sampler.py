@@ -269,9 +269,11 @@ class Sampler:
             pick = np.minimum(np.arange(start, start + per_chunk), batch - 1)
             row_pick = (pick[:, None] * n + np.arange(n)[None, :]).reshape(-1)
             chunk_rows = jax.tree.map(lambda x, i=row_pick: x[i], rows)
+            real = min(per_chunk, batch - start)
             return self._call(
-                state, tokens[pick], mask[pick], chunk_rows, seed, start * n, stop_arrays, n, bucket
-            )
+                state, tokens[pick], mask[pick], chunk_rows, seed, start * n, stop_arrays, n,
+                bucket, real_prompts=real,
+            )  # fmt: skip
 
         def fetch(out: Rollouts, start: int) -> Rollouts:
             real_rows = min(per_chunk, batch - start) * n
@@ -294,8 +296,12 @@ class Sampler:
         (`chunk_prompts` on this sampler's mesh and `max_rows_per_chunk`)."""
         return chunk_prompts(batch, n, self.row_shards, self.max_rows_per_chunk)
 
-    def _call(self, state, tokens, mask, rows, seed, first_row, stop_arrays, n, bucket):
-        """One compiled call on prompts [b, bucket] (b prompts, their b * n rows)."""
+    def _call(
+        self, state, tokens, mask, rows, seed, first_row, stop_arrays, n, bucket, real_prompts=None
+    ):
+        """One compiled call on prompts [b, bucket] (b prompts, their b * n rows). The first
+        `real_prompts` are real, the rest repeats that `generate` drops (sampled anyway here: the
+        executable's shape is fixed; the paged `Engine` skips them)."""
         batch = tokens.shape[0]
         args = (state, tokens, mask, rows, np.uint32(seed), np.uint32(first_row), stop_arrays)
         if self.mesh is not None:

@@ -19,7 +19,7 @@ from tempo_jax import models, parallel, train
 from tempo_jax.data.pipeline import Data, build_data, data_config_from
 from tempo_jax.models import attention
 from tempo_jax.rewards.grading_pool import GradingPool
-from tempo_jax.sampling import Sampler
+from tempo_jax.sampling import Engine, Sampler
 from tempo_jax.tempo.functions import RunFunctions
 from tempo_jax.tempo.methods import Method, get_method
 from tempo_jax.train import storage
@@ -87,18 +87,29 @@ def make_sampler(
     eos_ids: tuple[int, ...],
     pad_id: int,
 ) -> Sampler:
-    """The run's sampler (`policy` may be abstract)."""
-    return Sampler(
-        policy,
+    """The run's sampler (`policy` may be abstract): `rollout.engine` picks the static
+    `Sampler` or the paged `Engine` (same interface); it serves rollouts, evaluation and the
+    greedy pass."""
+    kwargs = dict(
         max_new_tokens=config.rollout.max_new_tokens,
         max_prompt_length=config.data.max_prompt_length,
         eos_ids=eos_ids,
         pad_id=pad_id,
         max_top_k=max(1, min(64, config.rollout.top_k or 64)),
         mesh=mesh,
-        rules=rules,
         max_rows_per_chunk=config.rollout.max_rows_per_chunk or None,
     )
+    if config.rollout.engine == "paged":
+        paged = config.rollout.paged
+        return Engine(
+            policy,
+            page_size=paged.page_size,
+            num_slots=paged.num_slots,
+            num_pages=paged.num_pages,
+            steps_per_call=paged.steps_per_call,
+            **kwargs,
+        )
+    return Sampler(policy, rules=rules, **kwargs)
 
 
 def init_policy(

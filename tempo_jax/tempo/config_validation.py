@@ -15,6 +15,7 @@ from tempo_jax.tempo.methods import METHODS, get_method
 
 ADVANTAGES = ("em_token", "em_outcome")
 DTYPES = ("float32", "bfloat16")
+ROLLOUT_ENGINES = ("static", "paged")
 # AdamW moves each weight by about the learning rate per update (|m / sqrt(v)| <= ~1). A
 # bfloat16 weight keeps 8 significant bits, so round-to-nearest drops any change below half its
 # spacing, |w| * 2**-9 or more; for a typical LLM matrix entry (|w| ~ 0.02, the init scale)
@@ -89,6 +90,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"eval.n={config.eval.n}), got {chunk}",
     )
     _positive_int(config, "rollout.max_generation_batches")
+    _require(
+        config.rollout.engine in ROLLOUT_ENGINES,
+        "rollout.engine",
+        f"must be one of {ROLLOUT_ENGINES}, got {config.rollout.engine!r}",
+    )
+    _positive_int(config, "rollout.paged.page_size")
+    _positive_int(config, "rollout.paged.num_slots", 0)
+    _positive_int(config, "rollout.paged.num_pages", 0)
+    _positive_int(config, "rollout.paged.steps_per_call")
     _positive_int(config, "rollout.n", 2 if method.advantage in ("grpo", "drgrpo") else 1)
     _require(
         config.rollout.temperature >= 0,

@@ -1,0 +1,203 @@
+"""The paged rollout engine: the static Sampler's tokens token for token, pages and slots reused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flax import nnx
+from sampling_helpers import PAD, VOCAB
+
+import tempo_jax.models as tm
+from tempo_jax.models.attention import Slots, decode_attention
+from tempo_jax.sampling import (
+    FINISH_EOS,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Sampler,
+    SamplingParams,
+    StopCriteria,
+)
+from tempo_jax.sampling.engine import Engine
+from tempo_jax.sampling.page_allocator import PageAllocator
+from tempo_jax.sampling.paged_attention import paged_decode_attention, ring_pages
+
+MAX_NEW = 20
+EOS = (3, 17, 40, 77, 101, 150, 200)  # ~3% of the vocabulary: sampled rows end at varied steps
+STOP = ((5, 6), (9,))
+FIELDS = ("tokens", "response_mask", "lengths", "finish_reason", "group_ids", "prompt_tokens")
+
+
+def _prompts(count: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded prompts of lengths 12, 9, 5, 12, ... in width 12 (bucket 16)."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, VOCAB - 1, size=(count, 12)).astype(np.int32)
+    mask = np.ones((count, 12), np.int32)
+    for i in range(count):
+        mask[i, : (0, 3, 7)[i % 3]] = 0
+    tokens[mask == 0] = PAD
+    return tokens, mask
+
+
+def _mixed(num_rows: int) -> SamplingParams:
+    """Per-row greedy, full-vocabulary, top-k and nucleus rows in one call."""
+    kinds = np.arange(num_rows) % 4
+    return SamplingParams(
+        temperature=np.where(kinds == 1, 1.3, 0.9).astype(np.float32),
+        top_k=np.where(kinds == 2, 12, 0).astype(np.int32),
+        top_p=np.where(kinds == 3, 0.8, 1.0).astype(np.float32),
+        greedy=kinds == 0,
+    )
+
+
+def _kwargs(max_new: int = MAX_NEW) -> dict:
+    return dict(
+        max_new_tokens=max_new,
+        prompt_buckets=(16,),
+        eos_ids=EOS,
+        stop_sequences=STOP,
+        pad_id=PAD,
+        max_top_k=32,
+    )
+
+
+def _assert_same(got, want) -> None:
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(got, name), np.asarray(getattr(want, name)), name)
+    for name in ("logprobs", "sampling_logprobs"):  # another attention reduction order
+        np.testing.assert_allclose(getattr(got, name), np.asarray(getattr(want, name)), atol=2e-5)
+
+
+@pytest.fixture(scope="module")
+def stop(policy, state) -> StopCriteria:
+    """EOS plus the token greedy decoding of prompt 1 gives at step 4 (so greedy rows end at
+    different steps too), same counts as the engines' own criteria (no recompile)."""
+    tokens, mask = _prompts()
+    probe = Sampler(policy, **_kwargs()).generate(
+        state, tokens, mask, sampling=SamplingParams(greedy=True)
+    )
+    extra = int(np.asarray(probe.tokens)[1, 4])
+    return StopCriteria.create(EOS[:-1] + (extra,), STOP, vocab_size=VOCAB)
+
+
+@pytest.fixture(scope="module")
+def static_rollouts(policy, state, stop):
+    tokens, mask = _prompts()
+    sampler = Sampler(policy, **_kwargs())
+    return {
+        name: sampler.generate(state, tokens, mask, n=3, sampling=sampling, seed=11, stop=stop)
+        for name, sampling in (("greedy", SamplingParams(greedy=True)), ("mixed", _mixed(9)))
+    }
+
+
+@pytest.mark.parametrize("num_slots,page_size", [(3, 4), (8, 16), (0, 4)])
+def test_engine_equals_the_static_sampler_token_for_token(
+    policy, state, stop, static_rollouts, num_slots, page_size
+):
+    """3 prompts x 3 samples, greedy and mixed per-row sampling, EOS / stop sequences ending
+    rows at different steps, with fewer slots than rows (refills) or one slot per row."""
+    tokens, mask = _prompts()
+    engine = Engine(policy, page_size=page_size, num_slots=num_slots, steps_per_call=6,
+                    **_kwargs())  # fmt: skip
+    for name, sampling in (("greedy", SamplingParams(greedy=True)), ("mixed", _mixed(9))):
+        got = engine.generate(state, tokens, mask, n=3, sampling=sampling, seed=11, stop=stop)
+        want = static_rollouts[name]
+        _assert_same(got, want)
+        lengths = np.asarray(want.lengths)
+        assert lengths.min() < MAX_NEW and lengths.max() == MAX_NEW, lengths  # varied lengths
+        stats = engine.last_stats
+        assert stats["kept_tokens"] == int(lengths.sum()) - int((lengths >= 1).sum())
+        assert stats["slot_steps"] == stats["calls"] * engine.steps_per_call * (num_slots or 9)
+    reasons = set(np.asarray(static_rollouts["mixed"].finish_reason).tolist())
+    assert FINISH_LENGTH in reasons and reasons & {FINISH_EOS, FINISH_STOP}
+
+
+def test_a_small_pool_makes_rows_wait_for_pages_and_still_gives_the_same_tokens(
+    policy, state, stop, static_rollouts
+):
+    """A pool of 16 pages of 4 tokens holds about two rows at full length: admission waits for
+    finished rows' pages, the peak stays inside the pool and the tokens do not change."""
+    tokens, mask = _prompts()
+    engine = Engine(policy, page_size=4, num_slots=8, num_pages=16, steps_per_call=6,
+                    **_kwargs())  # fmt: skip
+    got = engine.generate(state, tokens, mask, n=3, sampling=_mixed(9), seed=11, stop=stop)
+    _assert_same(got, static_rollouts["mixed"])
+    assert engine.last_stats["peak_pages"] <= 15
+    too_small = Engine(policy, page_size=4, num_slots=2, num_pages=4, **_kwargs())
+    with pytest.raises(ValueError, match="rollout.paged.num_pages"):
+        too_small.generate(state, tokens, mask, n=1, sampling=SamplingParams(greedy=True))
+
+
+def test_sliding_window_layers_use_a_ring_and_match_the_static_sampler():
+    """OLMo3-shaped (3 sliding layers of window 8 + 1 full): rows run past the window (prompt
+    12 + 20 tokens), the sliding layers' rings hold ring_pages(8, 4) = 3 pages per slot."""
+    config = tm.get_preset("tiny_olmo3", vocab_size=VOCAB, initializer_range=0.2)
+    policy = tm.Policy(config, rngs=nnx.Rngs(1))
+    state = nnx.state(policy)
+    tokens, mask = _prompts()
+    want = Sampler(policy, **_kwargs()).generate(state, tokens, mask, n=2, sampling=_mixed(6))
+    engine = Engine(policy, page_size=4, num_slots=4, steps_per_call=8, **_kwargs())
+    assert engine.ring == ring_pages(8, 4) == 3
+    got = engine.generate(state, tokens, mask, n=2, sampling=_mixed(6))
+    _assert_same(got, want)
+    assert np.asarray(want.lengths).max() + 12 > 2 * config.sliding_window
+
+
+def test_paged_attention_reference_equals_decode_attention_on_the_same_keys():
+    """Random pages in a shuffled pool, GQA (4 query heads on 2 kv heads), lengths 1 .. 11,
+    full and window 5 (ring of 3 pages of 3): the contiguous decode_attention's numbers."""
+    rng = np.random.default_rng(0)
+    num_slots, kv, heads, dim, ps, width = 3, 2, 4, 8, 3, 4
+    lengths = np.array([1, 7, 11], np.int32)
+    keys = rng.normal(size=(num_slots, width * ps, kv, dim)).astype(np.float32)
+    values = rng.normal(size=keys.shape).astype(np.float32)
+    q = rng.normal(size=(num_slots, heads, dim)).astype(np.float32)
+    pages = rng.permutation(np.arange(1, 1 + num_slots * width)).reshape(num_slots, width)
+    pool_k = np.zeros((kv, 1 + num_slots * width, ps, dim), np.float32)
+    pool_v = np.zeros_like(pool_k)
+    for s in range(num_slots):
+        for j in range(width):
+            pool_k[:, pages[s, j]] = np.swapaxes(keys[s, j * ps : (j + 1) * ps], 0, 1)
+            pool_v[:, pages[s, j]] = np.swapaxes(values[s, j * ps : (j + 1) * ps], 0, 1)
+    for window in (None, 5):
+        slots = np.arange(width * ps)
+        valid = slots[None, :] < lengths[:, None]
+        want = np.stack([
+            np.asarray(decode_attention(
+                q[s][None, None], keys[s][None], values[s][None],
+                Slots(np.array([lengths[s] - 1]), slots, valid[s][None]),
+                window or 2**30, dtype=np.float32,
+            ))[0, 0]
+            for s in range(num_slots)
+        ])  # fmt: skip
+        if window is None:
+            table, k_pool, v_pool = pages, pool_k, pool_v
+        else:  # the same positions stored in a ring of R pages
+            ring = ring_pages(window, ps)
+            table = pages[:, :ring]
+            k_pool, v_pool = np.zeros_like(pool_k), np.zeros_like(pool_v)
+            for s in range(num_slots):
+                for pos in range(lengths[s]):
+                    page, off = table[s, (pos // ps) % ring], pos % ps
+                    k_pool[:, page, off] = keys[s, pos]
+                    v_pool[:, page, off] = values[s, pos]
+        got = paged_decode_attention(
+            q, k_pool, v_pool, lengths, table, impl="reference", sm_scale=dim**-0.5, window=window
+        )
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
+    with pytest.raises(ValueError, match="impl"):
+        paged_decode_attention(q, pool_k, pool_v, lengths, pages, impl="dense", sm_scale=1.0)
+
+
+def test_page_allocator_shares_and_frees_by_reference_count():
+    allocator = PageAllocator(6)
+    prompt = allocator.allocate(3)
+    assert 0 not in prompt and allocator.num_free == 2
+    allocator.share(prompt[:2])  # a sample reads the prompt's two full pages
+    allocator.release(prompt)  # the prompt lets go after its last sample is admitted
+    assert allocator.num_free == 3 and allocator.in_use == 2
+    allocator.release(prompt[:2])
+    assert allocator.num_free == 5 and allocator.peak_in_use == 3
+    with pytest.raises(RuntimeError, match="exhausted"):
+        allocator.allocate(6)
+    with pytest.raises(RuntimeError, match="not held"):
+        allocator.release([prompt[0]])
