@@ -316,7 +316,7 @@ def _kernel_block_tokens(recipe: RolloutRecipe) -> int:
 
 
 def engine_seconds(
-    recipe: RolloutRecipe, distribution: LengthDistribution, tensor: int
+    recipe: RolloutRecipe, distribution: LengthDistribution, tensor: int, *, preempt: bool = True
 ) -> Estimate:
     """The paged engine's time for one step's rollouts, simulated call by call for one group of
     `tensor` chips holding every (chips / tensor)-th row.
@@ -330,6 +330,10 @@ def engine_seconds(
     that rows end at staggered steps instead of growing together into preemptions, unless the
     pool holds every row of the group at the cap. Slots: `num_slots`, else `SLOTS_PER_TARGET`
     target (at most the group's rows).
+
+    `preempt=False` is `sampling.Engine`'s admission today: a row is admitted only when the pool
+    can still give it every page up to the cap on top of what the active rows have reserved, so
+    nothing is ever preempted (nor paced), and rows that end early return their reservation.
     """
     c, chip = recipe.model, recipe.chip
     groups = recipe.chips // tensor
@@ -350,7 +354,8 @@ def engine_seconds(
     # admission needs pacing.
     slots = recipe.num_slots or min(math.ceil(SLOTS_PER_TARGET * target), len(queue))
     everyone_fits = budget >= len(queue) * held(p + recipe.max_new_tokens)
-    gap = 0.0 if everyone_fits else PACE_FRACTION * recipe.max_new_tokens / target
+    gap = 0.0 if everyone_fits or not preempt else PACE_FRACTION * recipe.max_new_tokens / target
+    capped = held(p + recipe.max_new_tokens)  # a row's worst case, reserved without preemption
     block = _kernel_block_tokens(recipe)
     weights = recipe.weight_bytes / tensor
     # Every slot runs the matmuls (fixed shapes); attention FLOPs follow the filled keys.
@@ -381,8 +386,10 @@ def engine_seconds(
             if not queue or (admitted < target and admitted * gap > steps):
                 break
             left, done = queue[0]
-            grown = held(np.asarray(p + 1 + done + min(k, left)))
-            if after_call().sum() + grown > (1 - WATERMARK) * budget:
+            if not preempt:
+                if ((remaining > 0).sum() + 1) * capped > budget:
+                    break
+            elif after_call().sum() + held(p + 1 + done + min(k, left)) > (1 - WATERMARK) * budget:
                 break
             queue.pop(0)
             context[slot], remaining[slot], order[slot] = p + 1 + done, left, admitted

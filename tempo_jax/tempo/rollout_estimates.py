@@ -92,6 +92,8 @@ def _layout(recipe: rt.RolloutRecipe, split: int) -> dict[str, Any]:
             "wasted_fraction": engine.wasted_fraction,
             "preemptions": engine.preemptions,
             "kv_budget_bytes": engine.kv_budget_bytes,
+            # sampling.Engine's admission today (worst-case reservation, no preemption).
+            "reserving_seconds": rt.engine_seconds(recipe, dist, split, preempt=False).seconds,
         }
     return per
 
