@@ -45,6 +45,10 @@ from tempo_jax.tempo.methods import get_method
 from tempo_jax.tempo.rollout_estimates import rollout_recipe, rollout_section
 
 HBM_LIMIT_FRACTION = 0.9
+# Kept free beside the paged engine's pool for its calls' activations and logits (besides the
+# prefill's cache, counted from the shapes): Qwen3-8B's 16-prompt prefill on v5p needed 4.7 GiB
+# more than the pool and the weights.
+ENGINE_WORKSPACE_BYTES = 4 * GIB
 OK, OVER, OOM, ERROR = "ok", "over", "oom", "error"
 
 
@@ -176,6 +180,7 @@ class _Plan:
     policy: train.TrainState
     critic: train.TrainState | None
     chip: ChipSpec | None = None  # set by compile_report
+    engine_note: str = ""  # why the paged engine cannot run on this mesh ("" when it can)
 
 
 def _abstract_state(model_config, cls, settings, optimizer, mesh, rules):
@@ -205,7 +210,15 @@ def _plan(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]) -> t
     eos = policy_config.eos_token_id
     eos_ids = tuple(np.atleast_1d(eos if eos is not None else 0).tolist())
     pad_id = policy_config.pad_token_id or 0
-    sampler = make_sampler(config, policy_module, mesh, rules, eos_ids, pad_id)
+    engine_note = ""
+    try:
+        sampler = make_sampler(config, policy_module, mesh, rules, eos_ids, pad_id)
+    except ValueError as e:  # the paged engine refuses a mesh spanning several processes
+        if config.rollout.engine != "paged":
+            raise
+        # Its functions still compile for one chip, which is what the engine would run on.
+        engine_note = f"a run on this topology fails: {e}"
+        sampler = make_sampler(config, policy_module, None, rules, eos_ids, pad_id)
     plan = _Plan(
         config,
         policy_config,
@@ -217,6 +230,7 @@ def _plan(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]) -> t
         sampler,
         policy,
         critic,
+        engine_note=engine_note,
     )
     return plan, source
 
@@ -305,6 +319,12 @@ def _whole_bytes(tree: Any) -> int:
     return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
+def _compute_dtype_bytes(params: Any, model: models.ModelConfig) -> int:
+    """Bytes of all of `params` in the model's compute dtype (the decode weights, whole)."""
+    itemsize = np.dtype(model.compute_dtype).itemsize
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(params)) * itemsize
+
+
 def _page_bytes(plan: _Plan) -> int:
     """Bytes of one full-attention pool page over all full-attention layers."""
     c = plan.model
@@ -315,17 +335,20 @@ def _page_bytes(plan: _Plan) -> int:
 
 def _engine_pool_pages(plan: _Plan, call: fns.Call) -> int:
     """The engine's full-attention pool: `rollout.paged.num_pages`, or (0) what the chip's HBM
-    limit leaves after the train states, the whole parameters, their compute-dtype copy and a
-    workspace (`rollout_time.RolloutRecipe.workspace_bytes`)."""
+    limit leaves after the train states, the whole parameters, their compute-dtype copy and the
+    prefill's workspace: its static cache of the chunk's prompts plus `ENGINE_WORKSPACE_BYTES`
+    (the pool is shared by the prefill and the decode, so it must leave the prefill room)."""
     if plan.sampler.num_pages:
         return plan.sampler.num_pages
     c = plan.model
     params = plan.policy.params
-    weights = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-    weights *= np.dtype(c.compute_dtype).itemsize
+    weights = _compute_dtype_bytes(params, c)
     policy = tree_bytes_per_chip(plan.policy)
     critic = tree_bytes_per_chip(plan.critic) if plan.critic is not None else 0
-    used = policy + critic + _whole_bytes(params) + weights + 2 * GIB
+    width = plan.config.data.max_prompt_length
+    prefill_cache = 2 * c.num_layers * call.prompts * width * c.num_kv_heads * c.head_dim
+    prefill_cache *= np.dtype(c.compute_dtype).itemsize
+    used = policy + critic + _whole_bytes(params) + weights + prefill_cache + ENGINE_WORKSPACE_BYTES
     budget = int(HBM_LIMIT_FRACTION * plan.chip.hbm_bytes) - used
     slots = plan.sampler.num_slots or call.prompts * call.samples
     return engine_compile.pool_pages_for_budget(
@@ -360,11 +383,8 @@ def _flops_and_roofline(plan: _Plan, call: fns.Call, chip: ChipSpec) -> tuple[fl
         slots = e.num_slots or call.rows
         step = model_flops.forward_flops(c, slots, 1, head_positions=1, context=prompt + response)
         table = math.ceil((prompt + response - 1) / e.page_size) * e.page_size
-        step_bytes = (
-            sum(math.prod(x.shape) for x in jax.tree.leaves(plan.policy.params))
-            * np.dtype(c.compute_dtype).itemsize
-            + slots * table * _page_bytes(plan) // e.page_size
-        )
+        step_bytes = _compute_dtype_bytes(plan.policy.params, c)
+        step_bytes += slots * table * _page_bytes(plan) // e.page_size
         seconds = e.steps_per_call * max(step / chip.peak_flops, step_bytes / chip.hbm_bandwidth)
         return float(e.steps_per_call * step), seconds
     if call.function == fns.SAMPLER:
@@ -527,9 +547,12 @@ def _rollout(plan: _Plan, planned: list[fns.Call], chip: ChipSpec) -> dict[str, 
         chip,
         plan.mesh.size,
         tensor,
-        _decode_weight_bytes(plan) * tensor,  # whole weights: the sampler splits them over tensor
+        _compute_dtype_bytes(plan.policy.params, plan.model),  # the whole decode weights
         weights + resident,  # the train states, all live during rollouts
         rollout.rows,
         HBM_LIMIT_FRACTION,
     )
-    return rollout_section(plan.config, recipe, tensor)
+    section = rollout_section(plan.config, recipe, tensor)
+    if plan.engine_note:
+        section["engine_note"] = plan.engine_note
+    return section

@@ -15,7 +15,8 @@ padding slots contribute exactly nothing to any loss or output, so a bucketed ca
 full-length one up to float summation order. Each function compiles once per (rows, bucket).
 
 `planned_calls(config)` lists every (function, shape) a run of `config` executes: the rollout,
-evaluation and greedy samplers (one call per chunk shape), the log-prob and value forwards and
+evaluation and greedy samplers (one call per chunk shape; with `rollout.engine = paged` the
+engine's prefill and multi-step decode of that chunk instead), the log-prob and value forwards and
 the policy and critic steps (one call per row count and length bucket), and the SFT step. The
 loop's calls must stay inside this list; the loop tests check that every function a run
 compiled is one the plan names, so the two cannot drift.
