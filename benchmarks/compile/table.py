@@ -11,7 +11,12 @@ tables). Two tables:
 - time: the sampler's rollout chunk (rows, KV cache per chip, roofline per chunk and per step)
   and the roofline of one E-step and one M-step at full length, from the analytic FLOPs
   (`roofline_s`) and the recipe's own counts (config file named in the report), plus the
-  compile time of all the report's functions.
+  compile time of all the report's functions;
+- rollout: seconds of one step's rollouts per length distribution (`full`, `aime`) for the paged
+  engine's estimate, the bandwidth floor and today's static sampler (`tempo_jax.models.
+  rollout_time`), from the report's `rollout` section; a report written before that section
+  gets it computed here from the recipe and the report's measured per-chip state of the
+  rollout sampler (same inputs as `tempo-jax compile`, weights counted from the model's shape).
 """
 
 from __future__ import annotations
@@ -146,11 +151,63 @@ def time_rows(paths: list[pathlib.Path]) -> list[str]:
     return out
 
 
+def _rollout_section(report: dict) -> dict:
+    """The report's rollout section, or the same computed from its recipe and measured state."""
+    if report.get("rollout"):
+        return report["rollout"]
+    from tempo_jax.models import rollout_time
+    from tempo_jax.parallel.topology import ChipSpec
+    from tempo_jax.tempo.build import planned_model_config
+    from tempo_jax.tempo.rollout_estimates import rollout_recipe, rollout_section
+
+    config = _config(report)
+    model = planned_model_config(config, "policy", "tpu")[0]
+    params = model.num_layers * rollout_time.model_flops.layer_matmul_params(model)
+    params += model.vocab_size * model.hidden_size * (1 if model.tie_word_embeddings else 2)
+    sampler = next(f for f in report["functions"] if f["purpose"] == "rollout")
+    rows = int(sampler["name"].split("/")[1].split("x")[0]) * config.rollout.n
+    recipe = rollout_recipe(
+        config,
+        model,
+        ChipSpec(**report["chip"]),
+        report["chips"],
+        report["mesh"]["tensor"],
+        params * rollout_time.np.dtype(model.compute_dtype).itemsize,
+        sampler["state_bytes"] + sampler["resident_bytes"],
+        rows,
+        report["hbm_limit_fraction"],
+    )
+    return rollout_section(config, recipe, report["mesh"]["tensor"])
+
+
+def rollout_rows(paths: list[pathlib.Path]) -> list[str]:
+    out = [
+        "| recipe | topology | decode weights | distribution | engine s / step | floor s / step "
+        "| engine / floor | static sampler s / step | static / engine |",
+        "|" + "---|" * 9,
+    ]
+    for path in paths:
+        report = json.loads(path.read_text())
+        section = _rollout_section(report)
+        recipe, _ = _label(report)
+        layout = f"{section['decode_layout']} (tensor {section['decode_tensor']})"
+        for name, seconds in section["seconds_per_step"].items():
+            floor = section["floor_seconds_per_step"][name]
+            static = section["static_seconds_per_step"][name]
+            out.append(
+                f"| {recipe} | {report['topology']} | {layout} | {name} | {seconds:.0f} "
+                f"| {floor:.0f} | {seconds / floor:.2f} | {static:.0f} | {static / seconds:.1f} |"
+            )
+    return out
+
+
 def main(paths: list[str]) -> None:
     files = [pathlib.Path(p) for p in paths]
     print("\n".join(fit_rows(files)))
     print()
     print("\n".join(time_rows(files)))
+    print()
+    print("\n".join(rollout_rows(files)))
 
 
 if __name__ == "__main__":

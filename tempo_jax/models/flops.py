@@ -21,7 +21,7 @@ def layer_matmul_params(config: ModelConfig) -> int:
     return attention + 3 * c.hidden_size * c.intermediate_size
 
 
-def _sum_min(first: int, last: int, cap: int) -> int:
+def sum_min(first: int, last: int, cap: int) -> int:
     """sum(min(x, cap) for x in range(first, last + 1)), in O(1)."""
     if last < first:
         return 0
@@ -40,7 +40,7 @@ def visible_keys(config: ModelConfig, length: int, context: int = 0) -> int:
     total = 0
     for kind in config.resolved_layer_types:
         cap = config.sliding_window if kind == "sliding_attention" else context + length
-        total += _sum_min(context + 1, context + length, cap)
+        total += sum_min(context + 1, context + length, cap)
     return total
 
 

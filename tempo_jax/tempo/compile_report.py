@@ -38,12 +38,17 @@ from flax import nnx
 from tempo_jax import models, parallel, train
 from tempo_jax.models import flops as model_flops
 from tempo_jax.parallel.topology import GIB, ChipSpec, topology_devices
+from tempo_jax.tempo import engine_compile, sft
 from tempo_jax.tempo import functions as fns
-from tempo_jax.tempo import sft
 from tempo_jax.tempo.build import make_sampler, planned_model_config
 from tempo_jax.tempo.methods import get_method
+from tempo_jax.tempo.rollout_estimates import rollout_recipe, rollout_section
 
 HBM_LIMIT_FRACTION = 0.9
+# Kept free beside the paged engine's pool for its calls' activations and logits (besides the
+# prefill's cache, counted from the shapes): Qwen3-8B's 16-prompt prefill on v5p needed 4.7 GiB
+# more than the pool and the weights.
+ENGINE_WORKSPACE_BYTES = 4 * GIB
 OK, OVER, OOM, ERROR = "ok", "over", "oom", "error"
 
 
@@ -103,6 +108,7 @@ class Report:
     attention: str
     hbm_limit_fraction: float
     functions: list[FunctionReport]
+    rollout: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def failures(self) -> list[FunctionReport]:
         return [f for f in self.functions if f.status != OK]
@@ -133,6 +139,20 @@ class Report:
             )
         for f in self.failures():
             lines.append(f"\n{f.name}: {f.status}: {f.message}")
+        if self.rollout.get("error"):
+            lines.append(f"\nrollout: {self.rollout['error']}")
+        elif self.rollout:
+            r = self.rollout
+            lines.append(
+                f"\nrollout seconds per step, decode weights {r['decode_layout']} "
+                f"(tensor {r['decode_tensor']}; setting {r['decode_layout_setting']}):"
+            )
+            for d, seconds in r["seconds_per_step"].items():
+                floor, static = r["floor_seconds_per_step"][d], r["static_seconds_per_step"][d]
+                lines.append(
+                    f"  {d}: engine {seconds:.0f} s, floor {floor:.0f} s ({seconds / floor:.2f}x), "
+                    f"static sampler {static:.0f} s"
+                )
         return "\n".join(lines)
 
 
@@ -159,6 +179,8 @@ class _Plan:
     sampler: Any
     policy: train.TrainState
     critic: train.TrainState | None
+    chip: ChipSpec | None = None  # set by compile_report
+    engine_note: str = ""  # why the paged engine cannot run on this mesh ("" when it can)
 
 
 def _abstract_state(model_config, cls, settings, optimizer, mesh, rules):
@@ -188,7 +210,15 @@ def _plan(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]) -> t
     eos = policy_config.eos_token_id
     eos_ids = tuple(np.atleast_1d(eos if eos is not None else 0).tolist())
     pad_id = policy_config.pad_token_id or 0
-    sampler = make_sampler(config, policy_module, mesh, rules, eos_ids, pad_id)
+    engine_note = ""
+    try:
+        sampler = make_sampler(config, policy_module, mesh, rules, eos_ids, pad_id)
+    except ValueError as e:  # the paged engine refuses a mesh spanning several processes
+        if config.rollout.engine != "paged":
+            raise
+        # Its functions still compile for one chip, which is what the engine would run on.
+        engine_note = f"a run on this topology fails: {e}"
+        sampler = make_sampler(config, policy_module, None, rules, eos_ids, pad_id)
     plan = _Plan(
         config,
         policy_config,
@@ -200,6 +230,7 @@ def _plan(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]) -> t
         sampler,
         policy,
         critic,
+        engine_note=engine_note,
     )
     return plan, source
 
@@ -233,6 +264,16 @@ def _lower(plan: _Plan, call: fns.Call):
     if call.function == fns.SAMPLER:
         width = plan.config.data.max_prompt_length
         return plan.sampler.compile(plan.policy.params, call.prompts, call.samples, width)
+    if call.function in (fns.ENGINE_PREFILL, fns.ENGINE_DECODE):
+        return engine_compile.engine_executable(
+            plan.sampler,
+            plan.policy.params,
+            call,
+            plan.config.data.max_prompt_length,
+            _engine_pool_pages(plan, call),
+            plan.mesh.devices.flat[0],
+            plan.sampler.stop.arrays(),
+        )
     if call.function == fns.SFT_STEP:
         tx = sft.sft_optimizer(plan.config.sft)
         graphdef = nnx.split(plan.policy_module, nnx.Param)[0]
@@ -253,8 +294,13 @@ def _own_and_resident(plan: _Plan, call: fns.Call) -> tuple[int, int]:
         fns.CRITIC_STEP: lambda: critic,
         fns.TOKEN_STATS: lambda: tree_bytes_per_chip(plan.policy.params),
         fns.SAMPLER: lambda: tree_bytes_per_chip(plan.policy.params),
+        # The engine gathers the whole parameters onto its one device.
+        fns.ENGINE_PREFILL: lambda: _whole_bytes(plan.policy.params),
+        fns.ENGINE_DECODE: lambda: _whole_bytes(plan.policy.params),
         fns.VALUES: lambda: tree_bytes_per_chip(plan.critic.params),
     }[call.function]()
+    if call.function in (fns.ENGINE_PREFILL, fns.ENGINE_DECODE):
+        return own, policy + critic  # the train states' shards stay on the chip too
     return own, policy + critic - own
 
 
@@ -269,7 +315,50 @@ def _decode_weight_bytes(plan: _Plan) -> int:
     )
 
 
+def _whole_bytes(tree: Any) -> int:
+    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def _compute_dtype_bytes(params: Any, model: models.ModelConfig) -> int:
+    """Bytes of all of `params` in the model's compute dtype (the decode weights, whole)."""
+    itemsize = np.dtype(model.compute_dtype).itemsize
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(params)) * itemsize
+
+
+def _page_bytes(plan: _Plan) -> int:
+    """Bytes of one full-attention pool page over all full-attention layers."""
+    c = plan.model
+    full = sum(k != "sliding_attention" for k in c.resolved_layer_types)
+    itemsize = np.dtype(c.compute_dtype).itemsize
+    return 2 * full * c.num_kv_heads * c.head_dim * itemsize * plan.sampler.page_size
+
+
+def _engine_pool_pages(plan: _Plan, call: fns.Call) -> int:
+    """The engine's full-attention pool: `rollout.paged.num_pages`, or (0) what the chip's HBM
+    limit leaves after the train states, the whole parameters, their compute-dtype copy and the
+    prefill's workspace: its static cache of the chunk's prompts plus `ENGINE_WORKSPACE_BYTES`
+    (the pool is shared by the prefill and the decode, so it must leave the prefill room)."""
+    if plan.sampler.num_pages:
+        return plan.sampler.num_pages
+    c = plan.model
+    params = plan.policy.params
+    weights = _compute_dtype_bytes(params, c)
+    policy = tree_bytes_per_chip(plan.policy)
+    critic = tree_bytes_per_chip(plan.critic) if plan.critic is not None else 0
+    width = plan.config.data.max_prompt_length
+    prefill_cache = 2 * c.num_layers * call.prompts * width * c.num_kv_heads * c.head_dim
+    prefill_cache *= np.dtype(c.compute_dtype).itemsize
+    used = policy + critic + _whole_bytes(params) + weights + prefill_cache + ENGINE_WORKSPACE_BYTES
+    budget = int(HBM_LIMIT_FRACTION * plan.chip.hbm_bytes) - used
+    slots = plan.sampler.num_slots or call.prompts * call.samples
+    return engine_compile.pool_pages_for_budget(
+        c, plan.sampler.page_size, budget, plan.sampler.ring, slots + call.prompts
+    )
+
+
 def _kv_cache_bytes(plan: _Plan, call: fns.Call) -> int:
+    if call.function in (fns.ENGINE_PREFILL, fns.ENGINE_DECODE):
+        return _engine_pool_pages(plan, call) * _page_bytes(plan)
     if call.function != fns.SAMPLER:
         return 0
     c = plan.model
@@ -285,6 +374,19 @@ def _flops_and_roofline(plan: _Plan, call: fns.Call, chip: ChipSpec) -> tuple[fl
     chips = plan.mesh.size
     prompt, response = cfg.data.max_prompt_length, cfg.rollout.max_new_tokens
     remat = 1 if plan.settings.remat else 0
+    if call.function == fns.ENGINE_PREFILL:
+        flops = model_flops.forward_flops(c, call.prompts, prompt, head_positions=1)
+        return float(flops), flops / chip.peak_flops  # one device
+    if call.function == fns.ENGINE_DECODE:
+        # One call: steps_per_call steps of every slot at full context (its widest table).
+        e = plan.sampler
+        slots = e.num_slots or call.rows
+        step = model_flops.forward_flops(c, slots, 1, head_positions=1, context=prompt + response)
+        table = math.ceil((prompt + response - 1) / e.page_size) * e.page_size
+        step_bytes = _compute_dtype_bytes(plan.policy.params, c)
+        step_bytes += slots * table * _page_bytes(plan) // e.page_size
+        seconds = e.steps_per_call * max(step / chip.peak_flops, step_bytes / chip.hbm_bandwidth)
+        return float(e.steps_per_call * step), seconds
     if call.function == fns.SAMPLER:
         prefill_rows = call.prompts if plan.sampler.shares_prefill(call.prompts) else call.rows
         flops = model_flops.forward_flops(c, prefill_rows, prompt, head_positions=1)
@@ -317,11 +419,17 @@ def _flops_and_roofline(plan: _Plan, call: fns.Call, chip: ChipSpec) -> tuple[fl
 
 def _measure(plan: _Plan, call: fns.Call, chip: ChipSpec) -> FunctionReport:
     cfg = plan.config
-    if call.function == fns.SAMPLER:
+    if call.function in fns.SAMPLERS:
         shape = (
             f"{call.prompts} prompts x {call.samples} = {call.rows} rows, "
             f"{cfg.data.max_prompt_length} + {cfg.rollout.max_new_tokens} tokens"
         )
+        if call.function == fns.ENGINE_DECODE:
+            e = plan.sampler
+            shape += (
+                f", {e.num_slots or call.rows} slots, {e.steps_per_call} steps a call, "
+                f"{_engine_pool_pages(plan, call)} pages of {e.page_size}"
+            )
     else:
         response = call.length or cfg.rollout.max_new_tokens
         shape = f"{call.rows} rows x {cfg.data.max_prompt_length} + {response} tokens"
@@ -392,8 +500,9 @@ def compile_report(
     if hbm_gib is not None:
         chip = dataclasses.replace(chip, hbm_bytes=int(hbm_gib * GIB))
     plan, source = _plan(config, devices)
+    plan.chip = chip
     planned = fns.planned_calls(config, plan.sampler.row_shards)
-    calls = [c for c in planned if not only or c.function in only or c.key in only]
+    calls = [c for c in planned if not only or _selected(c, only)]
     measured = []
     for call in calls:
         log(f"compiling {call.key} ({call.purpose}) for {topology} ...")
@@ -413,4 +522,37 @@ def compile_report(
         attention=plan.model.attention,
         hbm_limit_fraction=HBM_LIMIT_FRACTION,
         functions=measured,
+        rollout=_rollout(plan, planned, chip),
     )
+
+
+def _selected(call: fns.Call, only: Sequence[str]) -> bool:
+    """`--only`: a function name, a call key, or `rollout` for the functions rollouts run."""
+    return (
+        call.function in only
+        or call.key in only
+        or ("rollout" in only and call.purpose == "rollout")
+    )
+
+
+def _rollout(plan: _Plan, planned: list[fns.Call], chip: ChipSpec) -> dict[str, Any]:
+    """The report's rollout seconds per step (`tempo.rollout_estimates`)."""
+    rollout = next(c for c in planned if c.purpose == "rollout")
+    policy = next(c for c in planned if c.function in fns.SAMPLERS)
+    weights, resident = _own_and_resident(plan, policy)
+    tensor = plan.mesh.shape["tensor"]
+    recipe = rollout_recipe(
+        plan.config,
+        plan.model,
+        chip,
+        plan.mesh.size,
+        tensor,
+        _compute_dtype_bytes(plan.policy.params, plan.model),  # the whole decode weights
+        weights + resident,  # the train states, all live during rollouts
+        rollout.rows,
+        HBM_LIMIT_FRACTION,
+    )
+    section = rollout_section(plan.config, recipe, tensor)
+    if plan.engine_note:
+        section["engine_note"] = plan.engine_note
+    return section

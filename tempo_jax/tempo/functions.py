@@ -15,7 +15,8 @@ padding slots contribute exactly nothing to any loss or output, so a bucketed ca
 full-length one up to float summation order. Each function compiles once per (rows, bucket).
 
 `planned_calls(config)` lists every (function, shape) a run of `config` executes: the rollout,
-evaluation and greedy samplers (one call per chunk shape), the log-prob and value forwards and
+evaluation and greedy samplers (one call per chunk shape; with `rollout.engine = paged` the
+engine's prefill and multi-step decode of that chunk instead), the log-prob and value forwards and
 the policy and critic steps (one call per row count and length bucket), and the SFT step. The
 loop's calls must stay inside this list; the loop tests check that every function a run
 compiled is one the plan names, so the two cannot drift.
@@ -45,6 +46,10 @@ TOKEN_STATS = "token_stats"
 VALUES = "values"
 SAMPLER = "sampler"
 SFT_STEP = "sft_step"
+# The paged engine's (rollout.engine = paged) per chunk shape: its prefill and multi-step decode.
+ENGINE_PREFILL = "engine_prefill"
+ENGINE_DECODE = "engine_decode"
+SAMPLERS = (SAMPLER, ENGINE_PREFILL, ENGINE_DECODE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +75,8 @@ class Call:
 
     @property
     def key(self) -> str:
-        if self.function == SAMPLER:
-            return f"{SAMPLER}/{self.prompts}x{self.samples}"
+        if self.function in SAMPLERS:
+            return f"{self.function}/{self.prompts}x{self.samples}"
         if self.length:
             return f"{self.function}/{self.rows}x{self.length}"
         return f"{self.function}/{self.rows}"
@@ -115,9 +120,13 @@ def planned_calls(
     settings = train.settings_from_config(config.train)
     buckets = length_buckets(settings, config.rollout.max_new_tokens)
 
+    paged = config.rollout.get("engine", "static") == "paged"
+    kinds = (ENGINE_PREFILL, ENGINE_DECODE) if paged else (SAMPLER,)
+
     def sampler(num_prompts: int, samples: int, purpose: str) -> list[Call]:
         chunk = chunk_prompts(num_prompts, samples, row_shards, chunk_rows)
-        return [Call(SAMPLER, chunk * samples, prompts=chunk, samples=samples, purpose=purpose)]
+        rows = chunk * samples
+        return [Call(k, rows, prompts=chunk, samples=samples, purpose=purpose) for k in kinds]
 
     def trained(function: str, rows: int, purpose: str) -> list[Call]:
         return [Call(function, rows, length, purpose=purpose) for length in buckets]

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tempo_jax.tempo import functions
-from tempo_jax.tempo.compile_report import FunctionReport
+from tempo_jax.tempo.compile_report import FunctionReport, _selected
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -75,6 +75,22 @@ def test_every_planned_function_is_compiled_and_every_field_filled(report):
     assert by_name["values/8x8"]["kv_cache_bytes"] == 0
     # A training step executes (3 + remat) forwards: more FLOPs than the log-prob forward.
     assert policy["flops"] > 3 * by_name["token_stats/8x8"]["flops"] * 0.9
+    # Rollout seconds per step for each named distribution, never below the floor.
+    rollout = report["rollout"]
+    assert rollout["decode_layout"] == "replicated" and rollout["decode_tensor"] == 1
+    for name in ("full", "aime"):
+        floor = rollout["floor_seconds_per_step"][name]
+        assert 0 < floor <= rollout["seconds_per_step"][name]
+        assert rollout["static_seconds_per_step"][name] > 0
+
+
+def test_only_rollout_selects_the_calls_rollouts_run():
+    rollout = functions.Call(functions.SAMPLER, 8, prompts=4, samples=2, purpose="rollout")
+    greedy = functions.Call(functions.SAMPLER, 8, prompts=8, samples=1, purpose="eval greedy")
+    step = functions.Call(functions.POLICY_STEP, 8, 8, purpose="M-step")
+    assert _selected(rollout, ("rollout",)) and not _selected(greedy, ("rollout",))
+    assert _selected(step, ("policy_step",)) and _selected(greedy, ("sampler/8x1",))
+    assert not _selected(step, ("rollout", "sampler"))
 
 
 def test_a_function_that_does_not_fit_exits_1_naming_it(report):
@@ -113,3 +129,27 @@ def test_the_plan_has_a_sampler_call_per_chunk_shape_and_a_training_call_per_buc
         assert {k for k in keys if k.startswith(function)} == {
             f"{function}/8x{length}" for length in (2, 4, 8)
         }
+
+
+def test_only_rollout_compiles_the_paged_engine_with_its_pool_sized_from_memory(tmp_path):
+    out = tmp_path / "paged.json"
+    done = _compile(
+        "--topology=cpu",
+        "--only=rollout",
+        "--config.rollout.engine=paged",
+        "--hbm_gib=16",
+        f"--out={out}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    functions_ = {f["name"]: f for f in report["functions"]}
+    assert sorted(functions_) == ["engine_decode/4x2", "engine_prefill/4x2"]
+    decode = functions_["engine_decode/4x2"]
+    assert decode["status"] == "ok" and "8 slots, 16 steps a call" in decode["shape"]
+    # rollout.paged.num_pages = 0: the pool takes what the 90% limit leaves (a 4 GiB workspace,
+    # the prefill's tiny cache and the parameters aside); the compiled call holds it.
+    limit = 0.9 * report["chip"]["hbm_bytes"]
+    assert limit - 4.1 * 2**30 < decode["kv_cache_bytes"] < limit - 4 * 2**30
+    assert decode["argument_bytes"] >= decode["kv_cache_bytes"]
+    assert decode["hbm_fraction"] <= 0.9
+    assert report["rollout"]["seconds_per_step"]["aime"] > 0
