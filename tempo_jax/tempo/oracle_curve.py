@@ -33,7 +33,7 @@ _NAME = re.compile(r"^(?P<method>[a-z_]+?)(?:-r(?P<r>\d+))?-p(?P<p>[0-9.]+)-s(?P
 _AUROC_SUFFIX = "/reward_auroc_within_question"
 
 
-def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
     """Mean and standard error (0 for one value)."""
     if len(values) < 2:
         return float(values[0]), 0.0
@@ -92,7 +92,7 @@ def curves(points: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]
     for (method, p), pts in sorted(by.items()):
         row: dict[str, Any] = {"p": p, "seeds": sorted(x["seed"] for x in pts)}
         for key in ("reward_auroc_within_question", "delta_mean", "delta_pass"):
-            row[key], row[f"{key}_se"] = _mean_se([x[key] for x in pts])
+            row[key], row[f"{key}_se"] = mean_se([x[key] for x in pts])
         out.setdefault(method, []).append(row)
     return out
 
@@ -117,7 +117,7 @@ def references(path: str, labels: Sequence[str]) -> dict[str, dict[str, float]]:
             deltas["delta_pass"].append(run[last][pass_k] - run["step0"][pass_k])
         row: dict[str, float] = {"n": float(len(pts))}
         for key, values in deltas.items():
-            row[key], row[f"{key}_se"] = _mean_se(values)
+            row[key], row[f"{key}_se"] = mean_se(values)
         out[label] = row
     return out
 
