@@ -14,6 +14,10 @@ restores its latest checkpoint (a finished one only rewrites its report). At the
 differences to `base` paired by seed, and the critic's D_U AUROC over steps
 (`tempo_jax.tempo.compare`).
 
+`--oracle_flip_probs=0,0.1,...` multiplies the `tempo_oracle` / `tempo_mixed_oracle` controls by
+`tempo.oracle_flip_prob` (runs ROOT/<method>-p<p>-s<seed>); `python -m tempo_jax.tempo.oracle_curve
+--root=ROOT --out=DIR` then plots their gain against the reward's measured within-question AUROC.
+
 `base` in `--methods` is the initial policy, no training. It costs nothing: every run of a seed
 starts from the same policy and evaluates it at step 0 with the same samples, so base is read
 from the step-0 evaluation of the seed's runs (`tempo_jax.tempo.compare.base_runs`).

@@ -12,7 +12,12 @@ from tempo_jax.rl.advantages import (
 )
 from tempo_jax.rl.filters import dapo_filter_groups, filter_groups
 from tempo_jax.rl.policy_losses import gspo_policy_loss, ppo_policy_loss
-from tempo_jax.rl.reductions import masked_mean, masked_whiten, seq_mean_token_mean
+from tempo_jax.rl.reductions import (
+    masked_mean,
+    masked_whiten,
+    seq_mean_token_mean,
+    whiten_stats,
+)
 from tempo_jax.rl.registry import (
     ADVANTAGE_ESTIMATORS,
     POLICY_LOSSES,
@@ -43,4 +48,5 @@ __all__ = [
     "seq_mean_token_mean",
     "token_entropy",
     "value_loss",
+    "whiten_stats",
 ]

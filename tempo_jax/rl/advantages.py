@@ -13,7 +13,13 @@ import jax
 import jax.numpy as jnp
 
 from tempo_jax.rl.groups import group_stats
-from tempo_jax.rl.reductions import as_float, effective_mask, last_position_values, masked_whiten
+from tempo_jax.rl.reductions import (
+    as_float,
+    effective_mask,
+    last_position_values,
+    masked_whiten,
+    masked_whiten_by_group,
+)
 from tempo_jax.rl.validation import check_group_ids, check_shapes
 
 _GROUP_EPS = 1e-6
@@ -32,6 +38,10 @@ def em_token_advantage(
     is_labeled: jax.Array,
     response_mask: jax.Array,
     keep: jax.Array | None = None,
+    *,
+    whiten_scope: str = "batch",
+    group_ids: jax.Array | None = None,
+    whiten_extra: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """TEMPO token advantage: `A = masked_whiten((R_i - V[i,t]) m, m)`, returns `G = R_i m`.
 
@@ -45,6 +55,11 @@ def em_token_advantage(
       is_labeled: [N] bool.
       response_mask: [N, L] bool.
       keep: [N] bool rows that survived filtering (None keeps all).
+      whiten_scope: "batch" (all tokens of the batch, the authors'), "with_labeled" (the batch
+        plus `whiten_extra`, the raw advantages of a graded labeled batch) or "question"
+        (within each prompt group, `group_ids`).
+      group_ids: [N] prompt ids; needed for "question".
+      whiten_extra: [3] `rl.reductions.whiten_stats` of the labeled batch; for "with_labeled".
 
     Returns:
       (advantages [N, L], returns [N, L]).
@@ -57,7 +72,19 @@ def em_token_advantage(
     mask = effective_mask(response_mask, keep)
     reward = _terminal_reward(values, scores, is_labeled, response_mask)[:, None]
     raw = jnp.where(mask, reward - as_float(values), 0.0)
-    advantages = masked_whiten(raw, mask)
+    if whiten_scope == "batch":
+        advantages = masked_whiten(raw, mask)
+    elif whiten_scope == "with_labeled":
+        if whiten_extra is None:
+            raise ValueError("em_token_advantage: whiten_scope 'with_labeled' needs whiten_extra")
+        advantages = masked_whiten(raw, mask, whiten_extra)
+    elif whiten_scope == "question":
+        if group_ids is None:
+            raise ValueError("em_token_advantage: whiten_scope 'question' needs group_ids")
+        check_group_ids("em_token_advantage", group_ids)
+        advantages = masked_whiten_by_group(raw, mask, group_ids)
+    else:
+        raise ValueError(f"em_token_advantage: unknown whiten_scope {whiten_scope!r}")
     returns = jnp.where(mask, reward, 0.0)
     return jax.lax.stop_gradient(advantages), jax.lax.stop_gradient(returns)
 

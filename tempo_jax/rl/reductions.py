@@ -33,7 +33,9 @@ def masked_mean(values: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
     return masked_sum(as_float(values), mask, axis) / jnp.maximum(count, 1.0)
 
 
-def masked_whiten(values: jax.Array, mask: jax.Array) -> jax.Array:
+def masked_whiten(
+    values: jax.Array, mask: jax.Array, extra: jax.typing.ArrayLike | None = None
+) -> jax.Array:
     """Whitens `values` over all masked-in tokens of the batch (TEMPO_ALGORITHM.md §3).
 
     `mu = sum(v m) / (sum m + 1e-8)`, `var = sum((v - mu)^2 m) / (sum m + 1e-8) * n / (n - 1)` with
@@ -42,11 +44,16 @@ def masked_whiten(values: jax.Array, mask: jax.Array) -> jax.Array:
     Args:
       values: [N, L] float.
       mask: [N, L] bool (or 0/1).
+      extra: optional [3] (count, sum, sum of squares) of values outside this batch that join
+        the statistics (mu, var over both) but are not returned: e.g. the raw advantages of a
+        graded labeled batch, as in the authors' mixed batch (`whiten_stats`).
 
     Returns:
       [N, L] float32, zero at masked positions. With fewer than two tokens the variance is
       undefined (the authors' code raises); inside jit we return zeros, i.e. no signal.
     """
+    if extra is not None:
+        return _whiten_with_extra(values, mask, jnp.asarray(extra, jnp.float32))
     mask = jnp.asarray(mask).astype(bool)
     values = jnp.where(mask, as_float(values), 0.0)
     n = jnp.sum(mask, dtype=values.dtype)
@@ -56,6 +63,56 @@ def masked_whiten(values: jax.Array, mask: jax.Array) -> jax.Array:
     var = var * n / jnp.maximum(n - 1.0, 1.0)
     whitened = centered * jax.lax.rsqrt(var + 1e-8)
     return jnp.where(mask & (n > 1), whitened, 0.0)
+
+
+def whiten_stats(values: jax.typing.ArrayLike, mask: jax.typing.ArrayLike) -> jax.Array:
+    """[3] (count, sum, sum of squares) of `values` [N, L] at `mask`: `masked_whiten`'s `extra`."""
+    mask = jnp.asarray(mask).astype(bool)
+    values = jnp.where(mask, as_float(values), 0.0)
+    return jnp.stack([jnp.sum(mask, dtype=values.dtype), jnp.sum(values), jnp.sum(values**2)])
+
+
+def _whiten_with_extra(values, mask, extra):
+    mask = jnp.asarray(mask).astype(bool)
+    values = jnp.where(mask, as_float(values), 0.0)
+    count, total, squares = extra[0], extra[1], extra[2]
+    n = jnp.sum(mask, dtype=values.dtype) + count
+    mean = (masked_sum(values, mask) + total) / (n + 1e-8)
+    centered = jnp.where(mask, values - mean, 0.0)
+    # sum over the extra values of (x - mean)^2 = squares - 2 mean total + count mean^2
+    outside = jnp.maximum(squares - 2.0 * mean * total + count * mean**2, 0.0)
+    var = (jnp.sum(centered**2) + outside) / (n + 1e-8)
+    var = var * n / jnp.maximum(n - 1.0, 1.0)
+    return jnp.where(mask & (n > 1), centered * jax.lax.rsqrt(var + 1e-8), 0.0)
+
+
+def masked_whiten_by_group(values: jax.Array, mask: jax.Array, group_ids: jax.Array) -> jax.Array:
+    """`masked_whiten` within each group of rows (e.g. the samples of one question): every
+    group's tokens get their own mean and (Bessel) variance.
+
+    Args:
+      values: [N, L] float.
+      mask: [N, L] bool.
+      group_ids: [N] int in [0, N).
+
+    Returns:
+      [N, L] float32, zero at masked positions and in groups with fewer than two tokens.
+    """
+    mask = jnp.asarray(mask).astype(bool)
+    values = jnp.where(mask, as_float(values), 0.0)
+    group_ids = jnp.asarray(group_ids)
+    rows = values.shape[0]
+
+    def per_group(row_totals):
+        return jax.ops.segment_sum(row_totals, group_ids, num_segments=rows)[group_ids]
+
+    n = per_group(jnp.sum(mask, axis=1, dtype=values.dtype))
+    mean = per_group(jnp.sum(values, axis=1)) / (n + 1e-8)
+    centered = jnp.where(mask, values - mean[:, None], 0.0)
+    var = per_group(jnp.sum(centered**2, axis=1)) / (n + 1e-8)
+    var = var * n / jnp.maximum(n - 1.0, 1.0)
+    whitened = centered * jax.lax.rsqrt(var + 1e-8)[:, None]
+    return jnp.where(mask & (n > 1)[:, None], whitened, 0.0)
 
 
 def seq_mean_token_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

@@ -3,7 +3,8 @@
 - `ADVANTAGE_ESTIMATORS`: one keyword calling convention for every estimator,
   `fn(*, scores, response_mask, group_ids, is_labeled, values=None, keep=None, **options)
   -> (advantages [N, L], returns [N, L] | None)`; options are per estimator (`norm_by_std` for
-  em_outcome, `gamma` / `lam` for gae). Critic-free estimators return `returns=None`.
+  em_outcome, `whiten_scope` / `whiten_extra` for em_token, `gamma` / `lam` for gae).
+  Critic-free estimators return `returns=None`.
 - `POLICY_LOSSES`: `fn(logprobs, old_logprobs, advantages, response_mask, clip_low=, clip_high=,
   keep=, ...) -> (loss, metrics)` (ppo also takes `dual_clip`).
 - `SELF_REWARDS`: cluster rewards take `(cluster_ids, valid, group_ids)`; `self_certainty` takes
@@ -60,10 +61,28 @@ def _need_values(name, values):
 
 
 @ADVANTAGE_ESTIMATORS.register("em_token")
-def _em_token(*, scores, response_mask, group_ids, is_labeled, values=None, keep=None):
-    del group_ids  # whitened over the whole batch, not per group
+def _em_token(
+    *,
+    scores,
+    response_mask,
+    group_ids,
+    is_labeled,
+    values=None,
+    keep=None,
+    whiten_scope="batch",
+    whiten_extra=None,
+):
     _need_values("em_token", values)
-    return advantages.em_token_advantage(values, scores, is_labeled, response_mask, keep=keep)
+    return advantages.em_token_advantage(
+        values,
+        scores,
+        is_labeled,
+        response_mask,
+        keep=keep,
+        whiten_scope=whiten_scope,
+        group_ids=group_ids,
+        whiten_extra=whiten_extra,
+    )
 
 
 @ADVANTAGE_ESTIMATORS.register("em_outcome")

@@ -11,9 +11,10 @@ import ml_collections
 from tempo_jax import train
 from tempo_jax.data.pipeline import data_config_from
 from tempo_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
-from tempo_jax.tempo.methods import METHODS, get_method
+from tempo_jax.tempo.methods import HIDDEN_TERMINAL, METHODS, MIXED, get_method
 
 ADVANTAGES = ("em_token", "em_outcome")
+WHITEN_SCOPES = ("batch", "with_labeled", "question")
 DTYPES = ("float32", "bfloat16")
 ROLLOUT_ENGINES = ("static", "paged")
 # AdamW moves each weight by about the learning rate per update (|m / sqrt(v)| <= ~1). A
@@ -128,12 +129,34 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "data.labeled_fraction",
         f"must be in [0, 1], got {config.data.labeled_fraction}",
     )
-    if method.name == "tempo_mixed":
+    if method.stream == MIXED:
         _require(
             0.0 < config.data.labeled_fraction < 1.0,
             "data.labeled_fraction",
-            "must be strictly between 0 and 1 for tempo_mixed (both D_L and D_U rows)",
+            f"must be strictly between 0 and 1 for {method.name} (both D_L and D_U rows)",
         )
+    _require(
+        config.tempo.whiten_scope in WHITEN_SCOPES,
+        "tempo.whiten_scope",
+        f"must be one of {WHITEN_SCOPES}, got {config.tempo.whiten_scope!r}",
+    )
+    _require(
+        isinstance(config.tempo.estep_group_filter, bool),
+        "tempo.estep_group_filter",
+        f"must be a bool, got {config.tempo.estep_group_filter!r}",
+    )
+    flip = config.tempo.oracle_flip_prob
+    _require(
+        isinstance(flip, (int, float)) and 0.0 <= flip <= 1.0,
+        "tempo.oracle_flip_prob",
+        f"must be in [0, 1], got {flip!r}",
+    )
+    _require(
+        flip == 0 or method.reward == HIDDEN_TERMINAL,
+        "tempo.oracle_flip_prob",
+        f"flips the hidden-answer reward of tempo_oracle / tempo_mixed_oracle only; "
+        f"method {method.name!r} has none (got {flip})",
+    )
     _positive_int(config, "sft.steps", 0)
     _positive_int(config, "sft.batch_size")
     _positive_int(config, "eval.n")

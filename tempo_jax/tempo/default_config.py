@@ -16,7 +16,9 @@ def get_config() -> ml_collections.ConfigDict:
     """All defaults; configs/*.py start from this and override."""
     c = ml_collections.ConfigDict()
 
-    c.method = "tempo"  # tempo|tempo_mixed|tempo_frozen|ttrl|empo|intuitor|rlvr|oracle (a bound)
+    # tempo|tempo_mixed|tempo_frozen|ttrl|empo|intuitor|rlvr; upper bounds that read D_U's hidden
+    # answers: oracle (TTRL's loop), tempo_oracle / tempo_mixed_oracle (TEMPO's loop, R_i hidden)
+    c.method = "tempo"
     c.seed = 0  # master seed: model init, data order, sampling
     c.total_steps = 100  # test-time-training steps
     c.eval_every = 4  # evaluate every this many steps and at the end (0 = never, not even step 0)
@@ -105,6 +107,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.tempo.critic_updates = 2  # critic optimizer steps per E-step (and per mixed step)
     c.tempo.critic_warmup_steps = 4  # E-steps on the initial policy before TTT (0 = none)
     c.tempo.policy_trains_on_labeled = False  # phased tempo: M-step also on graded D_L rollouts
+    # em_token whitening of a phased M-step: batch (its D_U tokens) | with_labeled (plus the last
+    # graded D_L batch's tokens, as in the authors' mixed batch) | question (per prompt group).
+    c.tempo.whiten_scope = "batch"
+    c.tempo.estep_group_filter = False  # E-steps / warm-up drop all-right and all-wrong groups
+    # tempo_oracle / tempo_mixed_oracle: each D_U row's hidden-answer reward flips with this
+    # probability (seeded per run seed, step and row): a reward of within-question AUROC 1 - p.
+    c.tempo.oracle_flip_prob = 0.0
 
     # --- optimizers, losses, micro-batches, dtypes (tempo_jax.train) -------------------------
     c.train = train.get_config()

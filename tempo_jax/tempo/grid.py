@@ -1,7 +1,8 @@
-"""An experiment grid: methods x seeds x `tempo.recalibrate_every` (the last only for methods whose
-schedule depends on it), one run per point, named after its hyperparameters, in its own workdir
-under one root (a local directory or a bucket). Nothing in a name or workdir depends on when or
-by whom the grid was launched, so launching the same grid again resumes every run.
+"""An experiment grid: methods x seeds x `tempo.recalibrate_every` (only for methods whose
+schedule depends on it) x `tempo.oracle_flip_prob` (only the tempo_oracle controls), one run
+per point, named after its hyperparameters, in its own workdir under one root (a local
+directory or a bucket). Nothing in a name or workdir depends on when or by whom the grid was
+launched, so launching the same grid again resumes every run.
 
 Shared by `launch/sweep.py` (local subprocesses) and `launch/xm_launch.py` (xmanager work
 units), which both compare the runs with `collect` + `tempo_jax.tempo.compare`. The method
@@ -19,11 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from tempo_jax.tempo.compare import BASE, base_runs
-from tempo_jax.tempo.methods import METHODS, get_method
+from tempo_jax.tempo.methods import HIDDEN_TERMINAL, METHODS, get_method
 from tempo_jax.train import storage
 from tempo_jax.train.metric_writers import read_jsonl
 
 RECALIBRATE_EVERY = "tempo.recalibrate_every"
+ORACLE_FLIP_PROB = "tempo.oracle_flip_prob"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,22 +36,28 @@ class GridPoint:
       method: a registered method name.
       seed: config.seed.
       recalibrate_every: config.tempo.recalibrate_every, or None to leave the config's value.
+      oracle_flip_prob: config.tempo.oracle_flip_prob (tempo_oracle controls), or None to leave
+        the config's value.
     """
 
     method: str
     seed: int
     recalibrate_every: int | None = None
+    oracle_flip_prob: float | None = None
 
     @property
     def label(self) -> str:
         """Everything but the seed: the row this run is averaged into by the comparison."""
-        if self.recalibrate_every is None:
-            return self.method
-        return f"{self.method}-r{self.recalibrate_every}"
+        out = self.method
+        if self.recalibrate_every is not None:
+            out += f"-r{self.recalibrate_every}"
+        if self.oracle_flip_prob is not None:
+            out += f"-p{self.oracle_flip_prob:g}"
+        return out
 
     @property
     def name(self) -> str:
-        """The run's name and workdir basename, e.g. `tempo-r2-s0`, `ttrl-s1`."""
+        """The run's name and workdir basename, e.g. `tempo-r2-s0`, `tempo_oracle-p0.1-s0`."""
         return f"{self.label}-s{self.seed}"
 
     def config_args(self) -> tuple[str, ...]:
@@ -57,6 +65,8 @@ class GridPoint:
         out = (f"--config.method={self.method}", f"--config.seed={self.seed}")
         if self.recalibrate_every is not None:
             out += (f"--config.{RECALIBRATE_EVERY}={self.recalibrate_every}",)
+        if self.oracle_flip_prob is not None:
+            out += (f"--config.{ORACLE_FLIP_PROB}={self.oracle_flip_prob:g}",)
         return out
 
 
@@ -83,14 +93,24 @@ def varies_with_recalibrate_every(method: str) -> bool:
     return m.recalibrates and m.stream != "mixed"
 
 
+def flips_hidden_reward(method: str) -> bool:
+    """Whether `tempo.oracle_flip_prob` applies to `method` (the tempo_oracle controls)."""
+    return get_method(method).reward == HIDDEN_TERMINAL
+
+
 def points(
-    methods: Sequence[str], seeds: Sequence[int], recalibrate_every: Sequence[int] = ()
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    recalibrate_every: Sequence[int] = (),
+    oracle_flip_probs: Sequence[float] = (),
 ) -> list[GridPoint]:
     """The grid in method-major order; `recalibrate_every` values multiply only the methods that
-    recalibrate in phases (the others get one point per seed); `base` gives no point.
+    recalibrate in phases, `oracle_flip_probs` only the tempo_oracle controls (the others get one
+    point per seed); `base` gives no point.
 
     Raises:
-      ValueError: an unknown method, a repeated value, a recalibrate_every < 1, or `base` alone.
+      ValueError: an unknown method, a repeated value, a recalibrate_every < 1, a flip
+        probability outside [0, 1], or `base` alone.
     """
     unknown = [m for m in methods if m not in METHODS and m != BASE]
     if unknown:
@@ -101,18 +121,25 @@ def points(
         ("--methods", methods),
         ("--seeds", seeds),
         ("--recalibrate_every", recalibrate_every),
+        ("--oracle_flip_probs", oracle_flip_probs),
     ):
         if len(set(values)) != len(values):
             raise ValueError(f"{flag} must not repeat a value, got {list(values)}")
     bad = [k for k in recalibrate_every if not isinstance(k, int) or k < 1]
     if bad:
         raise ValueError(f"--recalibrate_every values must be ints >= 1, got {bad}")
+    bad = [p for p in oracle_flip_probs if not 0.0 <= p <= 1.0]
+    if bad:
+        raise ValueError(f"--oracle_flip_probs values must be in [0, 1], got {bad}")
     out = []
     for method in (m for m in methods if m != BASE):
         ks: Sequence[int | None] = (None,)
         if recalibrate_every and varies_with_recalibrate_every(method):
             ks = recalibrate_every
-        out += [GridPoint(method, seed, k) for k, seed in itertools.product(ks, seeds)]
+        ps: Sequence[float | None] = (None,)
+        if oracle_flip_probs and flips_hidden_reward(method):
+            ps = oracle_flip_probs
+        out += [GridPoint(method, seed, k, p) for k, p, seed in itertools.product(ks, ps, seeds)]
     return out
 
 
@@ -124,8 +151,13 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
         key, sep, value = item.partition("=")
         if not sep or not key or key.startswith("config."):
             raise ValueError(f"--set expects KEY=VALUE with KEY like rollout.n, got {item!r}")
-        if key in ("method", "seed", RECALIBRATE_EVERY):
-            flag = {"method": "methods", "seed": "seeds"}.get(key, "recalibrate_every")
+        if key in ("method", "seed", RECALIBRATE_EVERY, ORACLE_FLIP_PROB):
+            flag = {
+                "method": "methods",
+                "seed": "seeds",
+                RECALIBRATE_EVERY: "recalibrate_every",
+                ORACLE_FLIP_PROB: "oracle_flip_probs",
+            }[key]
             raise ValueError(f"--set {key}=...: use --{flag} for the grid")
         out.append((key, value))
     return out
@@ -164,6 +196,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default="tempo,tempo_frozen,ttrl,empo,intuitor,rlvr")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--recalibrate_every", default="", help="e.g. 2,4 (phased methods)")
+    parser.add_argument(
+        "--oracle_flip_probs", default="", help="e.g. 0,0.1,0.2 (tempo_oracle controls)"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
 
@@ -182,9 +217,18 @@ def runs_from_flags(
         except ValueError:
             raise ValueError(f"{flag} expects comma-separated ints, got {text!r}") from None
 
+    def floats(flag: str, text: str) -> list[float]:
+        try:
+            return [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     grid_points = points(
-        methods, ints("--seeds", args.seeds), ints("--recalibrate_every", args.recalibrate_every)
+        methods,
+        ints("--seeds", args.seeds),
+        ints("--recalibrate_every", args.recalibrate_every),
+        floats("--oracle_flip_probs", getattr(args, "oracle_flip_probs", "")),
     )
     overrides = parse_overrides(args.set)
     return runs(args.config, args.root, grid_points, overrides, executable, extra_args)

@@ -307,6 +307,13 @@ class Trainer:
             prefix=prefix,
         )
         metrics.update(m)
+        if self.config.tempo.whiten_scope == "with_labeled" and self.method.stream != methods.MIXED:
+            # The phased M-steps until the next E-step whiten together with this graded batch,
+            # under the critic they will use (it changes only here).
+            values = phases.critic_values(
+                self.run, self._journal, f"{prefix}/whiten_values", state.critic.params, rows, timer
+            )
+            state.labeled_whiten = phases.labeled_whiten_stats(rewards, values, rows)
         return rows, rewards, metrics
 
     def _recalibrate(self, state, step, timer, metrics):
@@ -360,7 +367,15 @@ class Trainer:
                         self.run, journal, "policy/values", state.critic.params, rows, timer
                     )
                 state.policy, m = phases.policy_update(
-                    self.run, journal, state.policy, rows, rewards, timer, values=values, keep=keep
+                    self.run,
+                    journal,
+                    state.policy,
+                    rows,
+                    rewards,
+                    timer,
+                    values=values,
+                    keep=keep,
+                    whiten_extra=state.labeled_whiten,
                 )
                 metrics.update(m)
             elif phase == methods.MIXED_UPDATE:

@@ -54,6 +54,8 @@ class LoopState:
       nonfinite_total: such steps in the whole run (warm-up included).
       grader_totals: grading-pool task outcomes of the whole run ({GRADER_KEYS name: count}).
       save_pending: a periodic save is due and waits for a step without skipped updates.
+      labeled_whiten: (count, sum, sum of squares) of the last graded D_L batch's raw em_token
+        advantages (`tempo.whiten_scope = with_labeled`), None before the first E-step.
     """
 
     policy: train.TrainState
@@ -66,6 +68,7 @@ class LoopState:
         default_factory=lambda: dict.fromkeys(GRADER_KEYS, 0)
     )
     save_pending: bool = False
+    labeled_whiten: list[float] | None = None
 
 
 @dataclasses.dataclass
@@ -158,6 +161,7 @@ class LoopCheckpoints:
                 "nonfinite_consecutive": state.nonfinite_consecutive,
                 "nonfinite_total": state.nonfinite_total,
                 "grader_totals": dict(state.grader_totals),
+                "labeled_whiten": state.labeled_whiten,
             },
             "models": dict(self.model_configs),
             "vocab_size": int(self.run.data.tokenizer.vocab_size),
@@ -292,6 +296,7 @@ class LoopCheckpoints:
             nonfinite_total=int(counters.get("nonfinite_total", 0)),
             grader_totals=totals,
             save_pending=bool(metadata.get("save_pending", False)),
+            labeled_whiten=counters.get("labeled_whiten"),
         )
         return state, progress
 

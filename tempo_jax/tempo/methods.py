@@ -21,6 +21,10 @@ GROUND_TRUTH = "ground_truth"  # grader against the labeled answer
 # Grader against D_U's hidden answers: the `oracle` upper bound. It reads what only evaluation
 # may read otherwise, so it bounds what a self-reward can reach and is never a default.
 HIDDEN_GROUND_TRUTH = "hidden_ground_truth"
+# TEMPO's critic loop with the terminal reward R_i of each D_U row set to its hidden-answer score
+# (+1 / -1) instead of the critic's V_last: the `tempo_oracle` controls. The critic still gives
+# the per-token baseline V_t and learns from D_L only. An upper bound, like HIDDEN_GROUND_TRUTH.
+HIDDEN_TERMINAL = "hidden_terminal"
 MAJORITY_VOTE = "majority_vote"  # TTRL
 CLUSTER_FREQUENCY = "cluster_frequency"  # EMPO
 SELF_CERTAINTY = "self_certainty"  # Intuitor
@@ -56,8 +60,9 @@ class Method:
 
     @property
     def reads_hidden_answers(self) -> bool:
-        """True for an upper bound that is rewarded with D_U's hidden answers (`oracle`)."""
-        return self.reward == HIDDEN_GROUND_TRUTH
+        """True for an upper bound that is rewarded with D_U's hidden answers (`oracle`,
+        `tempo_oracle`, `tempo_mixed_oracle`)."""
+        return self.reward in (HIDDEN_GROUND_TRUTH, HIDDEN_TERMINAL)
 
     def phases(self, step: int, recalibrate_every: int, critic_warmed_up: bool) -> tuple[str, ...]:
         """The phases of loop step `step` (0-based).
@@ -151,6 +156,28 @@ METHODS: dict[str, Method] = {
             group_filter="none",
             uses_critic=False,
             recalibrates=False,
+        ),
+        # Upper bounds of TEMPO's own loop (issue 22): `tempo` / `tempo_mixed` unchanged except
+        # that each D_U row's terminal reward R_i is its hidden-answer score, optionally flipped
+        # with probability `tempo.oracle_flip_prob` (a reward of known within-question AUROC).
+        # If these do not gain, the loop (not the critic) is what fails.
+        Method(
+            name="tempo_oracle",
+            stream=UNLABELED,
+            reward=HIDDEN_TERMINAL,
+            advantage=None,
+            group_filter="tempo",
+            uses_critic=True,
+            recalibrates=True,
+        ),
+        Method(
+            name="tempo_mixed_oracle",
+            stream=MIXED,
+            reward=HIDDEN_TERMINAL,
+            advantage="em_token",
+            group_filter="tempo",
+            uses_critic=True,
+            recalibrates=True,
         ),
     )
 }

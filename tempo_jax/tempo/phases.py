@@ -7,8 +7,8 @@ outputs of the compiled functions come back with `parallel.host_from_global`.
 
 Unlabeled ground truths never enter training: rows carry `ground_truths` only for labeled
 prompts (`PromptBatch.labeled_answers`); evaluation reads hidden answers elsewhere. The one
-exception is the `oracle` upper bound, whose reward is D_U's hidden answers (`grade_hidden`,
-refused for every other method).
+exception is the upper bounds `oracle`, `tempo_oracle` and `tempo_mixed_oracle`, whose reward is
+D_U's hidden answers (`grade_hidden`, refused for every other method).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tempo_jax.rewards import self_rewards
 from tempo_jax.rewards.clusters import cluster_answers
 from tempo_jax.rewards.math import grade_batch
 from tempo_jax.sampling import ChunkLog, SamplingParams
-from tempo_jax.tempo import methods
+from tempo_jax.tempo import methods, oracle_reward
 from tempo_jax.tempo.build import Run
 from tempo_jax.tempo.rollout_data import RolloutRows, concat_rows, dense_ids, rollout_rows
 from tempo_jax.tempo.step_journal import StepJournal
@@ -182,9 +182,16 @@ def collect_groups(
       and metrics.
     """
     cfg = run.config
-    kind = run.method.group_filter if phase != "recalibrate" else "none"
+    kind = run.method.group_filter
+    if phase == "recalibrate":  # E-steps and warm-up: the authors' filter only when asked for
+        kind = "tempo" if cfg.tempo.estep_group_filter else "none"
     need = cfg.data.prompts_per_step
+    # The oracle bounds grade D_U rows against hidden answers in the phase that updates the
+    # policy; their E-steps (and the critic's updates) see D_L's labels only.
+    hidden = run.method.reads_hidden_answers and phase in ("refine", "mixed")
+    flips = run.method.reward == methods.HIDDEN_TERMINAL and hidden
     kept_parts, reward_parts, counters, attempts, dropped = [], [], {}, 0, 0
+    truth_parts, flip_parts = [], []  # before the flip, and which rows flipped (tempo_oracle)
     generated, hidden_correct = [], []  # correctness of every generated labeled / oracle row
     while sum(int(p.group_ids.max()) + 1 for p in kept_parts) < need:
         if attempts == cfg.rollout.max_generation_batches:
@@ -204,15 +211,24 @@ def collect_groups(
             seed=step_seed(cfg.seed, step, phase, attempts),
             chunk_log=journal.chunk_log(unit, cfg.rollout.n),
         )
-        if run.method.reads_hidden_answers and phase == "refine":
+        if hidden:
             rewards, counters = grade_hidden(run, journal, f"{unit}/grade", rows, batch, timer)
-            hidden_correct.append(rewards > 0)
+            hidden_correct.append(rewards[~rows.is_labeled] > 0)
         else:
             rewards, counters = grade_labeled(run, journal, f"{unit}/grade", rows, timer)
+        truth, flipped = rewards, np.zeros(rows.num_rows, bool)
+        if flips:
+            rewards, flipped = oracle_reward.flipped_rewards(
+                truth,
+                ~rows.is_labeled,
+                step_seed(cfg.seed, step, phase, attempts),
+                cfg.tempo.oracle_flip_prob,
+            )
         generated.append(rewards[rows.is_labeled] > 0)
         attempts += 1
         if kind == "none":
             kept_parts, reward_parts = [rows], [rewards]
+            truth_parts, flip_parts = [truth], [flipped]
             break
         keep = np.asarray(_group_keep(kind, rewards, rows.is_labeled, rows.group_ids))
         groups = [g for g in range(batch.batch_size) if keep[rows.group_ids == g].all()]
@@ -224,6 +240,8 @@ def collect_groups(
             idx = np.concatenate([np.flatnonzero(rows.group_ids == g) for g in groups])
             kept_parts.append(part)
             reward_parts.append(rewards[idx])
+            truth_parts.append(truth[idx])
+            flip_parts.append(flipped[idx])
     metrics = {f"{phase}/generation_batches": attempts, f"{phase}/dropped_groups": dropped}
     if kind != "none" and np.concatenate(generated).size:
         # The filtered batch's accuracy is biased towards 1/2 (all-wrong and all-right groups
@@ -232,7 +250,19 @@ def collect_groups(
     if hidden_correct:
         metrics["rollout/hidden_answer_accuracy"] = float(np.concatenate(hidden_correct).mean())
     metrics.update(counters)
-    return concat_rows(kept_parts), np.concatenate(reward_parts), metrics
+    rows, rewards = concat_rows(kept_parts), np.concatenate(reward_parts)
+    if flips:
+        unl = ~rows.is_labeled
+        metrics.update(
+            oracle_reward.reward_metrics(
+                phase,
+                rewards[unl],
+                np.concatenate(truth_parts)[unl] > 0,
+                rows.group_ids[unl],
+                np.concatenate(flip_parts)[unl],
+            )
+        )
+    return rows, rewards, metrics
 
 
 def sequences(rows: RolloutRows) -> Sequences:
@@ -306,8 +336,11 @@ def critic_update(
     return critic, metrics
 
 
-@functools.partial(jax.jit, static_argnames=("name",))
-def _advantages(name, scores, response_mask, group_ids, is_labeled, values, keep):
+@functools.partial(jax.jit, static_argnames=("name", "scope"))
+def _advantages(
+    name, scores, response_mask, group_ids, is_labeled, values, keep, scope=None, extra=None
+):
+    options = {} if scope is None else {"whiten_scope": scope, "whiten_extra": extra}
     adv, returns = rl.ADVANTAGE_ESTIMATORS.get(name)(
         scores=scores,
         response_mask=response_mask,
@@ -315,8 +348,19 @@ def _advantages(name, scores, response_mask, group_ids, is_labeled, values, keep
         is_labeled=is_labeled,
         values=values,
         keep=keep,
+        **options,
     )
     return adv, returns if returns is not None else jnp.zeros_like(adv)
+
+
+def labeled_whiten_stats(rewards: np.ndarray, values: np.ndarray, rows: RolloutRows) -> list:
+    """(count, sum, sum of squares) of the raw em_token advantages `r_i - V[i,t]` of graded
+    labeled `rows` under the critic that gave `values` [N, L]: what `tempo.whiten_scope =
+    with_labeled` joins to a phased M-step's whitening statistics. Python floats (checkpointed
+    as JSON, which round-trips them exactly)."""
+    raw = rewards[:, None].astype(np.float64) - values.astype(np.float64)
+    mask = rows.response_mask & rows.is_labeled[:, None]
+    return [float(x) for x in np.asarray(rl.whiten_stats(raw, mask), np.float64)]
 
 
 def method_scores(
@@ -330,7 +374,12 @@ def method_scores(
     """Per-row scores the advantage estimator reads, by the method's reward source (answer
     clusters from the grading pool are journal unit `policy/scores`)."""
     source = run.method.reward
-    if source in (methods.CRITIC, methods.GROUND_TRUTH, methods.HIDDEN_GROUND_TRUTH):
+    if source in (
+        methods.CRITIC,
+        methods.GROUND_TRUTH,
+        methods.HIDDEN_GROUND_TRUTH,
+        methods.HIDDEN_TERMINAL,
+    ):
         return rewards, {}
     if source == methods.SELF_CERTAINTY:
         mask = rows.response_mask
@@ -419,11 +468,14 @@ def policy_update(
     *,
     values: np.ndarray | None = None,
     keep: np.ndarray | None = None,
+    whiten_extra: list | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
     """One policy step on `rows`: old log-probs recomputed under the current policy (unit
     `policy/old_logprobs`), scores from the method's reward source, advantages from the registry
     with the critic's `values` [N, L] (`critic_values`; None for critic-free methods), GSPO/PPO
-    update."""
+    update. em_token whitens as `tempo.whiten_scope` says; `whiten_extra`
+    (`labeled_whiten_stats` of the last graded D_L batch) is what "with_labeled" joins, and
+    without it (the mixed batch, which holds its labeled rows already) the scope is the batch."""
     cfg = run.config
     keep = np.ones(rows.num_rows, bool) if keep is None else keep
 
@@ -437,9 +489,30 @@ def policy_update(
         values = np.zeros(rows.response_mask.shape, np.float32)
     scores, metrics = method_scores(run, journal, rows, rewards, stats["self_certainty"], timer)
     name = run.method.advantage or cfg.tempo.advantage
+    given = rows.is_labeled
+    if run.method.reward == methods.HIDDEN_TERMINAL:
+        # tempo_oracle: the terminal reward R_i of every row is its score (D_U rows: the hidden
+        # answer's, maybe flipped), where `tempo` reads V_last; nothing else changes.
+        given = np.ones(rows.num_rows, bool)
+    scope, extra = None, None
+    if name == "em_token":
+        scope = cfg.tempo.whiten_scope
+        if scope == "with_labeled":
+            if whiten_extra is None:
+                scope = "batch"
+            else:
+                extra = np.asarray(whiten_extra, np.float32)
     with timer("policy"):
         adv, returns = _advantages(
-            name, scores, rows.response_mask, rows.group_ids, rows.is_labeled, values, keep
+            name,
+            scores,
+            rows.response_mask,
+            rows.group_ids,
+            given,
+            values,
+            keep,
+            scope=scope,
+            extra=extra,
         )
         batch = rl_batch(
             rows,

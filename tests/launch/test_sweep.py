@@ -208,6 +208,20 @@ def test_base_recalibrate_every_and_shared_sft_commands(tmp_path, capsys):
     )
     with pytest.raises(ValueError, match="add one"):
         sweep.grid("c.py", "r", ["base"], [0], [])
+    # The flip-probability axis multiplies the tempo_oracle controls only.
+    flips = grid.points(["ttrl", "tempo_oracle", "tempo_mixed_oracle"], [0], [4], [0.0, 0.1])
+    assert [p.name for p in flips] == [
+        "ttrl-s0",
+        "tempo_oracle-r4-p0-s0",
+        "tempo_oracle-r4-p0.1-s0",
+        "tempo_mixed_oracle-p0-s0",
+        "tempo_mixed_oracle-p0.1-s0",
+    ]
+    assert flips[2].config_args()[-1] == "--config.tempo.oracle_flip_prob=0.1"
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        grid.points(["tempo_oracle"], [0], [], [1.5])
+    with pytest.raises(ValueError, match="--oracle_flip_probs"):
+        grid.parse_overrides(["tempo.oracle_flip_prob=0.2"])
     code = sweep.main(
         ["--config=c.py", f"--root={tmp_path}", "--methods=base,ttrl", "--share_sft", "--dry_run"]
     )
@@ -223,7 +237,8 @@ def test_a_real_sweep_runs_each_method_and_compares(tmp_path, capsys, monkeypatc
     args = [
         f"--config={MICRO}",
         f"--root={tmp_path / 'sweep'}",
-        "--methods=base,ttrl,tempo",
+        "--methods=base,ttrl,tempo_oracle",
+        "--oracle_flip_probs=0.5",
         "--seeds=5",
         f"--set=data.dir={tmp_path / 'data'}",
         "--set=total_steps=1",
@@ -234,7 +249,7 @@ def test_a_real_sweep_runs_each_method_and_compares(tmp_path, capsys, monkeypatc
     ]
     assert sweep.main(args) == 0
     out = capsys.readouterr().out
-    assert "[1/3] sft-s5: ok" in out and "ttrl-s5: ok" in out and "tempo-s5: ok" in out
+    assert "[1/3] sft-s5: ok" in out and "ttrl-s5: ok" in out and "tempo_oracle-p0.5-s5: ok" in out
     # Each run's own CPU seconds besides its wall time (on a shared machine they differ).
     cpu = [float(x.split("(CPU ")[1].split("s)")[0]) for x in out.splitlines() if "(CPU " in x]
     assert len(cpu) == 3 and all(c > 0.5 for c in cpu), out
@@ -242,23 +257,28 @@ def test_a_real_sweep_runs_each_method_and_compares(tmp_path, capsys, monkeypatc
     # Both runs start from the seed's one SFT, copied in with its timestamps (a run that ran
     # its own SFT would have rewritten sft/metrics.jsonl).
     shared = (root / "sft-s5" / "sft" / "metrics.jsonl").stat().st_mtime_ns
-    for method in ("ttrl", "tempo"):
+    for method in ("ttrl", "tempo_oracle-p0.5"):
         assert (root / f"{method}-s5" / "sft" / "metrics.jsonl").stat().st_mtime_ns == shared
     payload = json.loads((root / "comparison.json").read_text())
     summary = payload["summary"]
-    for method in ("ttrl", "tempo"):
+    for method in ("ttrl", "tempo_oracle-p0.5"):
         records = [json.loads(line) for line in (root / f"{method}-s5" / "metrics.jsonl").open()]
         last = [r for r in records if "eval/unlabeled/mean@2" in r][-1]
         assert last["step"] == 1
-        got = summary[method]["eval/unlabeled/mean@2"]
+        got = summary[method]["eval/unlabeled/mean@2"]  # the label: method-p<p>
         assert got["n"] == 1 and math.isclose(got["mean"], last["eval/unlabeled/mean@2"])
         # base is the step-0 evaluation, equal in both runs of the seed.
         first = records[0]
         assert first["step"] == 0
         assert summary["base"]["eval/unlabeled/mean@2"]["mean"] == first["eval/unlabeled/mean@2"]
-    assert "eval/unlabeled/critic/brier" in summary["tempo"]  # (AUROC is NaN: all wrong)
+    assert "eval/unlabeled/critic/brier" in summary["tempo_oracle-p0.5"]  # (AUROC NaN: all wrong)
     assert "eval/unlabeled/critic/brier" not in summary["ttrl"]
-    assert set(payload["deltas"]) == {"ttrl", "tempo"}
+    assert set(payload["deltas"]) == {"ttrl", "tempo_oracle-p0.5"}
+    # The CLI took the method and the flip probability (the run's config.json, its records).
+    saved = json.loads((root / "tempo_oracle-p0.5-s5" / "config.json").read_text())
+    assert (saved["method"], saved["tempo"]["oracle_flip_prob"]) == ("tempo_oracle", 0.5)
+    trained = [json.loads(x) for x in (root / "tempo_oracle-p0.5-s5" / "metrics.jsonl").open()]
+    assert "refine/reward_flipped_fraction" in trained[1]
     assert (root / "comparison.md").read_text().startswith("## Final evaluation")
     # A rerun of the finished sweep resumes each run at its end: no step is trained again.
     assert sweep.main(args) == 0

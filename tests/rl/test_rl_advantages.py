@@ -294,3 +294,48 @@ def test_bad_inputs_name_the_field():
         rl.grpo_advantage(b.scores, b.mask, bad)
     with pytest.raises(ValueError, match="values"):
         rl.em_token_advantage(b.values[:, :, None], b.scores, b.is_labeled, b.mask)
+
+
+# ----------------------------------------------------------------------------- whitening scopes
+def test_em_token_whiten_scopes_against_the_reference():
+    # 4 rows: D_U rows 0-2 (two questions), row 3 a graded labeled row that joins only the
+    # statistics in "with_labeled" (what the authors' mixed batch does).
+    rng = np.random.default_rng(0)
+    values = rng.normal(0.0, 0.3, (4, 5)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], bool)
+    scores = np.array([0.0, 0.0, 0.0, -1.0], np.float32)
+    is_labeled = np.array([False, False, False, True])
+    group_ids = np.array([0, 0, 1, 2], np.int32)
+    last = mask.sum(1) - 1
+    reward = np.where(is_labeled, scores, values[np.arange(4), last])
+    raw = np.where(mask, reward[:, None] - values, 0.0).astype(np.float64)
+    unl = np.array([True, True, True, False])
+
+    batch, _ = rl.em_token_advantage(values[:3], scores[:3], is_labeled[:3], mask[:3])
+    np.testing.assert_allclose(batch, ref_whiten(raw[:3], mask[:3]), **TOL)
+
+    extra = rl.whiten_stats(raw[3:], mask[3:])
+    joint, _ = rl.em_token_advantage(
+        values[:3],
+        scores[:3],
+        is_labeled[:3],
+        mask[:3],
+        whiten_scope="with_labeled",
+        whiten_extra=extra,
+    )
+    np.testing.assert_allclose(joint, ref_whiten(raw, mask)[unl], **TOL)
+
+    per_question, _ = rl.em_token_advantage(
+        values[:3],
+        scores[:3],
+        is_labeled[:3],
+        mask[:3],
+        whiten_scope="question",
+        group_ids=group_ids[:3],
+    )
+    want = np.zeros((3, 5))
+    want[:2] = ref_whiten(raw[:2], mask[:2])
+    want[2:] = ref_whiten(raw[2:3], mask[2:3])
+    np.testing.assert_allclose(per_question, want, **TOL)
+    with pytest.raises(ValueError, match="whiten_scope"):
+        rl.em_token_advantage(values, scores, is_labeled, mask, whiten_scope="rows")

@@ -154,8 +154,13 @@ def test_unlabeled_answers_never_reach_training(data_dir, tmp_path, monkeypatch)
     assert strip(clean_m) == strip(dirty_m)
 
 
-def test_only_the_oracle_reads_hidden_answers(data_dir, tmp_path, monkeypatch):
-    assert [m.name for m in methods.METHODS.values() if m.reads_hidden_answers] == ["oracle"]
+@pytest.mark.parametrize("method", ["oracle", "tempo_oracle"])
+def test_only_the_oracle_reads_hidden_answers(method, data_dir, tmp_path, monkeypatch):
+    assert [m.name for m in methods.METHODS.values() if m.reads_hidden_answers] == [
+        "oracle",
+        "tempo_oracle",
+        "tempo_mixed_oracle",
+    ]
     ttrl_run = types.SimpleNamespace(method=methods.get_method("ttrl"))
     with pytest.raises(ValueError, match="'ttrl' may not read D_U's hidden answers"):
         phases.grade_hidden(ttrl_run, None, "refine/a0/grade", None, None, Timer())
@@ -174,10 +179,13 @@ def test_only_the_oracle_reads_hidden_answers(data_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(data_batch.HiddenAnswers, "__init__", corrupted)
     monkeypatch.setattr(phases, "grade_batch", recording_grade_batch)
-    config = micro_config(data_dir, "oracle", total_steps=1)
+    config = micro_config(data_dir, method, total_steps=1)
     run_steps(config, tmp_path)
     rows = config.data.prompts_per_step * config.rollout.n
-    assert len(graded) == rows and all(t.startswith("corrupted-") for t in graded)
+    # tempo_oracle's critic warm-up grades D_L rollouts against D_L's own labels; only its
+    # M-step (one batch of rows) reads the hidden answers.
+    hidden = [t for t in graded if t.startswith("corrupted-")]
+    assert len(hidden) == rows and len(graded) == rows * (1 + (method == "tempo_oracle"))
     record = read_jsonl(str(tmp_path / "metrics.jsonl"))[0]
     assert record["rollout/hidden_answer_accuracy"] == 0.0  # nothing equals "corrupted-i"
 
@@ -196,6 +204,8 @@ def test_only_the_oracle_reads_hidden_answers(data_dir, tmp_path, monkeypatch):
         ("model.attention", "flash", "config.model.attention"),
         ("rollout.max_rows_per_chunk", 1, "config.rollout.max_rows_per_chunk"),  # < n = 2
         ("train.length_buckets", (4, 16), "config.train.length_buckets"),  # 16 > L = 8
+        ("tempo.whiten_scope", "rows", "config.tempo.whiten_scope"),
+        ("tempo.oracle_flip_prob", 0.2, "config.tempo.oracle_flip_prob"),  # tempo has none
     ],
 )
 def test_invalid_config_names_the_field(data_dir, field, value, message):

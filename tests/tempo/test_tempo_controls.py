@@ -1,0 +1,135 @@
+"""The tempo_oracle controls' reward (flips of known within-question AUROC) and the faithfulness
+options of the loop: the E-step group filter and the defaults README's "Controls" decided."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from tempo_micro import micro_config
+
+from tempo_jax.tempo import eval_metrics, oracle_curve, oracle_reward, phases
+from tempo_jax.tempo.default_config import get_config
+from tempo_jax.tempo.loop import Trainer
+from tempo_jax.train.metric_writers import read_jsonl
+
+
+def _mixed_questions(rng, questions: int, n: int):
+    """±1 rewards and group ids of `questions` groups of n, each with both outcomes."""
+    correct = rng.random((questions, n)) < rng.uniform(0.2, 0.8, (questions, 1))
+    correct[:, 0], correct[:, 1] = True, False
+    return np.where(correct, 1.0, -1.0).ravel(), np.repeat(np.arange(questions), n)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.3, 0.5])
+def test_flipped_reward_within_question_auroc_is_one_minus_p(p):
+    # E[AUROC] = (1 - p)^2 + 2 p (1 - p) / 2 = 1 - p exactly (oracle_reward's docstring). The
+    # per-question AUROC has sd <= ~0.35 here, so over 4000 questions the mean has s.e. <= 0.006:
+    # the 0.02 tolerance is > 3 s.e.
+    rng = np.random.default_rng(1)
+    truth, groups = _mixed_questions(rng, 4000, 8)
+    rows = np.ones(len(truth), bool)
+    flipped, which = oracle_reward.flipped_rewards(truth, rows, seed=123, prob=p)
+    metrics = oracle_reward.reward_metrics("refine", flipped, truth > 0, groups, which)
+    assert metrics["refine/reward_auroc_within_question"] == pytest.approx(1 - p, abs=0.02)
+    assert metrics["refine/reward_flipped_fraction"] == pytest.approx(p, abs=0.01)
+    assert np.array_equal(flipped != truth, which)
+
+
+def test_flips_are_seeded_per_row_nested_in_p_and_spare_labeled_rows():
+    truth = np.where(np.arange(64) % 3 == 0, 1.0, -1.0)
+    unlabeled = np.arange(64) >= 16
+    a, fa = oracle_reward.flipped_rewards(truth, unlabeled, seed=7, prob=0.3)
+    b, _ = oracle_reward.flipped_rewards(truth, unlabeled, seed=7, prob=0.3)
+    _, fc = oracle_reward.flipped_rewards(truth, unlabeled, seed=8, prob=0.3)
+    _, fd = oracle_reward.flipped_rewards(truth, unlabeled, seed=7, prob=0.5)
+    assert np.array_equal(a, b) and not np.array_equal(fa, fc)  # a function of the seed
+    assert not fa[:16].any() and fa[16:].any()  # labeled rows keep their graded reward
+    assert np.all(fd[fa]) and fd.sum() > fa.sum()  # a larger p flips a superset
+    # The first rows' flips do not depend on how many rows follow.
+    _, short = oracle_reward.flipped_rewards(truth[:40], unlabeled[:40], seed=7, prob=0.3)
+    assert np.array_equal(short, fa[:40])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        oracle_reward.flip_mask(7, 4, 1.5)
+
+
+def test_reward_auroc_matches_eval_metrics():
+    truth = np.array([1, -1, -1, 1, 1, -1], np.float32)
+    rewards = np.array([1, 1, -1, -1, 1, -1], np.float32)
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    got = oracle_reward.reward_metrics("mixed", rewards, truth > 0, groups, rewards != truth)
+    want = eval_metrics.within_group_auroc(rewards, truth > 0, groups)
+    assert got["mixed/reward_auroc_within_question"] == want == pytest.approx((0.75 + 0.75) / 2)
+
+
+def test_estep_group_filter_drops_all_right_and_all_wrong_labeled_groups(tmp_path, monkeypatch):
+    # A grader that marks rows 0 and 4 of every batch of 4 prompts x 2 samples right: groups 0
+    # and 2 have both outcomes, 1 and 3 are all wrong. With the filter, each E-step keeps 2
+    # groups a generation batch, so it takes 2 batches to fill 4 prompts; without, one batch.
+    original = phases.grade_batch
+
+    def two_mixed_groups(texts, truths, **kwargs):
+        grades = original(texts, truths, **kwargs)
+        right = np.arange(len(texts)) % 4 == 0
+        return dataclasses.replace(grades, rewards=np.where(right, 1.0, -1.0), correct=right)
+
+    monkeypatch.setattr(phases, "grade_batch", two_mixed_groups)
+    data_dir = str(tmp_path / "data")
+    for on, batches, dropped in ((True, 2, 4), (False, 1, 0)):
+        workdir = tmp_path / f"filter-{on}"
+        config = micro_config(data_dir, "tempo", total_steps=1, **{"tempo.estep_group_filter": on})
+        trainer = Trainer(config, str(workdir))
+        try:
+            trainer.train()
+        finally:
+            trainer.close()
+        (warmup,) = read_jsonl(str(workdir / "warmup_metrics.jsonl"))
+        assert warmup["recalibrate/generation_batches"] == batches
+        assert warmup["recalibrate/dropped_groups"] == dropped
+        # The filtered batch is exactly half right; the unfiltered one a quarter.
+        assert warmup["warmup/labeled_accuracy"] == (0.5 if on else 0.25)
+
+
+def test_faithfulness_defaults():
+    # Decided by the measurements in README ("Controls: is it the loop or the critic?").
+    tempo = get_config().tempo
+    assert tempo.advantage == "em_token"
+    assert tempo.whiten_scope == "batch"
+    assert tempo.estep_group_filter is False
+    assert tempo.oracle_flip_prob == 0.0
+    assert get_config().method == "tempo"  # an upper bound is never the default
+
+
+def _records(base, final, pass0, pass1, aurocs):
+    out = [{"step": 0, "eval/unlabeled/mean@8": base, "eval/unlabeled/pass@8": pass0}]
+    out += [{"step": i + 1, "refine/reward_auroc_within_question": a} for i, a in enumerate(aurocs)]
+    out.append({"step": 4, "eval/unlabeled/mean@8": final, "eval/unlabeled/pass@8": pass1})
+    return out
+
+
+def test_oracle_curve_pairs_each_run_with_its_own_step_zero(tmp_path):
+    point = oracle_curve.run_point(
+        "tempo_oracle-r4-p0.2-s1", _records(0.5, 0.6, 0.9, 0.8, [0.8, float("nan"), 0.7])
+    )
+    assert (point["method"], point["p"], point["seed"]) == ("tempo_oracle", 0.2, 1)
+    assert point["reward_auroc_within_question"] == pytest.approx(0.75)  # NaN steps skipped
+    assert point["delta_mean"] == pytest.approx(0.1) and point["delta_pass"] == pytest.approx(-0.1)
+    assert oracle_curve.run_point("tempo-s0", _records(0.5, 0.6, 0.9, 0.8, [])) is None
+    other = oracle_curve.run_point("tempo_oracle-p0.2-s2", _records(0.4, 0.7, 0.9, 0.9, [0.65]))
+    (row,) = oracle_curve.curves([point, other])["tempo_oracle"]
+    assert row["seeds"] == [1, 2] and row["delta_mean"] == pytest.approx(0.2)
+    assert row["delta_mean_se"] == pytest.approx(0.1)  # sd 0.1414 / sqrt(2)
+    runs = {
+        "ttrl-s0": {
+            "step0": {"mean@8": 0.5, "pass@8": 0.9},
+            "step24": {"mean@8": 0.6, "pass@8": 0.7},
+        },
+        "ttrl-s1": {
+            "step0": {"mean@8": 0.5, "pass@8": 0.9},
+            "step24": {"mean@8": 0.4, "pass@8": 0.9},
+        },
+    }
+    (tmp_path / "runs.json").write_text(json.dumps({"runs": runs}))
+    refs = oracle_curve.references(str(tmp_path / "runs.json"), ["ttrl", "oracle"])
+    assert list(refs) == ["ttrl"] and refs["ttrl"]["delta_mean"] == pytest.approx(0.0)
+    assert refs["ttrl"]["delta_pass"] == pytest.approx(-0.1)
