@@ -163,6 +163,8 @@ def _data() -> None:
 
 
 def _eval(config) -> None:
+    from tempo_jax.data.row_validation import DataError
+    from tempo_jax.models.errors import CheckpointError as HFCheckpointError
     from tempo_jax.tempo.eval_command import EvalError, evaluate_checkpoint, summary_lines
     from tempo_jax.train.checkpointing import CheckpointError
 
@@ -176,7 +178,7 @@ def _eval(config) -> None:
             out=_OUT.value or "",
             progress=_PROGRESS.value,
         )
-    except (EvalError, CheckpointError, FileNotFoundError) as e:
+    except (EvalError, CheckpointError, HFCheckpointError, DataError, FileNotFoundError) as e:
         _fail(str(e))
     from tempo_jax import parallel
 
