@@ -100,8 +100,6 @@ def _restore_workdir(run, policy_module, workdir: str, step: int | None):
     """(step, policy params, critic params or None, saved config) of checkpoint `step` (None:
     the newest good one)."""
     directory = os.path.join(workdir, "checkpoints")
-    if not storage.path(directory).is_dir():
-        raise EvalError(f"{workdir} has no checkpoints/ directory (not a trainer workdir?)")
     policy_params = train.split_for_training(policy_module, run.settings)[1]
     critic_params = None
     if run.method.uses_critic:
@@ -215,22 +213,26 @@ def evaluate_checkpoint(
         config = _hf_config(config, os.path.abspath(hf_path))
         # The dataset is built next to the report (the trainer builds it in its workdir).
         run, policy_module = build_run(config, storage.absolute(out))
-        policy_params, critic_params = _load_hf(run, policy_module)
-        step, source = step or 0, {"hf_path": config.model.hf_path}
-        if config.model.critic_hf_path:
-            source["critic_hf_path"] = config.model.critic_hf_path
     else:
         workdir = storage.absolute(workdir)
+        if not storage.path(os.path.join(workdir, "checkpoints")).is_dir():  # before any build
+            raise EvalError(f"{workdir} has no checkpoints/ directory (not a trainer workdir?)")
         run, policy_module = build_run(config, workdir)
-        step, policy_params, critic_params, saved = _restore_workdir(
-            run, policy_module, workdir, step
-        )
-        changed = changed_config_fields(saved, config)
-        if changed:
-            log.warning("evaluating step %d with a config that differs: %s", step, changed)
-        source = {"workdir": workdir, "step": step}
-        out = out or os.path.join(workdir, "eval", f"step_{step}")
     try:
+        if hf_path:
+            policy_params, critic_params = _load_hf(run, policy_module)
+            step, source = step or 0, {"hf_path": config.model.hf_path}
+            if config.model.critic_hf_path:
+                source["critic_hf_path"] = config.model.critic_hf_path
+        else:
+            step, policy_params, critic_params, saved = _restore_workdir(
+                run, policy_module, workdir, step
+            )
+            changed = changed_config_fields(saved, config)
+            if changed:
+                log.warning("evaluating step %d with a config that differs: %s", step, changed)
+            source = {"workdir": workdir, "step": step}
+            out = out or os.path.join(workdir, "eval", f"step_{step}")
         return _evaluate_and_write(
             run, chosen, policy_params, critic_params, step, source, out, workdir, progress
         )

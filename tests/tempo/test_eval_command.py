@@ -155,6 +155,20 @@ def test_eval_step_0_and_rerun_redoes_only_unfinished_splits(finished, tmp_path,
     assert only == {"holdout": "eval"}
     with pytest.raises(eval_command.EvalError, match="holdout \\(dataset split 'eval'\\)"):
         eval_command.select_splits(tiny_config(), ("test",))
+    with pytest.raises(eval_command.EvalError, match="no finalized checkpoint for step 7"):
+        eval_command.evaluate_checkpoint(tiny_config(), workdir=str(workdir), step=7)
+
+
+def test_eval_arguments_fail_before_anything_is_built(tmp_path):
+    with pytest.raises(eval_command.EvalError, match="has no checkpoints/ directory"):
+        eval_command.evaluate_checkpoint(tiny_config(), workdir=str(tmp_path))
+    with pytest.raises(eval_command.EvalError, match="exactly one of --workdir and --hf_path"):
+        eval_command.evaluate_checkpoint(tiny_config(), workdir="a", hf_path="b")
+    with pytest.raises(eval_command.EvalError, match="--hf_path needs --out"):
+        eval_command.evaluate_checkpoint(tiny_config(), hf_path=str(tmp_path))
+    with pytest.raises(eval_command.EvalError, match="neither .*config.json"):
+        eval_command.evaluate_checkpoint(tiny_config(), hf_path=str(tmp_path), out="o")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_hf_path_of_the_exported_checkpoint_scores_the_same(finished, tmp_path):
