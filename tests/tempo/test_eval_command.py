@@ -193,3 +193,29 @@ def test_hf_path_of_the_exported_checkpoint_scores_the_same(finished, tmp_path):
     )
     assert "eval/unlabeled/critic/auroc" not in policy_only["metrics"]
     assert policy_only["metrics"]["eval/unlabeled/mean@8"] == logged[1]["eval/unlabeled/mean@8"]
+
+
+def test_aime_recipe_evaluates_an_hf_checkpoint_with_its_own_eval_settings(tmp_path):
+    sys.path.insert(0, str(CONFIG.parent))
+    try:
+        import qwen3_8b_aime
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "config.json").write_text("{}")
+    (tmp_path / "critic").mkdir()
+    (tmp_path / "critic" / "config.json").write_text("{}")
+    recipe = qwen3_8b_aime.get_config()
+    config = eval_command._hf_config(recipe, str(tmp_path))
+    validate(config)
+    # the checkpoint and its tokenizer replace the recipe's; the n=16, T=1 evaluation does not
+    assert config.model.hf_path == config.tokenizer.path == str(tmp_path / "policy")
+    assert config.model.critic_hf_path == str(tmp_path / "critic")
+    assert (config.eval.n, config.eval.temperature, tuple(config.eval.ks)) == (
+        16,
+        1.0,
+        (1, 2, 4, 8, 16),
+    )
+    assert config.eval.to_dict() == recipe.eval.to_dict()
+    assert config.data.to_dict() == recipe.data.to_dict()
+    assert eval_command.select_splits(config, ()) == {"holdout": "eval", "unlabeled": "unlabeled"}
