@@ -26,6 +26,7 @@ killed evaluation redoes only its unfinished splits and never leaves a half-writ
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -240,6 +241,14 @@ def evaluate_checkpoint(
         run.pool.close()
 
 
+def _config_digest(config: ml_collections.ConfigDict) -> str:
+    """A digest of the fields that can change what an evaluation samples (not the console or
+    the device layout)."""
+    fields = {k: v for k, v in config.to_dict().items() if k not in ("progress_bar", "parallel")}
+    text = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _evaluate_and_write(
     run, chosen, policy_params, critic_params, step, source, out, workdir, progress
 ) -> dict[str, Any]:
@@ -256,6 +265,8 @@ def _evaluate_and_write(
         "ks": [int(k) for k in cfg.eval.ks],
         "greedy": bool(cfg.eval.greedy),
         "critic": critic_params is not None,
+        # any other change (response length, data, prompt template) also makes old splits stale
+        "config_sha256": _config_digest(cfg),
     }
     if main:
         storage.makedirs(out)
