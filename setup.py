@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.9,<4",
     "tensorboardX>=2.6,<3",
     "pyarrow>=16",
+    # `tempo-jax data`: Hub datasets and model snapshots (tested with 2.4.0).
+    "huggingface_hub>=2.4,<3",
 ]
 
 # gs:// workdirs through etils.epath's fsspec backend (TensorFlow's gfile, when installed, also

@@ -4,6 +4,11 @@
     tempo-jax sft    --config=configs/tiny_arith.py --workdir=DIR
     tempo-jax export --workdir=DIR [--step=N] --out=HF_DIR
     tempo-jax compile --config=configs/X.py --topology=v5p:2x2x4|cpu [--out=F.json] [--hbm_gib=N]
+    tempo-jax eval   --config=configs/X.py (--workdir=DIR [--step=N] | --hf_path=HF_DIR --out=OUT)
+                     [--split=LABEL,...] [--out=OUT]
+    tempo-jax data   --dataset=NAME --out=DIR [--source=FILE_OR_HF_URI] [--revision=REV]
+    tempo-jax data   --model=Qwen/Qwen3-8B --out=DIR [--revision=REV]
+    tempo-jax data   --list
 
 `train` runs SFT (if `sft.steps > 0`), the critic warm-up and test-time training, writing
 DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/, DIR/summary.txt and DIR/eval_curves.png;
@@ -15,6 +20,12 @@ newest good one) as Hugging Face checkpoints HF_DIR/policy (and HF_DIR/critic wh
 a critic) that `transformers` loads. `compile` compiles every function the run would execute
 for a TPU topology (needs the `tpu` extra, no TPU) or the local devices, prints per-chip memory
 against HBM (and writes it as JSON with --out) and exits 1 naming any function that does not fit.
+`eval` scores checkpoint N of a workdir (default: the newest good one) or an HF checkpoint on the
+config's eval splits with the trainer's evaluation and seeds (tempo_jax/tempo/eval_command.py):
+it prints the metrics and writes OUT/report.json and OUT/<split>.jsonl (default OUT:
+DIR/eval/step_N). `data` writes a dataset in the layout the recipes read, from the Hugging Face
+Hub or a local copy (tempo_jax/data/hub_datasets.py), or downloads a model's safetensors, config
+and tokenizer files (`--list` prints the known datasets, their Hub repos, revisions and schemas).
 
 Multi-process runs (a TPU pod, several GPU hosts): start the same command on every host with
 `config.parallel.distributed` (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) set;
@@ -46,8 +57,29 @@ _TOPOLOGY = flags.DEFINE_string(
 )
 _HBM_GIB = flags.DEFINE_float("hbm_gib", None, "compile: memory per chip in GiB (default: spec).")
 _ONLY = flags.DEFINE_list("only", [], "compile: only these functions (names or keys).")
+_HF_PATH = flags.DEFINE_string(
+    "hf_path", None, "eval: an HF checkpoint directory (or a `tempo-jax export` directory)."
+)
+_SPLIT = flags.DEFINE_list("split", [], "eval: eval split labels or dataset splits (default all).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "eval: show a progress bar.")
+_DATASET = flags.DEFINE_string("dataset", None, "data: a dataset name (`tempo-jax data --list`).")
+_SOURCE = flags.DEFINE_string(
+    "source", None, "data: a local file or an hf:// URI to read instead of the Hub default."
+)
+_REVISION = flags.DEFINE_string("revision", None, "data: a Hub revision (default: recorded).")
+_MODEL = flags.DEFINE_string("model", None, "data: a Hub model repo to download.")
+_LIST = flags.DEFINE_bool("list", False, "data: print the known datasets.")
+_QUESTION_FIELD = flags.DEFINE_string(
+    "question_field", None, "data (jsonl / parquet passthrough): the question column."
+)
+_ANSWER_FIELD = flags.DEFINE_string(
+    "answer_field", None, "data (jsonl / parquet passthrough): the answer column."
+)
+_NAME = flags.DEFINE_string(
+    "name", None, "data (jsonl / parquet passthrough): the output file's base name."
+)
 
-COMMANDS = ("train", "sft", "export", "compile")
+COMMANDS = ("train", "sft", "export", "compile", "eval", "data")
 
 
 def _fail(message: str) -> None:
@@ -98,6 +130,62 @@ def _compile(config) -> None:
         _fail("does not fit: " + "; ".join(f"{f.name} ({f.status}: {f.message})" for f in failed))
 
 
+def _data() -> None:
+    from tempo_jax.data import hub_datasets as hd
+
+    if _LIST.value:
+        print(hd.describe_registry())
+        return
+    if not _OUT.value or bool(_DATASET.value) == bool(_MODEL.value):
+        raise app.UsageError(
+            "usage: tempo-jax data (--dataset=NAME | --model=REPO) --out=DIR "
+            "[--source=FILE_OR_HF_URI] [--revision=REV], or tempo-jax data --list"
+        )
+    try:
+        if _MODEL.value:
+            from tempo_jax.models.hub_download import download_model
+
+            result = download_model(_MODEL.value, _OUT.value, revision=_REVISION.value)
+            print(result.summary())
+            return
+        report = hd.prepare_dataset(
+            _DATASET.value,
+            _OUT.value,
+            source=_SOURCE.value,
+            revision=_REVISION.value,
+            question_field=_QUESTION_FIELD.value,
+            answer_field=_ANSWER_FIELD.value,
+            output_name=_NAME.value,
+        )
+    except (hd.DatasetError, OSError) as e:
+        _fail(str(e))
+    print(report.summary())
+
+
+def _eval(config) -> None:
+    from tempo_jax.data.row_validation import DataError
+    from tempo_jax.models.errors import CheckpointError as HFCheckpointError
+    from tempo_jax.tempo.eval_command import EvalError, evaluate_checkpoint, summary_lines
+    from tempo_jax.train.checkpointing import CheckpointError
+
+    try:
+        report = evaluate_checkpoint(
+            config,
+            workdir=_WORKDIR.value or "",
+            hf_path=_HF_PATH.value or "",
+            step=_STEP.value,
+            splits=tuple(_SPLIT.value),
+            out=_OUT.value or "",
+            progress=_PROGRESS.value,
+        )
+    except (EvalError, CheckpointError, HFCheckpointError, DataError, FileNotFoundError) as e:
+        _fail(str(e))
+    from tempo_jax import parallel
+
+    if parallel.is_main_process():
+        print("\n".join(summary_lines(report)))
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(
@@ -106,6 +194,9 @@ def main(argv: list[str]) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
     if argv[1] == "export":
         _export()
+        return
+    if argv[1] == "data":
+        _data()
         return
     from tempo_jax.tempo.config_validation import ConfigError, check_paths, validate
 
@@ -117,6 +208,24 @@ def main(argv: list[str]) -> None:
         except ConfigError as e:
             _fail(str(e))
         _compile(_CONFIG.value)
+        return
+    if argv[1] == "eval":
+        if _CONFIG.value is None or not (_WORKDIR.value or _HF_PATH.value):
+            raise app.UsageError(
+                "usage: tempo-jax eval --config=... (--workdir=DIR [--step=N] | "
+                "--hf_path=HF_DIR --out=OUT) [--split=...] [--out=OUT]"
+            )
+        try:
+            validate(_CONFIG.value)
+        except ConfigError as e:
+            _fail(str(e))
+        from tempo_jax import parallel
+
+        try:
+            parallel.initialize_distributed(_CONFIG.value.parallel.distributed)
+        except ValueError as e:
+            _fail(f"parallel.{e}")
+        _eval(_CONFIG.value)
         return
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config and --workdir are required")

@@ -135,6 +135,12 @@ def _parquet_rows(path: str) -> Iterator[tuple[int, Any]]:
             yield number, row
 
 
+def read_objects(path: str, file_format: str) -> Iterator[tuple[int, Any]]:
+    """(1-based row number, parsed object or `RowSkipped`) of each row of a "jsonl" | "json" |
+    "parquet" file."""
+    return {"jsonl": _jsonl_rows, "json": _json_rows, "parquet": _parquet_rows}[file_format](path)
+
+
 def _row(source: LocalSource, obj: Any, number: int, limits: rv.RowLimits) -> tuple[str, Row]:
     if not isinstance(obj, Mapping):
         raise rv.RowSkipped(rv.NOT_AN_OBJECT, f"expected an object, got {type(obj).__name__}")
@@ -178,12 +184,9 @@ def read_source(
     path = source.path
     if not os.path.isfile(path):
         raise rv.DataError(f"{path}: no such file")
-    reader = {"jsonl": _jsonl_rows, "json": _json_rows, "parquet": _parquet_rows}[
-        source.file_format()
-    ]
     skips = rv.SkipLog(path, strict=strict)
     rows = []
-    for number, obj in reader(path):
+    for number, obj in read_objects(path, source.file_format()):
         try:
             if isinstance(obj, rv.RowSkipped):
                 raise obj

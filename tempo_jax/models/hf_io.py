@@ -173,6 +173,19 @@ def read_hf_config(
     )
 
 
+def check_hf_checkpoint(
+    path: str | os.PathLike, role: str = "policy"
+) -> tuple[ModelConfig, dict[str, Any], int]:
+    """What `load_hf` reads before the weights: (the config.json's ModelConfig, extras, the
+    number of tensors its safetensors files list); no tensor data is read.
+
+    Raises:
+      CheckpointError: naming the file that is missing, unparsable or unsupported.
+    """
+    config, extras = read_hf_config(path, role)
+    return config, extras, len(_tensor_files(pathlib.Path(path)))
+
+
 def load_hf(
     path: str | os.PathLike,
     role: str = "policy",

@@ -28,9 +28,21 @@ def _problems(run: Run, split: str):
 
 
 def evaluate_split(
-    run: Run, split: str, label: str, policy_params, critic_params, *, step: int, timer: Timer
+    run: Run,
+    split: str,
+    label: str,
+    policy_params,
+    critic_params,
+    *,
+    step: int,
+    timer: Timer,
+    records: list[dict] | None = None,
 ) -> dict[str, float]:
-    """All evaluation metrics of one split under the current policy (and critic)."""
+    """All evaluation metrics of one split under the current policy (and critic).
+
+    With `records` (a list), one dict per problem is appended to it: the question, its ground
+    truths, the n responses, their extracted answers and grades (and critic values), so that a
+    report can show what was scored (`tempo-jax eval`)."""
     cfg = run.config
     n = cfg.eval.n
     batch = _problems(run, split)
@@ -88,13 +100,39 @@ def evaluate_split(
     out["response_length"] = float(rows.lengths.mean())
     entropy, values = _token_entropy_and_values(run, rows, policy_params, critic_params, timer)
     out["token_entropy"] = entropy
+    v_last = None
     if values is not None:
         last = np.maximum(rows.lengths - 1, 0)
         v_last = values[np.arange(rows.num_rows), last]
         quality = eval_metrics.critic_quality(v_last, correct, group_ids=rows.group_ids)
         for key, value in quality.items():
             out[f"critic/{key}"] = value
+    if records is not None:
+        records.extend(_problem_records(batch, rows, correct, greedy_correct, v_last))
     return {f"eval/{label}/{k}": v for k, v in out.items()}
+
+
+def _problem_records(batch, rows, correct, greedy_correct, v_last) -> list[dict]:
+    """One dict per problem of `batch` (rows are grouped by problem, n consecutive each)."""
+    out = []
+    answers = batch.evaluation_answers()
+    for g in sorted(set(rows.group_ids.tolist())):
+        idx = np.flatnonzero(rows.group_ids == g)
+        record = {
+            "row_id": batch.row_ids[g],
+            "question": batch.questions[g],
+            "ground_truths": list(answers[g]),
+            "responses": [rows.texts[i] for i in idx],
+            "answers": [rows.answers[i] for i in idx],
+            "correct": [bool(correct[i]) for i in idx],
+            "response_lengths": [int(rows.lengths[i]) for i in idx],
+        }
+        if greedy_correct:
+            record["greedy_correct"] = bool(greedy_correct[g])
+        if v_last is not None:
+            record["critic_values"] = [float(v_last[i]) for i in idx]
+        out.append(record)
+    return out
 
 
 def _token_entropy_and_values(run: Run, rows, policy_params, critic_params, timer):

@@ -51,7 +51,13 @@ from tempo_jax.tempo import methods, phases, report
 from tempo_jax.tempo.build import build_run, init_critic
 from tempo_jax.tempo.evaluation import evaluate
 from tempo_jax.tempo.export import model_config_to_dict
-from tempo_jax.tempo.loop_checkpoints import GRADER_KEYS, LoopCheckpoints, LoopState, StepProgress
+from tempo_jax.tempo.loop_checkpoints import (
+    GRADER_KEYS,
+    LoopCheckpoints,
+    LoopState,
+    StepProgress,
+    abstract_items,
+)
 from tempo_jax.tempo.rollout_data import concat_rows
 from tempo_jax.tempo.sft import run_sft
 from tempo_jax.tempo.step_journal import Interrupted, StepJournal
@@ -151,20 +157,11 @@ class Trainer:
 
     def _restore(self) -> LoopState | None:
         """The newest checkpointed state, or None; sets `_progress` when it stopped in a step."""
-        settings = self.run.settings
-        policy_params = train.split_for_training(self._initial_policy, settings)[1]
-        abstract = {
-            "policy": train.abstract_train_state(
-                policy_params, settings.policy_optimizer, self.run.mesh, self.run.rules
-            )
-        }
+        policy_params = train.split_for_training(self._initial_policy, self.run.settings)[1]
+        critic_params = None
         if self.method.uses_critic:
-            abstract["critic"] = train.abstract_train_state(
-                self._critic_module(self._initial_policy),
-                settings.critic_optimizer,
-                self.run.mesh,
-                self.run.rules,
-            )
+            critic_params = self._critic_module(self._initial_policy)
+        abstract = abstract_items(self.run, policy_params, critic_params)
         restored = self.checkpoints.restore(abstract)
         if restored is None:
             return None

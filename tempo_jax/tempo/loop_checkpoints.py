@@ -91,6 +91,35 @@ class StepProgress:
     where: str = ""
 
 
+def abstract_items(run: Run, policy_params, critic_params=None) -> dict[str, Any]:
+    """What a regular checkpoint's networks restore into: {"policy": abstract TrainState,
+    "critic": ... (when `critic_params` is given)}, sharded over `run.mesh` (the trainer's
+    resume and `tempo-jax eval` both restore through this)."""
+    settings = run.settings
+    out = {
+        "policy": train.abstract_train_state(
+            policy_params, settings.policy_optimizer, run.mesh, run.rules
+        )
+    }
+    if critic_params is not None:
+        out["critic"] = train.abstract_train_state(
+            critic_params, settings.critic_optimizer, run.mesh, run.rules
+        )
+    return out
+
+
+def changed_config_fields(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+    """ "field: old -> new" for each config field of `config` that differs from the checkpoint's
+    `saved` config, except those that may change on a resume (`RESUME_MAY_CHANGE`)."""
+    old, new = _flatten(saved), _flatten(_config_json(config))
+    changed = sorted(
+        k
+        for k in set(old) | set(new)
+        if old.get(k) != new.get(k) and not k.startswith(RESUME_MAY_CHANGE)
+    )
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -303,18 +332,9 @@ class LoopCheckpoints:
     def _warn_config_changes(self, saved: dict[str, Any], path: str) -> None:
         """Logs the config fields that differ from the checkpoint's (a resumed run with another
         learning rate or dataset is no longer the run that was checkpointed)."""
-        old, new = _flatten(saved), _flatten(_config_json(self.config))
-        changed = sorted(
-            k
-            for k in set(old) | set(new)
-            if old.get(k) != new.get(k) and not k.startswith(RESUME_MAY_CHANGE)
-        )
+        changed = changed_config_fields(saved, self.config)
         if changed:
-            log.warning(
-                "resuming from %s with a changed config: %s",
-                path,
-                ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed),
-            )
+            log.warning("resuming from %s with a changed config: %s", path, ", ".join(changed))
 
     def close(self) -> None:
         try:
