@@ -168,6 +168,10 @@ def test_eval_arguments_fail_before_anything_is_built(tmp_path):
         eval_command.evaluate_checkpoint(tiny_config(), hf_path=str(tmp_path))
     with pytest.raises(eval_command.EvalError, match="neither .*config.json"):
         eval_command.evaluate_checkpoint(tiny_config(), hf_path=str(tmp_path), out="o")
+    with pytest.raises(eval_command.EvalError, match="--baseline=.*no such directory"):
+        eval_command.evaluate_checkpoint(
+            tiny_config(), workdir=str(tmp_path), baseline=str(tmp_path / "none")
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -219,3 +223,25 @@ def test_aime_recipe_evaluates_an_hf_checkpoint_with_its_own_eval_settings(tmp_p
     assert config.eval.to_dict() == recipe.eval.to_dict()
     assert config.data.to_dict() == recipe.data.to_dict()
     assert eval_command.select_splits(config, ()) == {"holdout": "eval", "unlabeled": "unlabeled"}
+
+
+def test_paired_difference_against_a_baseline_evaluation(tmp_path):
+    def records(correct_by_id):
+        return [{"row_id": i, "correct": c} for i, c in correct_by_id.items()]
+
+    base = records({"a": [1, 0], "b": [0, 0], "c": [1, 1], "gone": [1, 1]})
+    new = records({"a": [1, 1], "b": [1, 0], "c": [1, 1], "new": [0, 0]})
+    paired = eval_command.paired_difference(new, base)
+    # differences 0.5, 0.5, 0 over the 3 common problems: mean 1/3, sd 0.2887, se 0.1667
+    assert paired["problems"] == 3 and paired["delta"] == pytest.approx(1 / 3)
+    assert paired["se"] == pytest.approx(0.5 / 3) and paired["z"] == pytest.approx(2.0)
+    for name, rows in (("new", new), ("base", base)):
+        (tmp_path / name).mkdir()
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        (tmp_path / name / "holdout.jsonl").write_text(text)
+    compared = eval_command.compare_reports(
+        str(tmp_path / "new"), str(tmp_path / "base"), ["holdout", "unlabeled"]
+    )
+    assert compared == {"holdout": paired}
+    with pytest.raises(eval_command.EvalError, match="none of the splits"):
+        eval_command.compare_reports(str(tmp_path / "new"), str(tmp_path / "base"), ["unlabeled"])
