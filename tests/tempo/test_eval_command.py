@@ -245,3 +245,30 @@ def test_paired_difference_against_a_baseline_evaluation(tmp_path):
     assert compared == {"holdout": paired}
     with pytest.raises(eval_command.EvalError, match="none of the splits"):
         eval_command.compare_reports(str(tmp_path / "new"), str(tmp_path / "base"), ["unlabeled"])
+
+
+def test_two_process_eval_scores_the_same_and_only_process_0_writes(finished, tmp_path):
+    from two_processes import DISTRIBUTED_FLAGS, run_two_processes
+
+    workdir, logged = finished
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "tempo_jax.cli", "eval", f"--config={CONFIG}",
+        f"--workdir={workdir}", f"--out={out}", "--split=unlabeled", "--progress=false",
+        *(f"--config.{k}={v}" for k, v in OVERRIDES.items()), *DISTRIBUTED_FLAGS,
+    ]  # fmt: skip
+    outputs = run_two_processes(command, tmp_path)
+    assert "unlabeled: mean@8=" in outputs[0] and "unlabeled: mean@8=" not in outputs[1]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "report.json", "unlabeled.jsonl", "unlabeled.metrics.json"]  # fmt: skip
+    metrics = json.loads((out / "report.json").read_text())["metrics"]
+    # Sampling and grading are exact across hosts; the sharded forwards (token entropy, critic
+    # values) add partial sums in another order (float32 rounding, as in training).
+    for key, value in logged[1].items():
+        if not key.startswith("eval/unlabeled/"):
+            continue
+        if "/critic/" in key or key.endswith("token_entropy"):
+            expected = None if math.isnan(value) else pytest.approx(value, rel=1e-5, abs=1e-6)
+            assert metrics[key] == expected, key
+        else:
+            assert metrics[key] == value, key

@@ -17,17 +17,15 @@ up to 4.7e-5 (measured), while a missing or repeated update would differ by ~1e-
 """
 
 import json
-import os
 import pathlib
-import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 from tempo_micro import metric_lines, micro_config
+from two_processes import DISTRIBUTED_FLAGS, process_env, run_two_processes
 
 from tempo_jax.tempo.loop import Trainer
 from tempo_jax.train.checkpointing import Checkpointer
@@ -35,9 +33,6 @@ from tempo_jax.train.checkpointing import Checkpointer
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MICRO = ROOT / "tests" / "tempo" / "tempo_micro.py"
 METHOD = "tempo_mixed"
-# Only a hang guard (a failure, never a hang). The two processes took 57 s at load average 5 on
-# the 2-core machine, 190-220 s at load 9, and overran 240 s once at load ~10.
-TIMEOUT_S = 600
 CHANGES = {"sft.steps": 2, "sft.batch_size": 8, "eval_every": 2}
 # Metrics computed by the sharded networks (float32 reduction noise); every other key must match.
 NETWORK_KEYS = ("policy/", "critic/", "warmup/loss", "warmup/value_mean", "warmup/grad_norm")
@@ -45,30 +40,8 @@ NETWORK_PARTS = ("/token_entropy", "/critic/")
 PARAM_ATOL = 2e-4
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(port: int, process_id: int) -> dict[str, str]:
-    env = dict(os.environ)
-    # conftest gave this process 8 devices; each process of the run is one "host" with 4.
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    env["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=4"])
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(MICRO.parent), env.get("PYTHONPATH", "")])
-    # The CLI reads the process layout from the environment (config fields left unset).
-    env["JAX_COORDINATOR_ADDRESS"] = f"127.0.0.1:{port}"
-    env["JAX_NUM_PROCESSES"] = "2"
-    env["JAX_PROCESS_ID"] = str(process_id)
-    return env
-
-
 def _train_two_processes(data_dir: str, workdir: pathlib.Path, logs: pathlib.Path) -> list[str]:
-    """Runs `tempo-jax train` in two processes; their outputs. Fails (never hangs) if either
-    errors or they exceed TIMEOUT_S."""
-    port = _free_port()
+    """Runs `tempo-jax train` in two processes; their outputs."""
     command = [
         sys.executable,
         "-m",
@@ -78,41 +51,10 @@ def _train_two_processes(data_dir: str, workdir: pathlib.Path, logs: pathlib.Pat
         f"--config.method={METHOD}",
         *(f"--config.{key}={value}" for key, value in CHANGES.items()),
         f"--config.data.dir={data_dir}",
-        "--config.parallel.distributed.cpu_collectives=gloo",
-        "--config.parallel.distributed.initialization_timeout_s=60",
+        *DISTRIBUTED_FLAGS,
         f"--workdir={workdir}",
     ]
-    paths = [logs / f"process_{i}.log" for i in range(2)]
-    procs = []
-    try:
-        for pid, path in enumerate(paths):
-            with open(path, "wb") as sink:  # a file, not a pipe: a full pipe would block it
-                procs.append(
-                    subprocess.Popen(
-                        command, env=_env(port, pid), cwd=ROOT, stdout=sink, stderr=sink
-                    )
-                )
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:  # poll both: when one dies the other would wait for it until jax times out
-            codes = [p.poll() for p in procs]
-            if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"tempo-jax train processes did not finish within {TIMEOUT_S} s")
-            time.sleep(0.2)
-    finally:
-        for proc in procs:  # never leave a process behind
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    outputs = [p.read_text(errors="replace") for p in paths]
-    failures = [
-        f"process {i} exited {p.returncode}:\n{outputs[i][-4000:]}"
-        for i, p in enumerate(procs)
-        if p.returncode != 0
-    ]
-    assert not failures, "\n\n".join(failures)
-    return outputs
+    return run_two_processes(command, logs)
 
 
 def _checkpoint(workdir: pathlib.Path, step: int) -> tuple[dict[str, np.ndarray], dict]:
@@ -186,7 +128,7 @@ def test_two_processes_train_like_one(devices, tmp_path):
 
 def test_cli_names_a_missing_distributed_field(tmp_path):
     # Two processes asked for, no coordinator: the CLI stops before building anything.
-    env = _env(0, 0)
+    env = process_env(0, 0)
     env.pop("JAX_COORDINATOR_ADDRESS")
     result = subprocess.run(
         [sys.executable, "-m", "tempo_jax.cli", "train", f"--config={MICRO}"]
