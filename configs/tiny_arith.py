@@ -10,9 +10,16 @@ TEMPO steps at policy learning rate 1e-5 are a smoke test of the whole loop; the
 numbers within noise (see the README for what larger learning rates do).
 
 `configs/tiny_arith.py:rlvr` is RL with true rewards from the same SFT policy at its documented
-learning rate, 1e-4, with 16 prompts x 8 samples a step (README, "Why RL did not learn here"):
-measured, holdout mean@8 0.663 -> 0.692 -> 0.707 at steps 0 / 24 / 48 (256 problems x 8;
-greedy 0.75 -> 0.79, unfiltered rollout accuracy 0.68 -> 0.77 over the first / last 8 steps).
+learning rate, 1e-4, with 16 prompts x 8 samples a step (README, "Why RL did not learn here").
+Its gain is small and not reliably reproduced. On all 256 holdout problems x 8 samples, one run
+(seed 0, 2026-12-06) went from mean@8 0.668 to 0.686 to 0.700 at steps 0 / 24 / 48. Scored again
+by `tempo-jax eval --workdir=DIR --step=0|48 --split=holdout` (`--baseline=DIR/eval/step_0` for
+step 48), which gives the same numbers, the change is +0.031 ± 0.016 (paired s.e. over the 256
+problems' per-problem means, z = 2.0). Each mean has a binomial s.e. of 0.010 and a per-problem
+s.e. of 0.021 (0.022 at step 48). Greedy went 0.75 -> 0.79, and pass@8 fell 0.934 -> 0.910. An
+earlier run on the same 256 problems measured 0.675 -> 0.676 (issue 22), and the first report,
+0.663 -> 0.707, came from yet another run. So the gain is between about 0 and 0.03: sharpening,
+not a reliable improvement.
 With 8 prompts x 4 samples it does not move (0.626 -> 0.619 in 32 steps); at lr 3e-4 it
 degrades (-> 0.41).
 """

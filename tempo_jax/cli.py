@@ -5,7 +5,7 @@
     tempo-jax export --workdir=DIR [--step=N] --out=HF_DIR
     tempo-jax compile --config=configs/X.py --topology=v5p:2x2x4|cpu [--out=F.json] [--hbm_gib=N]
     tempo-jax eval   --config=configs/X.py (--workdir=DIR [--step=N] | --hf_path=HF_DIR --out=OUT)
-                     [--split=LABEL,...] [--out=OUT]
+                     [--split=LABEL,...] [--out=OUT] [--baseline=OTHER_OUT]
     tempo-jax data   --dataset=NAME --out=DIR [--source=FILE_OR_HF_URI] [--revision=REV]
     tempo-jax data   --model=Qwen/Qwen3-8B --out=DIR [--revision=REV]
     tempo-jax data   --list
@@ -62,6 +62,9 @@ _HF_PATH = flags.DEFINE_string(
 )
 _SPLIT = flags.DEFINE_list("split", [], "eval: eval split labels or dataset splits (default all).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "eval: show a progress bar.")
+_BASELINE = flags.DEFINE_string(
+    "baseline", None, "eval: another eval's output directory: adds the paired mean@n difference."
+)
 _DATASET = flags.DEFINE_string("dataset", None, "data: a dataset name (`tempo-jax data --list`).")
 _SOURCE = flags.DEFINE_string(
     "source", None, "data: a local file or an hf:// URI to read instead of the Hub default."
@@ -177,6 +180,7 @@ def _eval(config) -> None:
             splits=tuple(_SPLIT.value),
             out=_OUT.value or "",
             progress=_PROGRESS.value,
+            baseline=_BASELINE.value or "",
         )
     except (EvalError, CheckpointError, HFCheckpointError, DataError, FileNotFoundError) as e:
         _fail(str(e))

@@ -188,6 +188,7 @@ def evaluate_checkpoint(
     splits: tuple[str, ...] = (),
     out: str = "",
     progress: bool = True,
+    baseline: str = "",
 ) -> dict[str, Any]:
     """Scores one checkpoint on the config's eval splits; returns the report (module docstring).
 
@@ -201,6 +202,8 @@ def evaluate_checkpoint(
       splits: eval split labels or dataset split names (empty: all).
       out: the output directory (default workdir/eval/step_<N>; needed with `hf_path`).
       progress: show the progress bar.
+      baseline: another evaluation's output directory: the report adds, per split both scored,
+        the paired difference of mean@n against it (`paired_difference`).
 
     Raises:
       EvalError: bad arguments, no such checkpoint or split.
@@ -209,6 +212,8 @@ def evaluate_checkpoint(
         raise EvalError("give exactly one of --workdir and --hf_path")
     if hf_path and not out:
         raise EvalError("--hf_path needs --out (where the report goes)")
+    if baseline and not storage.path(baseline).is_dir():
+        raise EvalError(f"--baseline={baseline}: no such directory")
     chosen = select_splits(config, splits)
     if hf_path:
         config = _hf_config(config, os.path.abspath(hf_path))
@@ -234,11 +239,56 @@ def evaluate_checkpoint(
                 log.warning("evaluating step %d with a config that differs: %s", step, changed)
             source = {"workdir": workdir, "step": step}
             out = out or os.path.join(workdir, "eval", f"step_{step}")
-        return _evaluate_and_write(
+        report = _evaluate_and_write(
             run, chosen, policy_params, critic_params, step, source, out, workdir, progress
         )
     finally:
         run.pool.close()
+    if baseline and parallel.is_main_process():  # the one process that wrote the records
+        report["paired"] = compare_reports(report["out"], baseline, chosen)
+        text = json.dumps({k: v for k, v in report.items() if k != "out"}, indent=1)
+        storage.write_atomic(os.path.join(report["out"], REPORT), text + "\n")
+    return report
+
+
+def paired_difference(records: list[dict], baseline: list[dict]) -> dict[str, float]:
+    """mean@n of `records` minus that of `baseline` over the problems both scored (matched by
+    row id), with the paired standard error (sd of the per-problem differences / sqrt(P)) and
+    z = delta / se: how to compare two checkpoints on the same problems."""
+    base = {r["row_id"]: float(np.mean(r["correct"])) for r in baseline}
+    diffs = np.array(
+        [float(np.mean(r["correct"])) - base[r["row_id"]] for r in records if r["row_id"] in base]
+    )
+    if len(diffs) < 2:
+        raise EvalError(f"a paired comparison needs 2 or more common problems, got {len(diffs)}")
+    se = float(diffs.std(ddof=1) / math.sqrt(len(diffs)))
+    delta = float(diffs.mean())
+    return {
+        "delta": delta,
+        "se": se,
+        "z": delta / se if se > 0 else math.nan,
+        "problems": float(len(diffs)),
+    }
+
+
+def read_records(path: str) -> list[dict]:
+    """The per-problem records of a `<label>.jsonl` file."""
+    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
+
+
+def compare_reports(out: str, baseline: str, labels) -> dict[str, dict[str, float]]:
+    """{label: `paired_difference`} of OUT's splits against another evaluation's directory
+    (the splits both have)."""
+    out_dict = {}
+    for label in labels:
+        mine, theirs = os.path.join(out, f"{label}.jsonl"), os.path.join(baseline, f"{label}.jsonl")
+        if storage.exists(mine) and storage.exists(theirs):
+            out_dict[label] = paired_difference(read_records(mine), read_records(theirs))
+    if not out_dict:
+        raise EvalError(
+            f"--baseline={baseline}: none of the splits {list(labels)} was scored there"
+        )
+    return out_dict
 
 
 def _config_digest(config: ml_collections.ConfigDict) -> str:
@@ -386,5 +436,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         key = f"eval/{label}/mean@{n}"
         if key in logged:
             lines.append(f"  trainer logged {key}={logged[key]:.6g} at step {report['step']}")
+    for label, p in report.get("paired", {}).items():
+        lines.append(
+            f"  {label} vs baseline: mean@{n} {p['delta']:+.4f} ± {p['se']:.4f} (paired s.e. "
+            f"over {int(p['problems'])} problems, z = {p['z']:.2f})"
+        )
     lines.append(f"report: {os.path.join(report['out'], REPORT)}")
     return lines

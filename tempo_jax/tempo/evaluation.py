@@ -113,7 +113,7 @@ def evaluate_split(
 
 
 def _problem_records(batch, rows, correct, greedy_correct, v_last) -> list[dict]:
-    """One dict per problem of `batch` (rows are grouped by problem, n consecutive each)."""
+    """One dict per problem of `batch` that was sampled, its n rows picked by group id."""
     out = []
     answers = batch.evaluation_answers()
     for g in sorted(set(rows.group_ids.tolist())):

@@ -168,6 +168,10 @@ def test_eval_arguments_fail_before_anything_is_built(tmp_path):
         eval_command.evaluate_checkpoint(tiny_config(), hf_path=str(tmp_path))
     with pytest.raises(eval_command.EvalError, match="neither .*config.json"):
         eval_command.evaluate_checkpoint(tiny_config(), hf_path=str(tmp_path), out="o")
+    with pytest.raises(eval_command.EvalError, match="--baseline=.*no such directory"):
+        eval_command.evaluate_checkpoint(
+            tiny_config(), workdir=str(tmp_path), baseline=str(tmp_path / "none")
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -219,3 +223,52 @@ def test_aime_recipe_evaluates_an_hf_checkpoint_with_its_own_eval_settings(tmp_p
     assert config.eval.to_dict() == recipe.eval.to_dict()
     assert config.data.to_dict() == recipe.data.to_dict()
     assert eval_command.select_splits(config, ()) == {"holdout": "eval", "unlabeled": "unlabeled"}
+
+
+def test_paired_difference_against_a_baseline_evaluation(tmp_path):
+    def records(correct_by_id):
+        return [{"row_id": i, "correct": c} for i, c in correct_by_id.items()]
+
+    base = records({"a": [1, 0], "b": [0, 0], "c": [1, 1], "gone": [1, 1]})
+    new = records({"a": [1, 1], "b": [1, 0], "c": [1, 1], "new": [0, 0]})
+    paired = eval_command.paired_difference(new, base)
+    # differences 0.5, 0.5, 0 over the 3 common problems: mean 1/3, sd 0.2887, se 0.1667
+    assert paired["problems"] == 3 and paired["delta"] == pytest.approx(1 / 3)
+    assert paired["se"] == pytest.approx(0.5 / 3) and paired["z"] == pytest.approx(2.0)
+    for name, rows in (("new", new), ("base", base)):
+        (tmp_path / name).mkdir()
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        (tmp_path / name / "holdout.jsonl").write_text(text)
+    compared = eval_command.compare_reports(
+        str(tmp_path / "new"), str(tmp_path / "base"), ["holdout", "unlabeled"]
+    )
+    assert compared == {"holdout": paired}
+    with pytest.raises(eval_command.EvalError, match="none of the splits"):
+        eval_command.compare_reports(str(tmp_path / "new"), str(tmp_path / "base"), ["unlabeled"])
+
+
+def test_two_process_eval_scores_the_same_and_only_process_0_writes(finished, tmp_path):
+    from two_processes import DISTRIBUTED_FLAGS, run_two_processes
+
+    workdir, logged = finished
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "tempo_jax.cli", "eval", f"--config={CONFIG}",
+        f"--workdir={workdir}", f"--out={out}", "--split=unlabeled", "--progress=false",
+        *(f"--config.{k}={v}" for k, v in OVERRIDES.items()), *DISTRIBUTED_FLAGS,
+    ]  # fmt: skip
+    outputs = run_two_processes(command, tmp_path)
+    assert "unlabeled: mean@8=" in outputs[0] and "unlabeled: mean@8=" not in outputs[1]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "report.json", "unlabeled.jsonl", "unlabeled.metrics.json"]  # fmt: skip
+    metrics = json.loads((out / "report.json").read_text())["metrics"]
+    # Sampling and grading are exact across hosts; the sharded forwards (token entropy, critic
+    # values) add partial sums in another order (float32 rounding, as in training).
+    for key, value in logged[1].items():
+        if not key.startswith("eval/unlabeled/"):
+            continue
+        if "/critic/" in key or key.endswith("token_entropy"):
+            expected = None if math.isnan(value) else pytest.approx(value, rel=1e-5, abs=1e-6)
+            assert metrics[key] == expected, key
+        else:
+            assert metrics[key] == value, key

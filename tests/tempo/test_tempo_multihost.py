@@ -24,8 +24,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-from multihost_launch import free_port, host_env, run_hosts
 from tempo_micro import metric_lines, micro_config
+from two_processes import DISTRIBUTED_FLAGS, process_env, run_two_processes
 
 from tempo_jax.tempo.loop import Trainer
 from tempo_jax.train.checkpointing import Checkpointer
@@ -33,9 +33,6 @@ from tempo_jax.train.checkpointing import Checkpointer
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MICRO = ROOT / "tests" / "tempo" / "tempo_micro.py"
 METHOD = "tempo_mixed"
-# Only a hang guard (a failure, never a hang). The two processes took 57 s at load average 5 on
-# the 2-core machine, 190-220 s at load 9, and overran 240 s once at load ~10.
-TIMEOUT_S = 600
 CHANGES = {"sft.steps": 2, "sft.batch_size": 8, "eval_every": 2}
 # Metrics computed by the sharded networks (float32 reduction noise); every other key must match.
 NETWORK_KEYS = ("policy/", "critic/", "warmup/loss", "warmup/value_mean", "warmup/grad_norm")
@@ -43,15 +40,8 @@ NETWORK_PARTS = ("/token_entropy", "/critic/")
 PARAM_ATOL = 2e-4
 
 
-def _env(port: int, process_id: int) -> dict[str, str]:
-    """One host's environment; the CLI reads the process layout from it (config fields unset)."""
-    return host_env(MICRO.parent, distributed=(port, 2, process_id))
-
-
 def _train_two_processes(data_dir: str, workdir: pathlib.Path, logs: pathlib.Path) -> list[str]:
-    """Runs `tempo-jax train` in two processes; their outputs. Fails (never hangs) if either
-    errors or they exceed TIMEOUT_S."""
-    port = free_port()
+    """Runs `tempo-jax train` in two processes; their outputs."""
     command = [
         sys.executable,
         "-m",
@@ -61,16 +51,10 @@ def _train_two_processes(data_dir: str, workdir: pathlib.Path, logs: pathlib.Pat
         f"--config.method={METHOD}",
         *(f"--config.{key}={value}" for key, value in CHANGES.items()),
         f"--config.data.dir={data_dir}",
-        "--config.parallel.distributed.cpu_collectives=gloo",
-        "--config.parallel.distributed.initialization_timeout_s=60",
+        *DISTRIBUTED_FLAGS,
         f"--workdir={workdir}",
     ]
-    return run_hosts(
-        [command, command],
-        [_env(port, pid) for pid in range(2)],
-        [logs / f"process_{i}.log" for i in range(2)],
-        TIMEOUT_S,
-    )
+    return run_two_processes(command, logs)
 
 
 def _checkpoint(workdir: pathlib.Path, step: int) -> tuple[dict[str, np.ndarray], dict]:
@@ -144,7 +128,7 @@ def test_two_processes_train_like_one(devices, tmp_path):
 
 def test_cli_names_a_missing_distributed_field(tmp_path):
     # Two processes asked for, no coordinator: the CLI stops before building anything.
-    env = _env(0, 0)
+    env = process_env(0, 0)
     env.pop("JAX_COORDINATOR_ADDRESS")
     result = subprocess.run(
         [sys.executable, "-m", "tempo_jax.cli", "train", f"--config={MICRO}"]
