@@ -215,7 +215,8 @@ def engine_rows(paths: list[pathlib.Path]) -> list[str]:
             out.append(
                 f"| {recipe} | {report['topology']} | {f['name']} | {f['shape']} "
                 f"| {gib(f['argument_bytes'])} | {gib(f['temp_bytes'])} "
-                f"| {gib(f['total_bytes'])} ({100 * f['hbm_fraction']:.0f}%) | {f['status']} |"
+                f"| {_cell(f) if f['status'] == 'oom' else _cell({**f, 'status': 'ok'})} "
+                f"| {f['status']} |"
             )
     return out
 
