@@ -22,7 +22,9 @@ validation are the Sampler's; only how one chunk is sampled differs). Per chunk 
    rows that finish inside stop writing and sampling (their slot-steps are the waste). The
    host then copies the call's tokens out, frees finished rows' pages and slots, and admits
    waiting rows. Tables are passed at the width of the longest active row rounded up to a
-   power of two, so attention reads only (about) the pages that are filled.
+   power of two, so attention reads only (about) the pages that are filled, and only the
+   active slots are passed, in the smallest power of two that holds them: when no row waits
+   any more, the batch shrinks with the tail instead of stepping empty slots.
 
 Row i's key at step t is fold_in(fold_in(key(seed), first_row + i), t) wherever it decodes, so
 the tokens, log-probs and finish reasons are those of `Sampler` (the decode attention's
@@ -232,37 +234,43 @@ class Engine(Sampler):
                 if unadmitted[p] == 0:
                     allocator.release(held[p])
             width = self._grow_tables(slots, plen, n, allocator, reserved, max_new)
+            # The call runs the active slots only, in the smallest power of two (at most
+            # num_slots) that holds them: once no row waits, the batch shrinks with the tail.
+            running = np.flatnonzero(slots.active)
+            size = min(num_slots, 1 << (len(running) - 1).bit_length())
+            chosen = np.concatenate([running, np.flatnonzero(~slots.active)])[:size]
             state_in = SlotState(
-                full_table=slots.table[:, :width],
-                ring_table=slots.ring,
-                lengths=slots.lengths,
-                last_tokens=slots.last_tokens,
-                steps=slots.steps,
-                active=slots.active,
-                row_ids=slots.row_ids,
-                window=slots.window,
+                full_table=slots.table[chosen, :width],
+                ring_table=slots.ring[chosen],
+                lengths=slots.lengths[chosen],
+                last_tokens=slots.last_tokens[chosen],
+                steps=slots.steps[chosen],
+                active=slots.active[chosen],
+                row_ids=slots.row_ids[chosen],
+                window=slots.window[chosen],
             )
-            self._shapes.add(("decode", num_slots, width, stop_arrays.table.shape))
+            params = RowSamplingParams(**{k: v[chosen] for k, v in slots.params.items()})
+            self._shapes.add(("decode", size, width, stop_arrays.table.shape))
             pools, new_state, step_out = decode(
-                weights, head, pools, state_in, RowSamplingParams(**slots.params),
-                np.uint32(seed), stop_arrays, _copies(copies, num_slots, ring),
+                weights, head, pools, state_in, params, np.uint32(seed), stop_arrays,
+                _copies(copies, num_slots, ring),
             )  # fmt: skip
             new_state, step_out = jax.device_get((new_state, step_out))
             stats["calls"] += 1
-            stats["slot_steps"] += num_slots * steps
+            stats["slot_steps"] += size * steps
             stats["kept_tokens"] += int(step_out.emitted.sum())
-            for s in np.flatnonzero(slots.active):
+            for j, s in enumerate(running):
                 row = int(slots.row[s])
-                out.record_steps(row, int(slots.steps[s]), step_out, s)
-                if not new_state.active[s]:
-                    out.finish(row, int(new_state.steps[s]), int(step_out.finish_reason[s]))
+                out.record_steps(row, int(slots.steps[s]), step_out, j)
+                if not new_state.active[j]:
+                    out.finish(row, int(new_state.steps[j]), int(step_out.finish_reason[j]))
                     allocator.release(slots.shared[s] + slots.private[s])
                     slots.shared[s], slots.private[s] = [], []
                     slots.table[s] = SCRATCH_PAGE
                     slots.row[s] = -1
                     reserved[s] = 0
             for name in ("lengths", "last_tokens", "steps", "active", "window"):
-                getattr(slots, name)[:] = getattr(new_state, name)
+                getattr(slots, name)[chosen] = getattr(new_state, name)
         self._pools[(full_pages, ring_pool)] = pools
         self.last_stats = {**stats, "peak_pages": allocator.peak_in_use}
         return out.rollouts(tokens[:real], mask[:real], n)

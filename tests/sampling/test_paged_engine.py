@@ -106,7 +106,9 @@ def test_engine_equals_the_static_sampler_token_for_token(
         assert lengths.min() < MAX_NEW and lengths.max() == MAX_NEW, lengths  # varied lengths
         stats = engine.last_stats
         assert stats["kept_tokens"] == int(lengths.sum()) - int((lengths >= 1).sum())
-        assert stats["slot_steps"] == stats["calls"] * engine.steps_per_call * (num_slots or 9)
+        # Every call steps at most num_slots slots (fewer once the queue is empty).
+        assert stats["kept_tokens"] <= stats["slot_steps"]
+        assert stats["slot_steps"] <= stats["calls"] * engine.steps_per_call * (num_slots or 9)
     reasons = set(np.asarray(static_rollouts["mixed"].finish_reason).tolist())
     assert FINISH_LENGTH in reasons and reasons & {FINISH_EOS, FINISH_STOP}
 
