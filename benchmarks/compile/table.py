@@ -231,7 +231,9 @@ def main(paths: list[str]) -> None:
         print()
         print("\n".join(time_rows(full)))
         print()
-    print("\n".join(rollout_rows(files)))
+    # One rollout row set per recipe and topology: a rollout report's own section when there is one.
+    covered = {f.name.replace(".rollout.", ".") for f in rollout_only}
+    print("\n".join(rollout_rows([f for f in files if f.name not in covered])))
     if rollout_only:
         print()
         print("\n".join(engine_rows(rollout_only)))
