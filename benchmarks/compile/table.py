@@ -201,13 +201,42 @@ def rollout_rows(paths: list[pathlib.Path]) -> list[str]:
     return out
 
 
+def engine_rows(paths: list[pathlib.Path]) -> list[str]:
+    """Per paged-engine function of `--only=rollout` reports: its per-chip memory and verdict."""
+    out = [
+        "| recipe | topology | function | shape | args | temp | total / HBM | status |",
+        "|" + "---|" * 8,
+    ]
+    for path in paths:
+        report = json.loads(path.read_text())
+        recipe, _ = _label(report)
+        for f in report["functions"]:
+            gib = lambda b: f"{b / GIB:.1f}"  # noqa: E731
+            out.append(
+                f"| {recipe} | {report['topology']} | {f['name']} | {f['shape']} "
+                f"| {gib(f['argument_bytes'])} | {gib(f['temp_bytes'])} "
+                f"| {_cell(f) if f['status'] == 'oom' else _cell({**f, 'status': 'ok'})} "
+                f"| {f['status']} |"
+            )
+    return out
+
+
 def main(paths: list[str]) -> None:
     files = [pathlib.Path(p) for p in paths]
-    print("\n".join(fit_rows(files)))
-    print()
-    print("\n".join(time_rows(files)))
-    print()
-    print("\n".join(rollout_rows(files)))
+    # `--only=rollout` reports (<recipe>.rollout.<topology>.json) hold the engine's functions only.
+    rollout_only = [f for f in files if ".rollout." in f.name]
+    full = [f for f in files if f not in rollout_only]
+    if full:
+        print("\n".join(fit_rows(full)))
+        print()
+        print("\n".join(time_rows(full)))
+        print()
+    # One rollout row set per recipe and topology: a rollout report's own section when there is one.
+    covered = {f.name.replace(".rollout.", ".") for f in rollout_only}
+    print("\n".join(rollout_rows([f for f in files if f.name not in covered])))
+    if rollout_only:
+        print()
+        print("\n".join(engine_rows(rollout_only)))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ validation are the Sampler's; only how one chunk is sampled differs). Per chunk 
    rows that finish inside stop writing and sampling (their slot-steps are the waste). The
    host then copies the call's tokens out, frees finished rows' pages and slots, and admits
    waiting rows. Tables are passed at the width of the longest active row rounded up to a
-   power of two, so attention reads only (about) the pages that are filled.
+   power of two, so attention reads only (about) the pages that are filled, and only the
+   active slots are passed, in the smallest power of two that holds them: when no row waits
+   any more, the batch shrinks with the tail instead of stepping empty slots.
 
 Row i's key at step t is fold_in(fold_in(key(seed), first_row + i), t) wherever it decodes, so
 the tokens, log-probs and finish reasons are those of `Sampler` (the decode attention's
@@ -161,11 +163,8 @@ class Engine(Sampler):
         num_rows = real * n
         plen = np.asarray(mask, np.int32).sum(axis=1)
         ps, steps, max_new = self.page_size, self.steps_per_call, self.max_new_tokens
-        num_slots = self.num_slots or batch * n
-        per_slot = _cdiv(bucket + max_new - 1, ps)
-        prompt_width = _cdiv(bucket, ps)
-        full_pages = self.num_pages or 1 + batch * prompt_width + num_slots * per_slot
-        ring, ring_pool = self.ring, 1 + (num_slots + batch) * self.ring
+        num_slots, per_slot, prompt_width, full_pages, ring_pool = self._sizes(batch, n, bucket)
+        ring = self.ring
         spec = PagedSpec(n, max_new, self.max_top_k, ps, steps, self.impl, ring)
         prompt_need = sum(_cdiv(int(x), ps) for x in plen[:real])
         row_need = max(_cdiv(int(x) + max_new - 1, ps) - int(x) // ps for x in plen[:real])
@@ -232,37 +231,43 @@ class Engine(Sampler):
                 if unadmitted[p] == 0:
                     allocator.release(held[p])
             width = self._grow_tables(slots, plen, n, allocator, reserved, max_new)
+            # The call runs the active slots only, in the smallest power of two (at most
+            # num_slots) that holds them: once no row waits, the batch shrinks with the tail.
+            running = np.flatnonzero(slots.active)
+            size = min(num_slots, 1 << (len(running) - 1).bit_length())
+            chosen = np.concatenate([running, np.flatnonzero(~slots.active)])[:size]
             state_in = SlotState(
-                full_table=slots.table[:, :width],
-                ring_table=slots.ring,
-                lengths=slots.lengths,
-                last_tokens=slots.last_tokens,
-                steps=slots.steps,
-                active=slots.active,
-                row_ids=slots.row_ids,
-                window=slots.window,
+                full_table=slots.table[chosen, :width],
+                ring_table=slots.ring[chosen],
+                lengths=slots.lengths[chosen],
+                last_tokens=slots.last_tokens[chosen],
+                steps=slots.steps[chosen],
+                active=slots.active[chosen],
+                row_ids=slots.row_ids[chosen],
+                window=slots.window[chosen],
             )
-            self._shapes.add(("decode", num_slots, width, stop_arrays.table.shape))
+            params = RowSamplingParams(**{k: v[chosen] for k, v in slots.params.items()})
+            self._shapes.add(("decode", size, width, stop_arrays.table.shape))
             pools, new_state, step_out = decode(
-                weights, head, pools, state_in, RowSamplingParams(**slots.params),
-                np.uint32(seed), stop_arrays, _copies(copies, num_slots, ring),
+                weights, head, pools, state_in, params, np.uint32(seed), stop_arrays,
+                _copies(copies, num_slots, ring),
             )  # fmt: skip
             new_state, step_out = jax.device_get((new_state, step_out))
             stats["calls"] += 1
-            stats["slot_steps"] += num_slots * steps
+            stats["slot_steps"] += size * steps
             stats["kept_tokens"] += int(step_out.emitted.sum())
-            for s in np.flatnonzero(slots.active):
+            for j, s in enumerate(running):
                 row = int(slots.row[s])
-                out.record_steps(row, int(slots.steps[s]), step_out, s)
-                if not new_state.active[s]:
-                    out.finish(row, int(new_state.steps[s]), int(step_out.finish_reason[s]))
+                out.record_steps(row, int(slots.steps[s]), step_out, j)
+                if not new_state.active[j]:
+                    out.finish(row, int(new_state.steps[j]), int(step_out.finish_reason[j]))
                     allocator.release(slots.shared[s] + slots.private[s])
                     slots.shared[s], slots.private[s] = [], []
                     slots.table[s] = SCRATCH_PAGE
                     slots.row[s] = -1
                     reserved[s] = 0
             for name in ("lengths", "last_tokens", "steps", "active", "window"):
-                getattr(slots, name)[:] = getattr(new_state, name)
+                getattr(slots, name)[chosen] = getattr(new_state, name)
         self._pools[(full_pages, ring_pool)] = pools
         self.last_stats = {**stats, "peak_pages": allocator.peak_in_use}
         return out.rollouts(tokens[:real], mask[:real], n)
@@ -334,6 +339,77 @@ class Engine(Sampler):
             shared=[[] for _ in range(num_slots)],
             private=[[] for _ in range(num_slots)],
         )
+
+    def _sizes(self, batch: int, n: int, bucket: int) -> tuple[int, int, int, int, int]:
+        """(slots, table pages per slot, pages per prompt, full-layer pool pages, ring pool
+        pages) of a chunk of `batch` prompts of width `bucket` with n samples each."""
+        ps = self.page_size
+        num_slots = self.num_slots or batch * n
+        per_slot = _cdiv(bucket + self.max_new_tokens - 1, ps)
+        prompt_width = _cdiv(bucket, ps)
+        full_pages = self.num_pages or 1 + batch * prompt_width + num_slots * per_slot
+        return num_slots, per_slot, prompt_width, full_pages, 1 + (num_slots + batch) * self.ring
+
+    def compile_functions(
+        self, state: Any, num_prompts: int, n: int, bucket: int, stop: Any = None
+    ) -> dict[str, jax.stages.Compiled]:
+        """The engine's executables for a chunk of `num_prompts` prompts of width `bucket` with
+        n samples, built now: "prefill" (into pages), "weights" (cast and sliced once a chunk)
+        and "decode" (steps_per_call steps of all slots at the full table width, the largest).
+        `state` may be abstract (`jax.ShapeDtypeStruct`s); nothing is allocated."""
+        stop_arrays = (stop or self.stop).arrays()
+        num_slots, per_slot, prompt_width, full_pages, ring_pool = self._sizes(
+            num_prompts, n, bucket
+        )
+        spec = PagedSpec(n, self.max_new_tokens, self.max_top_k, self.page_size,
+                         self.steps_per_call, self.impl, self.ring)  # fmt: skip
+
+        def like(shape, dtype):
+            return jax.ShapeDtypeStruct(shape, np.dtype(dtype))
+
+        def rows(count):
+            return RowSamplingParams(
+                temperature=like((count,), np.float32),
+                top_k=like((count,), np.int32),
+                top_p=like((count,), np.float32),
+                greedy=like((count,), bool),
+            )
+
+        abstract = jax.tree.map(lambda x: like(x.shape, x.dtype), state)
+        stop_abstract = jax.tree.map(lambda x: like(x.shape, x.dtype), stop_arrays)
+        pools = jax.eval_shape(
+            lambda: init_pools(self.config, full_pages, ring_pool, self.page_size)
+        )
+        prompts = like((num_prompts, bucket), np.int32)
+        scalar = like((), np.uint32)
+        weights_fn = self._jit("weights", spec, None)
+        weights, head = jax.eval_shape(weights_fn, abstract)
+        slots = SlotState(
+            full_table=like((num_slots, per_slot), np.int32),
+            ring_table=like((num_slots, self.ring), np.int32),
+            lengths=like((num_slots,), np.int32),
+            last_tokens=like((num_slots,), np.int32),
+            steps=like((num_slots,), np.int32),
+            active=like((num_slots,), bool),
+            row_ids=like((num_slots,), np.uint32),
+            window=like((num_slots, stop_arrays.window), np.int32),
+        )
+        copies = PageCopies(
+            src=like((num_slots,), np.int32),
+            dst=like((num_slots,), np.int32),
+            ring_src=like((num_slots, self.ring), np.int32),
+            ring_dst=like((num_slots, self.ring), np.int32),
+        )
+        prefill_args = (abstract, prompts, prompts, rows(num_prompts * n), scalar, scalar,
+                        stop_abstract, pools, like((num_prompts, prompt_width), np.int32),
+                        like((num_prompts, self.ring), np.int32))  # fmt: skip
+        decode_spec = dataclasses.replace(spec, n=0)
+        decode_args = (weights, head, pools, slots, rows(num_slots), scalar, stop_abstract, copies)
+        return {
+            "prefill": self._jit("prefill", spec, None).lower(*prefill_args).compile(),
+            "weights": weights_fn.lower(abstract).compile(),
+            "decode": self._jit("decode", decode_spec, None).lower(*decode_args).compile(),
+        }
 
     def _take_pools(self, full_pages: int, ring_pool: int):
         """The pools of this size from the last call (donated through the calls), or new ones."""

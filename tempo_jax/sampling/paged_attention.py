@@ -125,18 +125,19 @@ def _reference(q, k_pages, v_pages, lengths, page_indices, sm_scale, window):
     width = page_indices.shape[1]
     dtype = q.dtype
 
-    def gather(pages):  # [K, P, ps, Dh] -> [S, width * ps, K, Dh]
-        x = pages[:, page_indices]  # [K, S, width, ps, Dh]
-        return jnp.transpose(x, (1, 2, 3, 0, 4)).reshape(slots, width * page_size, num_kv, -1)
-
-    k, v = gather(k_pages), gather(v_pages)
+    # Gathered as [K, S, T, Dh] (a free reshape of the pool's own layout: no transpose of the
+    # gathered keys); scores [K, S, T, G].
+    k = k_pages[:, page_indices].reshape(num_kv, slots, width * page_size, head_dim)
+    v = v_pages[:, page_indices].reshape(num_kv, slots, width * page_size, head_dim)
     mask = visible_keys(lengths, width, page_size, window)  # [S, T]
-    qg = q.reshape(slots, 1, num_kv, num_heads // num_kv, head_dim)
-    # [S, 1, K, G, Dh] x [S, T, K, 1, Dh], summed over Dh -> [S, T, K, G]
-    scores = jnp.sum(qg.astype(jnp.float32) * k[:, :, :, None, :].astype(jnp.float32), axis=-1)
+    qg = jnp.transpose(q.reshape(slots, num_kv, num_heads // num_kv, head_dim), (1, 0, 2, 3))
+    # [K, S, 1, G, Dh] x [K, S, T, 1, Dh], summed over Dh -> [K, S, T, G]
+    scores = jnp.sum(
+        qg[:, :, None].astype(jnp.float32) * k[:, :, :, None, :].astype(jnp.float32), axis=-1
+    )
     scores = scores * sm_scale
-    scores = jnp.where(mask[:, :, None, None], scores, MASKED_SCORE)
-    probs = jax.nn.softmax(scores, axis=1).astype(dtype).astype(jnp.float32)
+    scores = jnp.where(mask[None, :, :, None], scores, MASKED_SCORE)
+    probs = jax.nn.softmax(scores, axis=2).astype(dtype).astype(jnp.float32)
     values = v.astype(dtype)[:, :, :, None, :].astype(jnp.float32)
-    out = jnp.sum(probs[..., None] * values, axis=1)  # [S, K, G, Dh]
-    return out.reshape(slots, num_heads, head_dim).astype(dtype)
+    out = jnp.sum(probs[..., None] * values, axis=2)  # [K, S, G, Dh]
+    return jnp.transpose(out, (1, 0, 2, 3)).reshape(slots, num_heads, head_dim).astype(dtype)

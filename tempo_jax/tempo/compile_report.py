@@ -538,8 +538,9 @@ def _selected(call: fns.Call, only: Sequence[str]) -> bool:
 def _rollout(plan: _Plan, planned: list[fns.Call], chip: ChipSpec) -> dict[str, Any]:
     """The report's rollout seconds per step (`tempo.rollout_estimates`)."""
     rollout = next(c for c in planned if c.purpose == "rollout")
-    policy = next(c for c in planned if c.function in fns.SAMPLERS)
-    weights, resident = _own_and_resident(plan, policy)
+    # The train states' shards, all live during rollouts.
+    states = tree_bytes_per_chip(plan.policy)
+    states += tree_bytes_per_chip(plan.critic) if plan.critic is not None else 0
     tensor = plan.mesh.shape["tensor"]
     recipe = rollout_recipe(
         plan.config,
@@ -548,7 +549,7 @@ def _rollout(plan: _Plan, planned: list[fns.Call], chip: ChipSpec) -> dict[str, 
         plan.mesh.size,
         tensor,
         _compute_dtype_bytes(plan.policy.params, plan.model),  # the whole decode weights
-        weights + resident,  # the train states, all live during rollouts
+        states,
         rollout.rows,
         HBM_LIMIT_FRACTION,
     )

@@ -17,6 +17,7 @@ ADVANTAGES = ("em_token", "em_outcome")
 WHITEN_SCOPES = ("batch", "with_labeled", "question")
 DTYPES = ("float32", "bfloat16")
 ROLLOUT_ENGINES = ("static", "paged")
+DECODE_LAYOUTS = ("auto", "replicated", "tensor")  # tempo.rollout_estimates.LAYOUTS
 # AdamW moves each weight by about the learning rate per update (|m / sqrt(v)| <= ~1). A
 # bfloat16 weight keeps 8 significant bits, so round-to-nearest drops any change below half its
 # spacing, |w| * 2**-9 or more; for a typical LLM matrix entry (|w| ~ 0.02, the init scale)
@@ -100,6 +101,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive_int(config, "rollout.paged.num_slots", 0)
     _positive_int(config, "rollout.paged.num_pages", 0)
     _positive_int(config, "rollout.paged.steps_per_call")
+    _require(
+        config.rollout.paged.decode_layout in DECODE_LAYOUTS,
+        "rollout.paged.decode_layout",
+        f"must be one of {DECODE_LAYOUTS}, got {config.rollout.paged.decode_layout!r}",
+    )
+    _positive_int(config, "rollout.paged.decode_tensor", 0)
     _positive_int(config, "rollout.n", 2 if method.advantage in ("grpo", "drgrpo") else 1)
     _require(
         config.rollout.temperature >= 0,

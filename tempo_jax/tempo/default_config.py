@@ -98,6 +98,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.rollout.paged.num_slots = 0  # rows decoding at once (0 = every row of a chunk)
     c.rollout.paged.num_pages = 0  # pages per layer's pool (0 = a chunk's rows at full length)
     c.rollout.paged.steps_per_call = 16  # decode steps per jitted call (host refills between)
+    # Decode weights: replicated | tensor (split over decode_tensor chips; 0 = parallel.mesh.tensor
+    # when > 1, else 4) | auto (the faster by `tempo-jax compile`'s rollout estimate, reported).
+    c.rollout.paged.decode_layout = "auto"
+    c.rollout.paged.decode_tensor = 0
     c.rollout.max_generation_batches = 10  # group filter: generation batches before an error
 
     # --- the TEMPO schedule ------------------------------------------------------------------

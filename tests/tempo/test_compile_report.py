@@ -153,3 +153,35 @@ def test_only_rollout_compiles_the_paged_engine_with_its_pool_sized_from_memory(
     assert decode["argument_bytes"] >= decode["kv_cache_bytes"]
     assert decode["hbm_fraction"] <= 0.9
     assert report["rollout"]["seconds_per_step"]["aime"] > 0
+
+
+def test_decode_layout_is_validated_and_forced_layouts_are_reported():
+    from tempo_jax.models import get_preset
+    from tempo_jax.models import rollout_time as rt
+    from tempo_jax.parallel.topology import GIB, TPU_CHIPS
+    from tempo_jax.tempo import default_config
+    from tempo_jax.tempo.config_validation import ConfigError, validate
+    from tempo_jax.tempo.rollout_estimates import rollout_section
+
+    config = default_config.get_config()
+    config.rollout.paged.decode_layout = "sideways"
+    with pytest.raises(ConfigError, match="rollout.paged.decode_layout"):
+        validate(config)
+    # A small Qwen3-0.6B-shaped recipe on 8 v5p chips: both layouts are evaluated; forcing one
+    # reports it, and the floor is the better layout's whatever is forced.
+    config.data.prompts_per_step, config.rollout.n, config.rollout.max_new_tokens = 8, 4, 512
+    recipe = rt.RolloutRecipe(
+        get_preset("qwen3_0p6b", dtype="bfloat16"), TPU_CHIPS["TPU v5"], chips=8, rows=32,
+        samples=4, max_new_tokens=512, max_prompt_length=64, weight_bytes=GIB,
+        resident_bytes=GIB, static_chunk_rows=32, prompt_tokens=64,
+    )  # fmt: skip
+    sections = {}
+    for layout in ("replicated", "tensor", "auto"):
+        config.rollout.paged.decode_layout = layout
+        sections[layout] = rollout_section(config, recipe, mesh_tensor=1)
+    assert sections["replicated"]["decode_tensor"] == 1
+    assert sections["tensor"]["decode_tensor"] == 4
+    assert sections["tensor"]["decode_mesh"] == {"data": 2, "tensor": 4}
+    assert sections["auto"]["decode_layout"] in ("replicated", "tensor")
+    floors = {k: v["floor_seconds_per_step"]["full"] for k, v in sections.items()}
+    assert floors["replicated"] == floors["tensor"] == floors["auto"]

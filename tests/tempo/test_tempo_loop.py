@@ -38,7 +38,7 @@ def assert_calls_planned(trainer, planned=None):
     run = trainer.run
     planned = planned or functions.planned_calls(run.config, run.sampler.row_shards)
     assert set(run.functions.compiled) <= {c.key for c in planned}
-    sampled = {(c.prompts, c.samples) for c in planned if c.function == functions.SAMPLER}
+    sampled = {(c.prompts, c.samples) for c in planned if c.function in functions.SAMPLERS}
     assert {(b, n) for b, n, _ in run.sampler.compiled_shapes} <= sampled
 
 
