@@ -67,7 +67,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--new_tokens", type=int, default=256, help="the length cap L")
     parser.add_argument("--mean_fraction", type=float, default=0.3, help="target mean / L")
-    parser.add_argument("--num_slots", type=int, default=32)
+    parser.add_argument("--num_slots", type=int, default=48)
     parser.add_argument("--page_size", type=int, default=16)
     parser.add_argument("--steps_per_call", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
