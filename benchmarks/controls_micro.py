@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     done = set()
     if os.path.exists(results):
         done = {(r["name"], r["seed"]) for r in read_jsonl(results)}
-    work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="controls_micro_"))
+    work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="controls_micro_")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     files = write_files(work)
     for seed in [int(s) for s in args.seeds.split(",")]:

@@ -97,13 +97,21 @@ def curves(points: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]
     return out
 
 
-def references(path: str, labels: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Mean ± s.e. over seeds of the Δ mean@k / pass@k (step 0 -> last) of the runs labelled
-    `labels` in a study's `runs.json` (`{"runs": {"<label>-s<seed>": {"step0", "step<N>"}}}`)."""
+def references(
+    path: str, labels: Sequence[str], seeds: Sequence[int] | None = None
+) -> dict[str, dict[str, float]]:
+    """Mean ± s.e. over seeds (all, or `seeds`) of the Δ mean@k / pass@k (step 0 -> last) of the
+    runs labelled `labels` in a study's `runs.json` (`{"runs": {"<label>-s<seed>": {"step0",
+    "step<N>"}}}`)."""
     runs = json.loads(storage.read_text(path))["runs"]
     out = {}
     for label in labels:
-        pts = [v for k, v in runs.items() if re.fullmatch(rf"{re.escape(label)}-s\d+", k)]
+        pts = [
+            v
+            for k, v in runs.items()
+            if (m := re.fullmatch(rf"{re.escape(label)}-s(\d+)", k))
+            and (seeds is None or int(m[1]) in seeds)
+        ]
         if not pts:
             continue
         deltas = {"delta_mean": [], "delta_pass": []}
@@ -186,14 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", default="", help="a study's runs.json for the lines")
     parser.add_argument("--reference_labels", default="ttrl,oracle")
     parser.add_argument("--out", required=True, help="directory for curve.{md,json,png}")
+    parser.add_argument("--seeds", default="", help="only these seeds, e.g. 0 (default: all)")
     args = parser.parse_args(argv)
-    points = read_points(args.root)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()] or None
+    points = [p for p in read_points(args.root) if seeds is None or p["seed"] in seeds]
     if not points:
         parser.error(f"no finished <method>-p<p>-s<seed> runs under {args.root}")
     table = curves(points)
     refs = {}
     if args.reference:
-        refs = references(args.reference, [x for x in args.reference_labels.split(",") if x])
+        labels = [x for x in args.reference_labels.split(",") if x]
+        refs = references(args.reference, labels, seeds)
     storage.makedirs(args.out)
     text = markdown(table, refs)
     storage.write_atomic(os.path.join(args.out, "curve.md"), text)
