@@ -21,10 +21,9 @@ Run by launch/sweep.py (README, "The paper's claims at CPU scale") for base, ora
 tempo_frozen, ttrl, empo, intuitor and tempo with recalibrate_every 1, 2, 4, 8 over 3 seeds.
 
 The warmed-up critic ranks questions, not the answers to one question: its step-0 D_U AUROC
-within a question is about 0.5 with this warm-up (8 E-steps x 2 updates at lr 1e-4) and about
-0.64 with 32 x 4 at 3e-4 (`--config.tempo.critic_warmup_steps=32 --config.tempo.critic_updates=4
---config.train.critic_optimizer.learning_rate=3e-4`), measured by benchmarks/critic_auroc.py
-(README, "What moved the critic's AUROC").
+within a question is 0.542 ± 0.024 over seeds 0-4 with this warm-up (8 E-steps x 2 updates at
+lr 1e-4; pooled 0.666) and 0.543 ± 0.046 with 32 x 4 at 3e-4 (pooled 0.793), measured by
+benchmarks/critic_auroc.py (README, "What moved the critic's AUROC").
 """
 
 import importlib.util
