@@ -7,10 +7,11 @@ D_L rollouts and the step-0 D_U evaluation samples once, then a fresh critic (fr
 
 A recipe `SxU@LR[/clipC]` is S warm-up E-steps (one pool batch each, in order, as the warm-up
 draws them: `data.prompts_per_step` x `rollout.n` rows) of U critic updates at critic learning
-rate LR (value clip C, else the config's `train.value_clip`). The warm-up of a real run samples
-fresh rollouts each E-step from the same policy, so this is that warm-up with the sampling done
-once for every recipe. Prints `auroc_within_question` and the pooled AUROC of V_last after 1/4,
-1/2 and all of the E-steps, and the process CPU seconds of each recipe.
+rate LR (value clip C, else the config's `train.value_clip`); `/filter` fits only the rows of
+groups with both right and wrong answers (the authors' E-step group filter). The warm-up of a
+real run samples fresh rollouts each E-step from the same policy, so this is that warm-up with
+the sampling done once for every recipe. Prints `auroc_within_question` and the pooled AUROC of
+V_last after 1/4, 1/2 and all of the E-steps, and the process CPU seconds of each recipe.
 """
 
 from __future__ import annotations
@@ -43,14 +44,28 @@ def _journal() -> StepJournal:
     return StepJournal("", lambda: False)
 
 
-def parse_recipe(recipe: str, value_clip: float) -> tuple[int, int, float, float]:
-    """`SxU@LR[/clipC]` -> (E-steps, updates per E-step, learning rate, value clip)."""
+def parse_recipe(recipe: str, value_clip: float) -> tuple[int, int, float, float, bool]:
+    """`SxU@LR[/clipC][/filter]` -> (E-steps, updates per E-step, learning rate, value clip,
+    group filter)."""
     spec, rate = recipe.split("@")
+    group_filter = rate.endswith("/filter")
+    rate = rate.removesuffix("/filter")
     if "/clip" in rate:
         rate, clip = rate.split("/clip")
         value_clip = float(clip)
     steps, updates = (int(x) for x in spec.split("x"))
-    return steps, updates, float(rate), value_clip
+    return steps, updates, float(rate), value_clip, group_filter
+
+
+def mixed_groups_only(rows, rewards: np.ndarray):
+    """`rows` with the rows of all-right and all-wrong groups marked unlabeled, so that they take
+    no part in the value loss (the authors' group filter; the batch keeps its shape)."""
+    right = rewards > 0
+    mixed = np.zeros(rows.num_rows, bool)
+    for g in np.unique(rows.group_ids):
+        members = rows.group_ids == g
+        mixed[members] = 0 < right[members].sum() < members.sum()
+    return dataclasses.replace(rows, is_labeled=np.asarray(rows.is_labeled) & mixed)
 
 
 def v_last_quality(run, critic_params, rows, correct, chunk: int) -> dict[str, float]:
@@ -123,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     chunk = config.data.prompts_per_step * config.rollout.n
     for recipe in args.recipes.split(","):
-        steps, updates, rate, clip = parse_recipe(recipe, config.train.value_clip)
+        steps, updates, rate, clip, group_filter = parse_recipe(recipe, config.train.value_clip)
         start = time.process_time()
         optimizer = dataclasses.replace(run.settings.critic_optimizer, learning_rate=rate)
         run.settings = dataclasses.replace(
@@ -137,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         report = []
         for e in range(steps):
+            rows_e, rewards_e = pool[e % args.pool]
+            if group_filter:
+                rows_e = mixed_groups_only(rows_e, rewards_e)
             critic, _ = phases.critic_update(
-                run, _journal(), critic, *pool[e % args.pool], phases.Timer(), updates=updates
+                run, _journal(), critic, rows_e, rewards_e, phases.Timer(), updates=updates
             )
             if e + 1 in (steps // 4, steps // 2, steps):
                 q = v_last_quality(run, critic.params, rows, correct, chunk)
