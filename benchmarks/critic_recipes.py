@@ -1,0 +1,174 @@
+"""Critic warm-up recipes compared on the same data: one seed's SFT policy samples a pool of graded
+D_L rollouts and the step-0 D_U evaluation samples once, then a fresh critic (from the policy, as
+`tempo` builds it) is fitted with each recipe and scored on those D_U samples.
+
+    python benchmarks/critic_recipes.py --config=configs/tiny_repro.py --seed=0 \\
+        --sft=/tmp/sweep/sft-s0 --pool=32 --recipes=8x2@1e-4,32x4@3e-4,32x8@1e-3/clip1.0
+
+A recipe `SxU@LR[/clipC]` is S warm-up E-steps (one pool batch each, in order, as the warm-up
+draws them: `data.prompts_per_step` x `rollout.n` rows) of U critic updates at critic learning
+rate LR (value clip C, else the config's `train.value_clip`); `/filter` fits only the rows of
+groups with both right and wrong answers (the authors' E-step group filter). The warm-up of a
+real run samples fresh rollouts each E-step from the same policy, so this is that warm-up with
+the sampling done once for every recipe. Prints `auroc_within_question` and the pooled AUROC of
+V_last after 1/4, 1/2 and all of the E-steps, and the process CPU seconds of each recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+from absl import logging as absl_logging
+
+from tempo_jax import train
+from tempo_jax.rewards.math import grade_batch
+from tempo_jax.sampling import SamplingParams
+from tempo_jax.tempo import eval_metrics, phases
+from tempo_jax.tempo.evaluation import _problems
+from tempo_jax.tempo.functions import RunFunctions
+from tempo_jax.tempo.loop import Trainer
+from tempo_jax.tempo.sft import run_sft
+from tempo_jax.tempo.step_journal import StepJournal
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from critic_auroc import load_config  # noqa: E402
+
+
+def _journal() -> StepJournal:
+    return StepJournal("", lambda: False)
+
+
+def parse_recipe(recipe: str, value_clip: float) -> tuple[int, int, float, float, bool]:
+    """`SxU@LR[/clipC][/filter]` -> (E-steps, updates per E-step, learning rate, value clip,
+    group filter)."""
+    spec, rate = recipe.split("@")
+    group_filter = rate.endswith("/filter")
+    rate = rate.removesuffix("/filter")
+    if "/clip" in rate:
+        rate, clip = rate.split("/clip")
+        value_clip = float(clip)
+    steps, updates = (int(x) for x in spec.split("x"))
+    return steps, updates, float(rate), value_clip, group_filter
+
+
+def mixed_groups_only(rows, rewards: np.ndarray):
+    """`rows` with the rows of all-right and all-wrong groups marked unlabeled, so that they take
+    no part in the value loss (the authors' group filter; the batch keeps its shape)."""
+    right = rewards > 0
+    mixed = np.zeros(rows.num_rows, bool)
+    for g in np.unique(rows.group_ids):
+        members = rows.group_ids == g
+        mixed[members] = 0 < right[members].sum() < members.sum()
+    return dataclasses.replace(rows, is_labeled=np.asarray(rows.is_labeled) & mixed)
+
+
+def v_last_quality(run, critic_params, rows, correct, chunk: int) -> dict[str, float]:
+    """Critic quality of V_last [N] on `rows` (the evaluation's metric)."""
+    values = []
+    for start in range(0, rows.num_rows, chunk):
+        part = rows.take_rows(slice(start, start + chunk))
+        part = part.pad_rows(chunk) if part.num_rows < chunk else part
+        values.append(np.asarray(run.values(critic_params, phases.sequences(part))))
+    values = np.concatenate(values)[: rows.num_rows]
+    v_last = values[np.arange(rows.num_rows), np.maximum(rows.lengths - 1, 0)]
+    return eval_metrics.critic_quality(v_last, correct, rows.group_ids)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="path[:variant], as tempo-jax's")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sft", required=True, help="a workdir holding this seed's sft/")
+    parser.add_argument("--workdir", default="", help="default: <sft>-recipes")
+    parser.add_argument("--pool", type=int, default=32, help="graded D_L batches sampled once")
+    parser.add_argument("--recipes", default="8x2@1e-4")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE config override")
+    args = parser.parse_args(argv)
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    config = load_config(args.config, [f"seed={args.seed}", *args.set])
+    config.method, config.progress_bar = "tempo", False
+    workdir = args.workdir or args.sft.rstrip("/") + "-recipes"
+    if not os.path.exists(os.path.join(workdir, "sft")):
+        shutil.copytree(os.path.join(args.sft, "sft"), os.path.join(workdir, "sft"))
+    start = time.process_time()
+    trainer = Trainer(config, workdir)
+    run = trainer.run
+    policy_module = run_sft(run, trainer._initial_policy, os.path.join(workdir, "sft"))
+    _, policy_params = train.split_for_training(policy_module, run.settings)
+    pool = [
+        phases.collect_groups(
+            run,
+            trainer.streams["labeled"],
+            policy_params,
+            journal=_journal(),
+            step=i,
+            phase="recalibrate",
+            timer=phases.Timer(),
+        )[:2]
+        for i in range(args.pool)
+    ]
+    batch = _problems(run, "unlabeled")
+    answers = batch.evaluation_answers()
+    rows = phases.sample(
+        run,
+        policy_params,
+        batch,
+        n=config.eval.n,
+        timer=phases.Timer(),
+        seed=phases.step_seed(config.seed, 0, "eval", 0),
+        sampling=SamplingParams(temperature=config.eval.temperature),
+    )
+    truths = [list(answers[g]) for g in rows.group_ids]
+    graded = grade_batch(rows.texts, truths, pool=run.pool, timeout_s=config.grader.timeout_s)
+    correct = np.asarray(graded.correct, bool)
+    groups = np.unique(rows.group_ids)
+    mixed = sum(0 < correct[rows.group_ids == g].sum() < config.eval.n for g in groups)
+    print(
+        f"seed {args.seed}: D_L pool {args.pool} batches, accuracy "
+        f"{np.mean([(r > 0).mean() for _, r in pool]):.3f}; D_U mean@{config.eval.n} "
+        f"{correct.mean():.3f}, {mixed} of {len(groups)} questions mixed; sampling "
+        f"{time.process_time() - start:.0f} CPU s",
+        flush=True,
+    )
+    chunk = config.data.prompts_per_step * config.rollout.n
+    for recipe in args.recipes.split(","):
+        steps, updates, rate, clip, group_filter = parse_recipe(recipe, config.train.value_clip)
+        start = time.process_time()
+        optimizer = dataclasses.replace(run.settings.critic_optimizer, learning_rate=rate)
+        run.settings = dataclasses.replace(
+            run.settings, critic_optimizer=optimizer, value_clip=clip
+        )
+        run.functions = RunFunctions.for_run(
+            config, run.mesh, run.rules, run.settings, run.policy_graphdef
+        )
+        critic = train.create_train_state(
+            trainer._critic_module(policy_module), optimizer, run.mesh, run.rules
+        )
+        report = []
+        for e in range(steps):
+            rows_e, rewards_e = pool[e % args.pool]
+            if group_filter:
+                rows_e = mixed_groups_only(rows_e, rewards_e)
+            critic, _ = phases.critic_update(
+                run, _journal(), critic, rows_e, rewards_e, phases.Timer(), updates=updates
+            )
+            if e + 1 in (steps // 4, steps // 2, steps):
+                q = v_last_quality(run, critic.params, rows, correct, chunk)
+                report.append(
+                    f"after {e + 1}: within {q['auroc_within_question']:.3f} "
+                    f"pooled {q['auroc']:.3f}"
+                )
+        cpu = time.process_time() - start
+        print(f"seed {args.seed} {recipe}: {'; '.join(report)} ({cpu:.0f} CPU s)", flush=True)
+    trainer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
