@@ -264,7 +264,7 @@ class _FakeHub(http.server.BaseHTTPRequestHandler):
     requested: list[str] = []
 
     def log_message(self, *args):
-        pass
+        """Silent: the server's per-request log lines would only clutter the test output."""
 
     def _send(self, body: bytes, content_type="application/json", head=False, extra=()):
         self.send_response(200)
