@@ -34,8 +34,8 @@ from test_learning import SFT_STEPS, _questions, learning_config  # noqa: E402
 
 from tempo_jax.tempo.build import build_run  # noqa: E402
 from tempo_jax.tempo.loop import Trainer  # noqa: E402
-from tempo_jax.tempo.sft import run_sft  # noqa: E402
 from tempo_jax.train.metric_writers import read_jsonl  # noqa: E402
+from tempo_jax.train.sft import run_sft  # noqa: E402
 
 SETTING = {
     "total_steps": 24,
@@ -136,8 +136,8 @@ def summarize(name: str, seed: int, records: list[dict], cpu: float) -> dict:
 
 def report(out: str, references: tuple[str, ...] = ("ttrl", "oracle")) -> str:
     """OUT/curve.{md,png} from OUT/runs.jsonl: the tempo_oracle controls' Δ against the measured
-    reward AUROC (`tempo_jax.tempo.oracle_curve`), the references and every other variant."""
-    from tempo_jax.tempo import oracle_curve
+    reward AUROC (`tempo_jax.experiments.oracle_curve`), the references and every other variant."""
+    from tempo_jax.experiments import oracle_curve
 
     rows = read_jsonl(os.path.join(out, "runs.jsonl"))
     points = []

@@ -27,14 +27,15 @@ import numpy as np
 from absl import logging as absl_logging
 
 from tempo_jax import train
+from tempo_jax.rewards import eval_metrics
 from tempo_jax.rewards.math import grade_batch
 from tempo_jax.sampling import SamplingParams
-from tempo_jax.tempo import eval_metrics, phases
+from tempo_jax.tempo import phases
 from tempo_jax.tempo.evaluation import _problems
 from tempo_jax.tempo.functions import RunFunctions
 from tempo_jax.tempo.loop import Trainer
-from tempo_jax.tempo.sft import run_sft
 from tempo_jax.tempo.step_journal import StepJournal
+from tempo_jax.train.sft import run_sft
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from critic_auroc import load_config  # noqa: E402

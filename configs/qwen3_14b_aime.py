@@ -1,5 +1,5 @@
 """TEMPO on AIME with Qwen3-14B, the authors' recipe (128 prompts per step, 32 per update, n=8,
-16k-token responses, AdamW 1e-6; see tempo_jax/tempo/aime_recipe.py for paths and fields). The
+16k-token responses, AdamW 1e-6; see tempo_jax/config/aime_recipe.py for paths and fields). The
 second command runs a baseline (any registered method name).
 
     tempo-jax train --config=configs/qwen3_14b_aime.py --workdir=runs/qwen3_14b_aime
@@ -10,7 +10,7 @@ Checkpoint: $TEMPO_ROOT/checkpoints/Qwen3-14B (override with --config.model.hf_p
 
 import ml_collections
 
-from tempo_jax.tempo.aime_recipe import aime_config
+from tempo_jax.config.aime_recipe import aime_config
 
 
 def get_config(method: str = "") -> ml_collections.ConfigDict:
@@ -22,7 +22,7 @@ def get_config(method: str = "") -> ml_collections.ConfigDict:
         prompts_per_step=128,
         prompts_per_update=32,
         # (policy, critic) parameters: with AdamW states a checkpoint is 345 GB, so its
-        # async save timeout is 3451 s at 100 MB/s -> 3600 s (tempo_jax/tempo/aime_recipe.py)
+        # async save timeout is 3451 s at 100 MB/s -> 3600 s (tempo_jax/config/aime_recipe.py)
         params=(14.77e9, 13.99e9),
         # 256 rows x 2.81 GiB of KV cache = 720 GiB a chunk (22.5 GiB a chip on 32, v5p:2x4x4)
         max_rows_per_chunk=256,

@@ -1,5 +1,5 @@
 """TEMPO on AIME with Qwen3-8B, the authors' recipe (256 prompts per step, 64 per update, n=8,
-16k-token responses, AdamW 1e-6; see tempo_jax/tempo/aime_recipe.py for paths and fields). The
+16k-token responses, AdamW 1e-6; see tempo_jax/config/aime_recipe.py for paths and fields). The
 config-file argument picks a baseline (any registered method name) and/or the v6e layout:
 
     tempo-jax train --config=configs/qwen3_8b_aime.py --workdir=runs/qwen3_8b_aime
@@ -16,7 +16,7 @@ Checkpoint: $TEMPO_ROOT/checkpoints/Qwen3-8B (override with --config.model.hf_pa
 
 import ml_collections
 
-from tempo_jax.tempo.aime_recipe import aime_config
+from tempo_jax.config.aime_recipe import aime_config
 
 # 32 TPU v6e chips (v6e:4x8): heads / MLP / vocabulary over 4 chips (fsdp 8), so the sampler's
 # whole-per-batch-shard bfloat16 weights take 3.8 GiB a chip instead of 15.3, and one 18k-token
@@ -36,7 +36,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         prompts_per_step=256,
         prompts_per_update=64,
         # (policy, critic) parameters: with AdamW states a checkpoint is 189 GB, so its
-        # async save timeout is 1891 s at 100 MB/s -> 2400 s (tempo_jax/tempo/aime_recipe.py)
+        # async save timeout is 1891 s at 100 MB/s -> 2400 s (tempo_jax/config/aime_recipe.py)
         params=(8.19e9, 7.57e9),
         # 128 rows x 2.53 GiB of KV cache = 324 GiB a chunk (20.3 GiB a chip on 16 v5p, 10.1 on
         # 32 v6e)

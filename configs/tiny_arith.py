@@ -26,14 +26,14 @@ degrades (-> 0.41).
 
 import ml_collections
 
-from tempo_jax.tempo import default_config
+from tempo_jax.config import defaults
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     """The CPU default; `variant` "rlvr" gives the documented RLVR run (module docstring)."""
     if variant not in ("", "rlvr"):
         raise ValueError(f"configs/tiny_arith.py: unknown variant {variant!r}; use '' or 'rlvr'")
-    c = default_config.get_config()
+    c = defaults.get_config()
     c.method = "tempo"
     c.total_steps = 16
     c.eval_every = 8

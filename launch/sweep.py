@@ -7,20 +7,21 @@
 Each run is `tempo-jax train --config=CONFIG --workdir=ROOT/<method>-s<seed> --config.method=...
 --config.seed=... [--config.KEY=VALUE ...]` in its own process (with `--recalibrate_every=2,4` the
 phased TEMPO methods run once per value too, as ROOT/<method>-r<k>-s<seed>; the grid is
-`tempo_jax.tempo.grid`, shared with launch/xm_launch.py), so one failing run does not stop
+`tempo_jax.experiments.grid`, shared with launch/xm_launch.py), so one failing run does not stop
 the others (its log is ROOT/<run>/sweep.log), and rerunning a killed sweep resumes it: every run
 restores its latest checkpoint (a finished one only rewrites its report). At the end (and with
 `--compare_only`) ROOT/comparison.{md,json,png} hold the per-method means over seeds, the
 differences to `base` paired by seed, and the critic's D_U AUROC over steps
-(`tempo_jax.tempo.compare`).
+(`tempo_jax.experiments.compare`).
 
 `--oracle_flip_probs=0,0.1,...` multiplies the `tempo_oracle` / `tempo_mixed_oracle` controls by
-`tempo.oracle_flip_prob` (runs ROOT/<method>-p<p>-s<seed>); `python -m tempo_jax.tempo.oracle_curve
---root=ROOT --out=DIR` then plots their gain against the reward's measured within-question AUROC.
+`tempo.oracle_flip_prob` (runs ROOT/<method>-p<p>-s<seed>);
+`python -m tempo_jax.experiments.oracle_curve --root=ROOT --out=DIR` then plots
+their gain against the reward's measured within-question AUROC.
 
 `base` in `--methods` is the initial policy, no training. It costs nothing: every run of a seed
 starts from the same policy and evaluates it at step 0 with the same samples, so base is read
-from the step-0 evaluation of the seed's runs (`tempo_jax.tempo.compare.base_runs`).
+from the step-0 evaluation of the seed's runs (`tempo_jax.experiments.compare.base_runs`).
 
 `--share_sft` fine-tunes once per seed (ROOT/sft-s<seed>, `tempo-jax sft`) and copies the result
 into each run's workdir before it starts (a run skips SFT when `sft/<steps>` exists), instead
@@ -44,9 +45,9 @@ import threading
 import time
 from collections.abc import Sequence
 
-from tempo_jax.tempo import grid as grids
-from tempo_jax.tempo.compare import comparison_markdown, write_comparison
-from tempo_jax.tempo.grid import GridRun
+from tempo_jax.experiments import grid as grids
+from tempo_jax.experiments.compare import comparison_markdown, write_comparison
+from tempo_jax.experiments.grid import GridRun
 from tempo_jax.train import storage
 
 EXECUTABLE = (sys.executable, "-m", "tempo_jax.cli")

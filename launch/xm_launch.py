@@ -72,7 +72,7 @@ def check_executor(executor: str, accelerator: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    from tempo_jax.tempo import grid
+    from tempo_jax.experiments import grid
 
     grid.add_flags(parser)
     parser.add_argument("--max_parallel", type=int, default=1, help="units running at once")
@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def grid_runs(args: argparse.Namespace):
     """The grid's runs (their `command` is the local `tempo-jax train` line)."""
-    from tempo_jax.tempo import grid
+    from tempo_jax.experiments import grid
 
     return grid.runs_from_flags(
         args, (args.python, "-m", "tempo_jax.cli"), ("--config.progress_bar=False",)
@@ -324,7 +324,7 @@ def launch(args: argparse.Namespace, runs) -> int:
     if stopper.signal_name is not None:
         print(f"stopped on {stopper.signal_name}; launch the same command again to resume")
         return 128 + signal.Signals[stopper.signal_name].value
-    from tempo_jax.tempo import grid
+    from tempo_jax.experiments import grid
 
     compare(args.root, runs, with_base=grid.wants_base(args))
     return 0 if all(o == "ok" for o in outcomes.values()) else 1
@@ -332,8 +332,8 @@ def launch(args: argparse.Namespace, runs) -> int:
 
 def compare(root: str, runs, with_base: bool = False) -> None:
     """ROOT/comparison.{md,json,png} over the units that wrote metrics (as sweep.py)."""
-    from tempo_jax.tempo import grid
-    from tempo_jax.tempo.compare import comparison_markdown, write_comparison
+    from tempo_jax.experiments import grid
+    from tempo_jax.experiments.compare import comparison_markdown, write_comparison
 
     results = grid.collect(runs, with_base)
     if results:

@@ -21,11 +21,12 @@ a critic) that `transformers` loads. `compile` compiles every function the run w
 for a TPU topology (needs the `tpu` extra, no TPU) or the local devices, prints per-chip memory
 against HBM (and writes it as JSON with --out) and exits 1 naming any function that does not fit.
 `eval` scores checkpoint N of a workdir (default: the newest good one) or an HF checkpoint on the
-config's eval splits with the trainer's evaluation and seeds (tempo_jax/tempo/eval_command.py):
-it prints the metrics and writes OUT/report.json and OUT/<split>.jsonl (default OUT:
-DIR/eval/step_N). `data` writes a dataset in the layout the recipes read, from the Hugging Face
-Hub or a local copy (tempo_jax/data/hub_datasets.py), or downloads a model's safetensors, config
-and tokenizer files (`--list` prints the known datasets, their Hub repos, revisions and schemas).
+config's eval splits with the trainer's evaluation and seeds
+(tempo_jax/experiments/eval_command.py): it prints the metrics and writes OUT/report.json and
+OUT/<split>.jsonl (default OUT: DIR/eval/step_N). `data` writes a dataset in the layout the recipes
+read, from the Hugging Face Hub or a local copy (tempo_jax/data/hub_datasets.py), or downloads a
+model's safetensors, config and tokenizer files (`--list` prints the known datasets, their Hub
+repos, revisions and schemas).
 
 Multi-process runs (a TPU pod, several GPU hosts): start the same command on every host with
 `config.parallel.distributed` (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) set;
@@ -92,9 +93,9 @@ def _fail(message: str) -> None:
 def _export() -> None:
     if not _WORKDIR.value or not _OUT.value:
         raise app.UsageError("usage: tempo-jax export --workdir=DIR [--step=N] --out=HF_DIR")
-    from tempo_jax.tempo.export import export_hf
     from tempo_jax.train import storage
     from tempo_jax.train.checkpointing import CheckpointError
+    from tempo_jax.train.hf_export import export_hf
 
     try:
         written = export_hf(
@@ -111,7 +112,7 @@ def _compile(config) -> None:
 
     if _TOPOLOGY.value != "cpu":  # an abstract TPU topology compiles on the host backend
         jax.config.update("jax_platforms", "cpu")
-    from tempo_jax.tempo.compile_report import compile_report
+    from tempo_jax.aot.compile_report import compile_report
 
     try:
         report = compile_report(
@@ -167,8 +168,8 @@ def _data() -> None:
 
 def _eval(config) -> None:
     from tempo_jax.data.row_validation import DataError
+    from tempo_jax.experiments.eval_command import EvalError, evaluate_checkpoint, summary_lines
     from tempo_jax.models.errors import CheckpointError as HFCheckpointError
-    from tempo_jax.tempo.eval_command import EvalError, evaluate_checkpoint, summary_lines
     from tempo_jax.train.checkpointing import CheckpointError
 
     try:
@@ -202,7 +203,7 @@ def main(argv: list[str]) -> None:
     if argv[1] == "data":
         _data()
         return
-    from tempo_jax.tempo.config_validation import ConfigError, check_paths, validate
+    from tempo_jax.config.validation import ConfigError, check_paths, validate
 
     if argv[1] == "compile":
         if _CONFIG.value is None:
@@ -267,7 +268,7 @@ def main(argv: list[str]) -> None:
             _fail(str(e))
     else:
         from tempo_jax.tempo.build import build_run
-        from tempo_jax.tempo.sft import run_sft
+        from tempo_jax.train.sft import run_sft
 
         run, policy = build_run(config, workdir)
         try:

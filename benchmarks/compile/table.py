@@ -155,10 +155,10 @@ def _rollout_section(report: dict) -> dict:
     """The report's rollout section, or the same computed from its recipe and measured state."""
     if report.get("rollout"):
         return report["rollout"]
+    from tempo_jax.aot.rollout_estimates import rollout_recipe, rollout_section
     from tempo_jax.models import rollout_time
     from tempo_jax.parallel.topology import ChipSpec
     from tempo_jax.tempo.build import planned_model_config
-    from tempo_jax.tempo.rollout_estimates import rollout_recipe, rollout_section
 
     config = _config(report)
     model = planned_model_config(config, "policy", "tpu")[0]

@@ -2,7 +2,7 @@
 
 Each dataset is a `DatasetSpec`: its Hub repo, the revision read by default, the files in it, the
 schemas (column sets) it is published in, and how a row becomes an output row. Output files,
-under --out=DIR, are those `tempo_jax/tempo/aime_recipe.py` reads:
+under --out=DIR, are those `tempo_jax/config/aime_recipe.py` reads:
 
     dapo-math-17k.parquet   prompt / solution (the question without the release's `Answer:`
                             instruction, so the recipe's \\boxed{} template applies; one row per

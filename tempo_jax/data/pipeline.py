@@ -7,7 +7,7 @@
     for batch in data.one_pass("eval"): ...
 
 `data_config_from` reads the `tokenizer` and `data` sections of an ml_collections config
-(configs/base.py); keys it does not find keep their defaults here.
+(tempo_jax/config/defaults.py); keys it does not find keep their defaults here.
 """
 
 from __future__ import annotations

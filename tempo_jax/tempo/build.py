@@ -16,12 +16,12 @@ import numpy as np
 from flax import nnx
 
 from tempo_jax import models, parallel, train
+from tempo_jax.config.methods import Method, get_method
 from tempo_jax.data.pipeline import Data, build_data, data_config_from
 from tempo_jax.models import attention
 from tempo_jax.rewards.grading_pool import GradingPool
 from tempo_jax.sampling import Engine, Sampler
 from tempo_jax.tempo.functions import RunFunctions
-from tempo_jax.tempo.methods import Method, get_method
 from tempo_jax.train import storage
 from tempo_jax.train.batch import RLBatch, Sequences
 

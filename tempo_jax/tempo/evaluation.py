@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from tempo_jax import parallel
+from tempo_jax.rewards import eval_metrics
 from tempo_jax.rewards.clusters import cluster_answers
 from tempo_jax.rewards.math import grade_batch
 from tempo_jax.sampling import SamplingParams
-from tempo_jax.tempo import eval_metrics
 from tempo_jax.tempo.build import Run
 from tempo_jax.tempo.phases import Timer, sample, sequences, step_seed
 

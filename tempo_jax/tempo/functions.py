@@ -35,8 +35,8 @@ import numpy as np
 from flax import nnx
 
 from tempo_jax import train
+from tempo_jax.config.methods import get_method
 from tempo_jax.sampling.sampler import chunk_prompts
-from tempo_jax.tempo.methods import get_method
 from tempo_jax.train.batch import RLBatch
 
 # Function names (the keys of `RunFunctions` caches and the report's rows).

@@ -47,10 +47,10 @@ import ml_collections
 import numpy as np
 
 from tempo_jax import parallel, train
-from tempo_jax.tempo import methods, phases, report
+from tempo_jax.config import methods
+from tempo_jax.tempo import phases
 from tempo_jax.tempo.build import build_run, init_critic
 from tempo_jax.tempo.evaluation import evaluate
-from tempo_jax.tempo.export import model_config_to_dict
 from tempo_jax.tempo.loop_checkpoints import (
     GRADER_KEYS,
     LoopCheckpoints,
@@ -59,12 +59,13 @@ from tempo_jax.tempo.loop_checkpoints import (
     abstract_items,
 )
 from tempo_jax.tempo.rollout_data import concat_rows
-from tempo_jax.tempo.sft import run_sft
 from tempo_jax.tempo.step_journal import Interrupted, StepJournal
-from tempo_jax.train import storage
+from tempo_jax.train import run_report, storage
 from tempo_jax.train.checkpointing import check_writable
+from tempo_jax.train.hf_export import model_config_to_dict
 from tempo_jax.train.metric_writers import JsonlWriter, MetricWriters
 from tempo_jax.train.preemption import PreemptionGuard
+from tempo_jax.train.sft import run_sft
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +465,7 @@ class Trainer:
         self.checkpointer.wait()
         if stopped or not self.is_main_process:
             return state
-        summary_path, plot_path = report.write_report(self.workdir, title=f"{cfg.method}")
+        summary_path, plot_path = run_report.write_report(self.workdir, title=f"{cfg.method}")
         print(storage.read_text(summary_path))
         print(f"metrics: {os.path.join(self.workdir, 'metrics.jsonl')}\nplot: {plot_path}")
         return state

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tempo_jax.tempo import eval_metrics
+from tempo_jax.rewards import eval_metrics
 
 # Separates the flip stream from the sampler's, which draws from the same per-phase seed.
 _FLIP_STREAM = 0x0F11

@@ -23,12 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempo_jax import parallel, rl
+from tempo_jax.config import methods
 from tempo_jax.data.batch import PromptBatch
 from tempo_jax.rewards import self_rewards
 from tempo_jax.rewards.clusters import cluster_answers
 from tempo_jax.rewards.math import grade_batch
 from tempo_jax.sampling import ChunkLog, SamplingParams
-from tempo_jax.tempo import methods, oracle_reward
+from tempo_jax.tempo import oracle_reward
 from tempo_jax.tempo.build import Run
 from tempo_jax.tempo.rollout_data import RolloutRows, concat_rows, dense_ids, rollout_rows
 from tempo_jax.tempo.step_journal import StepJournal

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from tempo_jax import models
-from tempo_jax.tempo import aime_recipe
+from tempo_jax.config import aime_recipe
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STATED = {  # configs/<name>.py: (policy, critic) parameters as stated there

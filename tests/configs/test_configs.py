@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from tempo_jax import models
-from tempo_jax.tempo.config_validation import ConfigError, check_paths, validate
-from tempo_jax.tempo.methods import METHODS
+from tempo_jax.config.methods import METHODS
+from tempo_jax.config.validation import ConfigError, check_paths, validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tempo_jax.config.aime_recipe import PROMPT_TEMPLATE
 from tempo_jax.data import hub_datasets as hd
 from tempo_jax.data.local_files import LocalSource, read_source
-from tempo_jax.tempo.aime_recipe import PROMPT_TEMPLATE
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tempo_jax.tempo import compare, grid
+from tempo_jax.experiments import compare, grid
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MICRO = ROOT / "tests" / "tempo" / "tempo_micro.py"

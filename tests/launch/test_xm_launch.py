@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tempo_jax.tempo import grid
+from tempo_jax.experiments import grid
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MICRO = ROOT / "tests" / "tempo" / "tempo_micro.py"

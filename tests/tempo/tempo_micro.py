@@ -11,8 +11,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from tempo_jax.tempo.config_validation import validate
-from tempo_jax.tempo.default_config import get_config as default_config
+from tempo_jax.config.defaults import get_config as default_config
+from tempo_jax.config.validation import validate
 from tempo_jax.train import storage
 
 

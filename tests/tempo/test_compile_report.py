@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from tempo_jax.aot.compile_report import FunctionReport, _selected
 from tempo_jax.tempo import functions
-from tempo_jax.tempo.compile_report import FunctionReport, _selected
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -156,14 +156,14 @@ def test_only_rollout_compiles_the_paged_engine_with_its_pool_sized_from_memory(
 
 
 def test_decode_layout_is_validated_and_forced_layouts_are_reported():
+    from tempo_jax.aot.rollout_estimates import rollout_section
+    from tempo_jax.config import defaults
+    from tempo_jax.config.validation import ConfigError, validate
     from tempo_jax.models import get_preset
     from tempo_jax.models import rollout_time as rt
     from tempo_jax.parallel.topology import GIB, TPU_CHIPS
-    from tempo_jax.tempo import default_config
-    from tempo_jax.tempo.config_validation import ConfigError, validate
-    from tempo_jax.tempo.rollout_estimates import rollout_section
 
-    config = default_config.get_config()
+    config = defaults.get_config()
     config.rollout.paged.decode_layout = "sideways"
     with pytest.raises(ConfigError, match="rollout.paged.decode_layout"):
         validate(config)

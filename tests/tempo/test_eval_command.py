@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from tempo_jax.tempo import eval_command
-from tempo_jax.tempo.config_validation import validate
-from tempo_jax.tempo.export import export_hf
+from tempo_jax.config.validation import validate
+from tempo_jax.experiments import eval_command
 from tempo_jax.tempo.loop import Trainer
+from tempo_jax.train.hf_export import export_hf
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 CONFIG = ROOT / "configs" / "tiny_arith.py"

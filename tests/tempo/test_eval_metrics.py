@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tempo_jax.tempo import eval_metrics as em
+from tempo_jax.rewards import eval_metrics as em
 
 
 def brute_pass_at_k(correct_row, k):

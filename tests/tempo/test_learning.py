@@ -25,8 +25,8 @@ from tempo_micro import micro_config
 from tempo_jax.data import arithmetic
 from tempo_jax.tempo.build import build_run
 from tempo_jax.tempo.loop import Trainer
-from tempo_jax.tempo.sft import run_sft
 from tempo_jax.train.metric_writers import JsonlWriter, read_jsonl
+from tempo_jax.train.sft import run_sft
 
 SFT_STEPS = 70
 SPLITS = ("labeled", "unlabeled", "eval")

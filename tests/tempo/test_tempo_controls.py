@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from tempo_micro import micro_config
 
-from tempo_jax.tempo import eval_metrics, oracle_curve, oracle_reward, phases
-from tempo_jax.tempo.default_config import get_config
+from tempo_jax.config.defaults import get_config
+from tempo_jax.experiments import oracle_curve
+from tempo_jax.rewards import eval_metrics
+from tempo_jax.tempo import oracle_reward, phases
 from tempo_jax.tempo.loop import Trainer
 from tempo_jax.train.metric_writers import read_jsonl
 

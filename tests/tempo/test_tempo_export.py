@@ -14,8 +14,8 @@ from tempo_micro import host, micro_config, trees_equal
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
 from tempo_jax import models, parallel
-from tempo_jax.tempo.export import export_hf, model_config_from_dict, model_config_to_dict
 from tempo_jax.tempo.loop import Trainer
+from tempo_jax.train.hf_export import export_hf, model_config_from_dict, model_config_to_dict
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

@@ -15,9 +15,9 @@ import pytest
 import tempo_fault_worker
 from tempo_micro import host, micro_config, trees_equal
 
+from tempo_jax.config.validation import ConfigError
 from tempo_jax.rewards.grading_pool import GradingPool
 from tempo_jax.tempo import build, phases
-from tempo_jax.tempo.config_validation import ConfigError
 from tempo_jax.tempo.loop import Trainer, TrainingHalted
 from tempo_jax.train.checkpointing import CheckpointDirectoryError
 from tempo_jax.train.metric_writers import read_jsonl

@@ -12,9 +12,9 @@ import pytest
 from tempo_micro import host, metric_lines, micro_config, trees_equal
 
 from tempo_jax.tempo.build import data_dir_for
-from tempo_jax.tempo.export import export_hf
 from tempo_jax.tempo.loop import Trainer
 from tempo_jax.train import event_files, storage
+from tempo_jax.train.hf_export import export_hf
 
 CHANGES = {
     "total_steps": 4,

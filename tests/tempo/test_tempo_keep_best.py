@@ -7,7 +7,7 @@ import os
 import pytest
 from tempo_micro import micro_config
 
-from tempo_jax.tempo.config_validation import ConfigError
+from tempo_jax.config.validation import ConfigError
 from tempo_jax.tempo.loop import Trainer
 from tempo_jax.train.checkpointing import Checkpointer
 

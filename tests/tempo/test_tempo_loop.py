@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from tempo_micro import micro_config
 
+from tempo_jax.config import methods
+from tempo_jax.config.validation import ConfigError
 from tempo_jax.data import batch as data_batch
 from tempo_jax.rewards.math import grade_batch
-from tempo_jax.tempo import functions, methods, phases
-from tempo_jax.tempo.config_validation import ConfigError
+from tempo_jax.tempo import functions, phases
 from tempo_jax.tempo.evaluation import evaluate
 from tempo_jax.tempo.loop import Trainer
 from tempo_jax.tempo.phases import Timer, mini_batches

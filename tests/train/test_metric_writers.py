@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from tempo_jax.tempo import report
+from tempo_jax.train import run_report
 from tempo_jax.train.metric_writers import JsonlWriter, MetricWriters, read_jsonl
 
 
@@ -35,7 +35,7 @@ def test_metric_writers_write_tensorboard_and_report(tmp_path):
         writers.write(rec)
     writers.close()
     assert len(glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))) == 1
-    summary_path, plot_path = report.write_report(str(tmp_path), title="t")
+    summary_path, plot_path = run_report.write_report(str(tmp_path), title="t")
     text = open(summary_path).read()
     assert "eval/unlabeled/mean@4" in text and "0.4000" in text
     # brier: lower is better, so best is the last (0.125 at step 4)
@@ -48,5 +48,5 @@ def test_metric_writers_write_tensorboard_and_report(tmp_path):
 
 def test_eval_series_skips_nan():
     recs = [{"step": 1, "eval/u/auroc": math.nan}, {"step": 2, "eval/u/auroc": 0.7}]
-    assert report.eval_series(recs) == {"eval/u/auroc": [(2, 0.7)]}
+    assert run_report.eval_series(recs) == {"eval/u/auroc": [(2, 0.7)]}
     json.dumps(recs[1])

@@ -36,13 +36,14 @@ import numpy as np
 from flax import nnx
 
 from tempo_jax import models, parallel, train
+from tempo_jax.aot import engine_compile
+from tempo_jax.aot.rollout_estimates import rollout_recipe, rollout_section
+from tempo_jax.config.methods import get_method
 from tempo_jax.models import flops as model_flops
 from tempo_jax.parallel.topology import GIB, ChipSpec, topology_devices
-from tempo_jax.tempo import engine_compile, sft
 from tempo_jax.tempo import functions as fns
 from tempo_jax.tempo.build import make_sampler, planned_model_config
-from tempo_jax.tempo.methods import get_method
-from tempo_jax.tempo.rollout_estimates import rollout_recipe, rollout_section
+from tempo_jax.train import sft
 
 HBM_LIMIT_FRACTION = 0.9
 # Kept free beside the paged engine's pool for its calls' activations and logits (besides the

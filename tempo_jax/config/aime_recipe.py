@@ -22,8 +22,8 @@ import os
 
 import ml_collections
 
-from tempo_jax.tempo import default_config
-from tempo_jax.tempo.methods import METHODS
+from tempo_jax.config import defaults
+from tempo_jax.config.methods import METHODS
 
 # Appended to every question: the grader reads the last \boxed{} (TEMPO_ALGORITHM.md §5).
 PROMPT_TEMPLATE = (
@@ -84,7 +84,7 @@ def aime_config(
         )
     base, data = root(), os.path.join(root(), "data")
     model_dir = os.path.join(base, "checkpoints", checkpoint)
-    c = default_config.get_config()
+    c = defaults.get_config()
     c.method = method
     c.total_steps = 200
     c.eval_every = 4  # the authors validate every 4 steps

@@ -5,7 +5,7 @@ directory or a bucket). Nothing in a name or workdir depends on when or by whom 
 launched, so launching the same grid again resumes every run.
 
 Shared by `launch/sweep.py` (local subprocesses) and `launch/xm_launch.py` (xmanager work
-units), which both compare the runs with `collect` + `tempo_jax.tempo.compare`. The method
+units), which both compare the runs with `collect` + `tempo_jax.experiments.compare`. The method
 `base` (the initial policy, no training) has no run of its own: `collect` reads it from the
 step-0 evaluations of the trained runs (`compare.base_runs`).
 """
@@ -19,8 +19,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from tempo_jax.tempo.compare import BASE, base_runs
-from tempo_jax.tempo.methods import HIDDEN_TERMINAL, METHODS, get_method
+from tempo_jax.config.methods import HIDDEN_TERMINAL, METHODS, get_method
+from tempo_jax.experiments.compare import BASE, base_runs
 from tempo_jax.train import storage
 from tempo_jax.train.metric_writers import read_jsonl
 

@@ -7,7 +7,7 @@ measured within-question AUROC of the reward its policy saw (`<phase>/reward_aur
 averaged over the training steps). Points are means over seeds with their standard errors;
 reference methods (e.g. ttrl and oracle, from a study's `runs.json`) are horizontal lines.
 
-    python -m tempo_jax.tempo.oracle_curve --root=runs/ctl/oracle \\
+    python -m tempo_jax.experiments.oracle_curve --root=runs/ctl/oracle \\
         --reference=docs/tiny_repro/runs.json --out=docs/tempo_oracle
 
 writes OUT/curve.{md,json,png}.
@@ -24,10 +24,10 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tempo_jax.tempo.compare import headline_metrics
-from tempo_jax.tempo.report import save_png
+from tempo_jax.experiments.compare import headline_metrics
 from tempo_jax.train import storage
 from tempo_jax.train.metric_writers import read_jsonl
+from tempo_jax.train.run_report import save_png
 
 _NAME = re.compile(r"^(?P<method>[a-z_]+?)(?:-r(?P<r>\d+))?-p(?P<p>[0-9.]+)-s(?P<seed>\d+)$")
 _AUROC_SUFFIX = "/reward_auroc_within_question"

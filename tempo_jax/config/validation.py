@@ -9,9 +9,9 @@ import os
 import ml_collections
 
 from tempo_jax import train
+from tempo_jax.config.methods import HIDDEN_TERMINAL, METHODS, MIXED, get_method
 from tempo_jax.data.pipeline import data_config_from
 from tempo_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
-from tempo_jax.tempo.methods import HIDDEN_TERMINAL, METHODS, MIXED, get_method
 
 ADVANTAGES = ("em_token", "em_outcome")
 WHITEN_SCOPES = ("batch", "with_labeled", "question")

@@ -21,8 +21,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tempo_jax.tempo.report import eval_series, save_png
 from tempo_jax.train import storage
+from tempo_jax.train.run_report import eval_series, save_png
 
 BASE = "base"
 Runs = Mapping[str, tuple[str, Sequence[Mapping[str, Any]]]]  # name -> (method, records)

@@ -1,0 +1,1 @@
+"""Run configuration: the defaults of every field, their validation and the AIME recipes."""
