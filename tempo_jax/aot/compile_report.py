@@ -14,42 +14,31 @@ resident` is compared with the chip's HBM; a function fits when it is at most
 `HBM_LIMIT_FRACTION` of it and the compiler did not report RESOURCE_EXHAUSTED. A constraint that
 would replicate an array instead of splitting it fails before compiling (`error`).
 
-FLOPs are analytic (`tempo_jax.models.flops`; `cost_analysis()` counts a loop body once): the
+FLOPs are analytic (`tempo_jax.models.roofline`; `cost_analysis()` counts a loop body once): the
 FLOPs one call executes, on all chips together, remat recomputation included. `roofline_s` is
 the time at the chips' peak FLOP/s, and for the sampler's decode steps at the HBM bandwidth when
-that is slower (each step reads the weights and the whole KV cache).
+that is slower (each step reads the weights and the whole KV cache). What differs between kinds
+of function (how to lower each, its state, cache and cost) is one table,
+`tempo_jax.aot.function_kinds.KINDS`; the abstract run is `tempo_jax.aot.plan.Plan`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import ml_collections
-import numpy as np
-from flax import nnx
 
-from tempo_jax import models, parallel, train
-from tempo_jax.aot import engine_compile
+from tempo_jax.aot.function_kinds import KINDS
+from tempo_jax.aot.plan import HBM_LIMIT_FRACTION, Plan, build_plan, compute_dtype_bytes
 from tempo_jax.aot.rollout_estimates import rollout_recipe, rollout_section
-from tempo_jax.config.methods import get_method
-from tempo_jax.models import flops as model_flops
 from tempo_jax.parallel.topology import GIB, ChipSpec, topology_devices
 from tempo_jax.tempo import functions as fns
-from tempo_jax.tempo.build import make_sampler, planned_model_config
-from tempo_jax.train import sft
 
-HBM_LIMIT_FRACTION = 0.9
-# Kept free beside the paged engine's pool for its calls' activations and logits (besides the
-# prefill's cache, counted from the shapes): Qwen3-8B's 16-prompt prefill on v5p needed 4.7 GiB
-# more than the pool and the weights.
-ENGINE_WORKSPACE_BYTES = 4 * GIB
 OK, OVER, OOM, ERROR = "ok", "over", "oom", "error"
 
 
@@ -157,290 +146,16 @@ class Report:
         return "\n".join(lines)
 
 
-def tree_bytes_per_chip(tree: Any) -> int:
-    """Bytes one chip holds of a tree of ShapeDtypeStructs / arrays carrying NamedShardings."""
-    total = 0
-    for x in jax.tree.leaves(tree):
-        shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
-        total += math.prod(shape) * np.dtype(x.dtype).itemsize
-    return total
-
-
-@dataclasses.dataclass
-class _Plan:
-    """The pieces of a run that `compile_report` lowers (all abstract)."""
-
-    config: ml_collections.ConfigDict
-    model: models.ModelConfig
-    policy_module: models.Policy
-    mesh: jax.sharding.Mesh
-    rules: Any
-    settings: train.TrainSettings
-    functions: fns.RunFunctions
-    sampler: Any
-    policy: train.TrainState
-    critic: train.TrainState | None
-    chip: ChipSpec | None = None  # set by compile_report
-    engine_note: str = ""  # why the paged engine cannot run on this mesh ("" when it can)
-
-
-def _abstract_state(model_config, cls, settings, optimizer, mesh, rules):
-    module = nnx.eval_shape(lambda: cls(model_config, rngs=nnx.Rngs(0)))
-    graphdef, params = train.split_for_training(module, settings)
-    return module, graphdef, train.abstract_train_state(params, optimizer, mesh, rules)
-
-
-def _plan(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]) -> tuple[_Plan, str]:
-    mesh = parallel.make_mesh(config.parallel.mesh, devices=devices)
-    rules = parallel.make_rules(config.parallel.rules)
-    settings = train.settings_from_config(config.train)
-    platform = devices[0].platform
-    policy_config, source = planned_model_config(config, "policy", platform)
-    policy_module, policy_graphdef, policy = _abstract_state(
-        policy_config, models.Policy, settings, settings.policy_optimizer, mesh, rules
-    )
-    critic_graphdef, critic = None, None
-    if get_method(config.method).uses_critic:
-        critic_config, _ = planned_model_config(config, "critic", platform)
-        _, critic_graphdef, critic = _abstract_state(
-            critic_config, models.Critic, settings, settings.critic_optimizer, mesh, rules
-        )
-    functions = fns.RunFunctions.for_run(
-        config, mesh, rules, settings, policy_graphdef, critic_graphdef
-    )
-    eos = policy_config.eos_token_id
-    eos_ids = tuple(np.atleast_1d(eos if eos is not None else 0).tolist())
-    pad_id = policy_config.pad_token_id or 0
-    engine_note = ""
-    try:
-        sampler = make_sampler(config, policy_module, mesh, rules, eos_ids, pad_id)
-    except ValueError as e:  # the paged engine refuses a mesh spanning several processes
-        if config.rollout.engine != "paged":
-            raise
-        # Its functions still compile for one chip, which is what the engine would run on.
-        engine_note = f"a run on this topology fails: {e}"
-        sampler = make_sampler(config, policy_module, None, rules, eos_ids, pad_id)
-    plan = _Plan(
-        config,
-        policy_config,
-        policy_module,
-        mesh,
-        rules,
-        settings,
-        functions,
-        sampler,
-        policy,
-        critic,
-        engine_note=engine_note,
-    )
-    return plan, source
-
-
-def _sft_args(plan: _Plan, tx) -> tuple:
-    """Abstract SFT arguments on the mesh's first device: SFT runs unsharded (see tempo.sft)."""
-    one = jax.sharding.SingleDeviceSharding(plan.mesh.devices.flat[0])
-
-    def on_one(tree):
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), tree)
-
-    params = on_one(nnx.state(plan.policy_module, nnx.Param))
-    rows, cfg = plan.config.sft.batch_size, plan.config
-    width = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
-    seq = jax.ShapeDtypeStruct((rows, width), np.int32, sharding=one)
-    response = jax.ShapeDtypeStruct((rows, cfg.rollout.max_new_tokens), np.int32, sharding=one)
-    return params, on_one(jax.eval_shape(tx.init, params)), seq, seq, response
-
-
-def _lower(plan: _Plan, call: fns.Call):
-    """The compiled executable of `call` (lowering and compiling happen here)."""
-    f = plan.functions
-    if call.function == fns.POLICY_STEP:
-        return f.policy_step(plan.policy, call.rows, call.length).lower().compile()
-    if call.function == fns.CRITIC_STEP:
-        return f.critic_step(plan.critic, call.rows, call.length).lower().compile()
-    if call.function == fns.TOKEN_STATS:
-        return f.token_stats(plan.policy.params, call.rows, call.length).lower().compile()
-    if call.function == fns.VALUES:
-        return f.values(plan.critic.params, call.rows, call.length).lower().compile()
-    if call.function == fns.SAMPLER:
-        width = plan.config.data.max_prompt_length
-        return plan.sampler.compile(plan.policy.params, call.prompts, call.samples, width)
-    if call.function in (fns.ENGINE_PREFILL, fns.ENGINE_DECODE):
-        return engine_compile.engine_executable(
-            plan.sampler,
-            plan.policy.params,
-            call,
-            plan.config.data.max_prompt_length,
-            _engine_pool_pages(plan, call),
-            plan.mesh.devices.flat[0],
-            plan.sampler.stop.arrays(),
-        )
-    if call.function == fns.SFT_STEP:
-        tx = sft.sft_optimizer(plan.config.sft)
-        graphdef = nnx.split(plan.policy_module, nnx.Param)[0]
-        return sft.make_sft_step(graphdef, tx).lower(*_sft_args(plan, tx)).compile()
-    raise ValueError(f"unknown function {call.function!r}")
-
-
-def _own_and_resident(plan: _Plan, call: fns.Call) -> tuple[int, int]:
-    """(bytes of the state the call takes, bytes of the run's other live state), per chip."""
-    policy = tree_bytes_per_chip(plan.policy)
-    critic = tree_bytes_per_chip(plan.critic) if plan.critic is not None else 0
-    if call.function == fns.SFT_STEP:  # before the train states exist; one device holds all
-        tx = sft.sft_optimizer(plan.config.sft)
-        params, opt_state = _sft_args(plan, tx)[:2]
-        return tree_bytes_per_chip((params, opt_state)), 0
-    own = {
-        fns.POLICY_STEP: lambda: policy,
-        fns.CRITIC_STEP: lambda: critic,
-        fns.TOKEN_STATS: lambda: tree_bytes_per_chip(plan.policy.params),
-        fns.SAMPLER: lambda: tree_bytes_per_chip(plan.policy.params),
-        # The engine gathers the whole parameters onto its one device.
-        fns.ENGINE_PREFILL: lambda: _whole_bytes(plan.policy.params),
-        fns.ENGINE_DECODE: lambda: _whole_bytes(plan.policy.params),
-        fns.VALUES: lambda: tree_bytes_per_chip(plan.critic.params),
-    }[call.function]()
-    if call.function in (fns.ENGINE_PREFILL, fns.ENGINE_DECODE):
-        return own, policy + critic  # the train states' shards stay on the chip too
-    return own, policy + critic - own
-
-
-def _decode_weight_bytes(plan: _Plan) -> int:
-    """Bytes of the policy's weights per chip in the sampler's layout and compute dtype."""
-    params = plan.policy.params
-    shardings = parallel.state_shardings(params, plan.mesh, plan.sampler.inference_rules)
-    itemsize = np.dtype(plan.model.compute_dtype).itemsize
-    return sum(
-        math.prod(s.shard_shape(x.shape)) * itemsize
-        for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings), strict=True)
-    )
-
-
-def _whole_bytes(tree: Any) -> int:
-    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
-def _compute_dtype_bytes(params: Any, model: models.ModelConfig) -> int:
-    """Bytes of all of `params` in the model's compute dtype (the decode weights, whole)."""
-    itemsize = np.dtype(model.compute_dtype).itemsize
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(params)) * itemsize
-
-
-def _page_bytes(plan: _Plan) -> int:
-    """Bytes of one full-attention pool page over all full-attention layers."""
-    c = plan.model
-    full = sum(k != "sliding_attention" for k in c.resolved_layer_types)
-    itemsize = np.dtype(c.compute_dtype).itemsize
-    return 2 * full * c.num_kv_heads * c.head_dim * itemsize * plan.sampler.page_size
-
-
-def _engine_pool_pages(plan: _Plan, call: fns.Call) -> int:
-    """The engine's full-attention pool: `rollout.paged.num_pages`, or (0) what the chip's HBM
-    limit leaves after the train states, the whole parameters, their compute-dtype copy and the
-    prefill's workspace: its static cache of the chunk's prompts plus `ENGINE_WORKSPACE_BYTES`
-    (the pool is shared by the prefill and the decode, so it must leave the prefill room)."""
-    if plan.sampler.num_pages:
-        return plan.sampler.num_pages
-    c = plan.model
-    params = plan.policy.params
-    weights = _compute_dtype_bytes(params, c)
-    policy = tree_bytes_per_chip(plan.policy)
-    critic = tree_bytes_per_chip(plan.critic) if plan.critic is not None else 0
-    width = plan.config.data.max_prompt_length
-    prefill_cache = 2 * c.num_layers * call.prompts * width * c.num_kv_heads * c.head_dim
-    prefill_cache *= np.dtype(c.compute_dtype).itemsize
-    used = policy + critic + _whole_bytes(params) + weights + prefill_cache + ENGINE_WORKSPACE_BYTES
-    budget = int(HBM_LIMIT_FRACTION * plan.chip.hbm_bytes) - used
-    slots = plan.sampler.num_slots or call.prompts * call.samples
-    return engine_compile.pool_pages_for_budget(
-        c, plan.sampler.page_size, budget, plan.sampler.ring, slots + call.prompts
-    )
-
-
-def _kv_cache_bytes(plan: _Plan, call: fns.Call) -> int:
-    if call.function in (fns.ENGINE_PREFILL, fns.ENGINE_DECODE):
-        return _engine_pool_pages(plan, call) * _page_bytes(plan)
-    if call.function != fns.SAMPLER:
-        return 0
-    c = plan.model
-    slots = plan.config.data.max_prompt_length + plan.config.rollout.max_new_tokens - 1
-    shape = (c.num_layers, call.rows, slots, c.num_kv_heads, c.head_dim)
-    context = parallel.ActivationSharding.create(plan.mesh, plan.sampler.inference_rules)
-    sharding = context.sharding(shape, models.KV_CACHE_LOGICAL_AXES)
-    return 2 * math.prod(sharding.shard_shape(shape)) * np.dtype(c.compute_dtype).itemsize
-
-
-def _flops_and_roofline(plan: _Plan, call: fns.Call, chip: ChipSpec) -> tuple[float, float]:
-    c, cfg = plan.model, plan.config
-    chips = plan.mesh.size
-    prompt, response = cfg.data.max_prompt_length, cfg.rollout.max_new_tokens
-    remat = 1 if plan.settings.remat else 0
-    if call.function == fns.ENGINE_PREFILL:
-        flops = model_flops.forward_flops(c, call.prompts, prompt, head_positions=1)
-        return float(flops), flops / chip.peak_flops  # one device
-    if call.function == fns.ENGINE_DECODE:
-        # One call: steps_per_call steps of every slot at full context (its widest table).
-        e = plan.sampler
-        slots = e.num_slots or call.rows
-        step = model_flops.forward_flops(c, slots, 1, head_positions=1, context=prompt + response)
-        table = math.ceil((prompt + response - 1) / e.page_size) * e.page_size
-        step_bytes = _compute_dtype_bytes(plan.policy.params, c)
-        step_bytes += slots * table * _page_bytes(plan) // e.page_size
-        seconds = e.steps_per_call * max(step / chip.peak_flops, step_bytes / chip.hbm_bandwidth)
-        return float(e.steps_per_call * step), seconds
-    if call.function == fns.SAMPLER:
-        prefill_rows = call.prompts if plan.sampler.shares_prefill(call.prompts) else call.rows
-        flops = model_flops.forward_flops(c, prefill_rows, prompt, head_positions=1)
-        seconds = flops / (chips * chip.peak_flops)
-        # Per decode step each chip reads its weights and its whole cache slice.
-        step_bytes = _decode_weight_bytes(plan) + _kv_cache_bytes(plan, call)
-        for t in range(1, response):
-            step = model_flops.forward_flops(
-                c, call.rows, 1, head_positions=1, context=prompt + t - 1
-            )
-            flops += step
-            seconds += max(step / (chips * chip.peak_flops), step_bytes / chip.hbm_bandwidth)
-        return float(flops), seconds
-    # Training functions run on their length bucket (SFT on the full length).
-    response = call.length or response
-    width = prompt + response
-    head = 0 if call.function in (fns.CRITIC_STEP, fns.VALUES) else response
-    if call.function == fns.SFT_STEP:
-        remat = 0  # SFT runs the module as built (no train.remat)
-    forward = model_flops.forward_flops(c, call.rows, width, head_positions=head)
-    if call.function in (fns.TOKEN_STATS, fns.VALUES):
-        flops = forward
-    else:
-        trunk = model_flops.forward_flops(c, call.rows, width, head_positions=0)
-        # Backward = 2 x forward; remat replays the trunk; the chunked log-prob VJP replays
-        # the head's logits.
-        flops = trunk * (3 + remat) + (forward - trunk) * 4
-    return float(flops), flops / (chips * chip.peak_flops)
-
-
-def _measure(plan: _Plan, call: fns.Call, chip: ChipSpec) -> FunctionReport:
-    cfg = plan.config
-    if call.function in fns.SAMPLERS:
-        shape = (
-            f"{call.prompts} prompts x {call.samples} = {call.rows} rows, "
-            f"{cfg.data.max_prompt_length} + {cfg.rollout.max_new_tokens} tokens"
-        )
-        if call.function == fns.ENGINE_DECODE:
-            e = plan.sampler
-            shape += (
-                f", {e.num_slots or call.rows} slots, {e.steps_per_call} steps a call, "
-                f"{_engine_pool_pages(plan, call)} pages of {e.page_size}"
-            )
-    else:
-        response = call.length or cfg.rollout.max_new_tokens
-        shape = f"{call.rows} rows x {cfg.data.max_prompt_length} + {response} tokens"
-    report = FunctionReport(call.key, call.purpose, shape)
+def _measure(plan: Plan, call: fns.Call, chip: ChipSpec) -> FunctionReport:
+    kind = KINDS[call.function]
+    report = FunctionReport(call.key, call.purpose, kind.shape(plan, call))
     start = time.perf_counter()
     try:
-        report.state_bytes, report.resident_bytes = _own_and_resident(plan, call)
-        report.kv_cache_bytes = _kv_cache_bytes(plan, call)
-        report.flops, report.roofline_s = _flops_and_roofline(plan, call, chip)
-        compiled = _lower(plan, call)
+        report.state_bytes = kind.state_bytes(plan)
+        report.resident_bytes = kind.resident_bytes(plan, report.state_bytes)
+        report.kv_cache_bytes = kind.kv_cache_bytes(plan, call)
+        report.flops, report.roofline_s = kind.cost(plan, call, chip)
+        compiled = kind.lower(plan, call)
     except Exception as e:  # the compiler's OOM is an XlaRuntimeError; sharding checks raise
         report.compile_s = time.perf_counter() - start
         text = str(e)
@@ -500,7 +215,7 @@ def compile_report(
     devices, chip = topology_devices(topology)
     if hbm_gib is not None:
         chip = dataclasses.replace(chip, hbm_bytes=int(hbm_gib * GIB))
-    plan, source = _plan(config, devices)
+    plan, source = build_plan(config, devices)
     plan.chip = chip
     planned = fns.planned_calls(config, plan.sampler.row_shards)
     calls = [c for c in planned if not only or _selected(c, only)]
@@ -536,12 +251,10 @@ def _selected(call: fns.Call, only: Sequence[str]) -> bool:
     )
 
 
-def _rollout(plan: _Plan, planned: list[fns.Call], chip: ChipSpec) -> dict[str, Any]:
-    """The report's rollout seconds per step (`tempo.rollout_estimates`)."""
+def _rollout(plan: Plan, planned: list[fns.Call], chip: ChipSpec) -> dict[str, Any]:
+    """The report's rollout seconds per step (`aot.rollout_estimates`)."""
     rollout = next(c for c in planned if c.purpose == "rollout")
-    # The train states' shards, all live during rollouts.
-    states = tree_bytes_per_chip(plan.policy)
-    states += tree_bytes_per_chip(plan.critic) if plan.critic is not None else 0
+    states = plan.train_state_bytes()  # the train states' shards, all live during rollouts
     tensor = plan.mesh.shape["tensor"]
     recipe = rollout_recipe(
         plan.config,
@@ -549,7 +262,7 @@ def _rollout(plan: _Plan, planned: list[fns.Call], chip: ChipSpec) -> dict[str, 
         chip,
         plan.mesh.size,
         tensor,
-        _compute_dtype_bytes(plan.policy.params, plan.model),  # the whole decode weights
+        compute_dtype_bytes(plan.policy.params, plan.model),  # the whole decode weights
         states,
         rollout.rows,
         HBM_LIMIT_FRACTION,

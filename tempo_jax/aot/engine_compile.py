@@ -15,7 +15,6 @@ sliding layers.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -24,14 +23,7 @@ import numpy as np
 
 from tempo_jax.models import ModelConfig
 from tempo_jax.sampling.engine import Engine, _copies
-from tempo_jax.sampling.paged_decode import (
-    PagedSpec,
-    SlotState,
-    decode_steps,
-    init_pools,
-    prefill_into_pages,
-    prepare_weights,
-)
+from tempo_jax.sampling.paged_decode import PagedSpec, SlotState, init_pools
 from tempo_jax.sampling.params import RowSamplingParams, SamplingParams
 from tempo_jax.tempo import functions as fns
 
@@ -104,12 +96,11 @@ def engine_executable(
         tokens = np.zeros((call.prompts, width), np.int32)
         prompt_pages = np.zeros((call.prompts, math.ceil(width / engine.page_size)), np.int32)
         prompt_rings = np.zeros((call.prompts, engine.ring), np.int32)
-        fn = jax.jit(functools.partial(prefill_into_pages, engine._graphdef, spec=spec),
-                     donate_argnums=(7,))  # fmt: skip
+        fn = engine._jit("prefill", spec, None)  # the very function the engine runs
         args = (state, *_on(device, (tokens, tokens, rows)), scalar, scalar, stop, pools,
                 *_on(device, (prompt_pages, prompt_rings)))  # fmt: skip
         return fn.lower(*args).compile()
-    weights, head = jax.eval_shape(functools.partial(prepare_weights, engine._graphdef), params)
+    weights, head = jax.eval_shape(engine._jit("weights", spec, None), params)
     empty = engine._empty_slots(slots, per_slot, stop_arrays.window)
     slot_state = SlotState(
         full_table=empty.table, ring_table=empty.ring, lengths=empty.lengths,
@@ -117,8 +108,7 @@ def engine_executable(
         row_ids=empty.row_ids, window=empty.window,
     )  # fmt: skip
     copies = _copies(([], [], [], []), slots, engine.ring)
-    fn = jax.jit(functools.partial(decode_steps, c, spec=dataclasses.replace(spec, n=0)),
-                 donate_argnums=(2,))  # fmt: skip
+    fn = engine._jit("decode", dataclasses.replace(spec, n=0), None)
     args = (
         *_on(device, (weights, head)), pools, *_on(device, (slot_state,
         RowSamplingParams(**empty.params))), scalar, stop, _on(device, copies),

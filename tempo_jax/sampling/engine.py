@@ -350,67 +350,6 @@ class Engine(Sampler):
         full_pages = self.num_pages or 1 + batch * prompt_width + num_slots * per_slot
         return num_slots, per_slot, prompt_width, full_pages, 1 + (num_slots + batch) * self.ring
 
-    def compile_functions(
-        self, state: Any, num_prompts: int, n: int, bucket: int, stop: Any = None
-    ) -> dict[str, jax.stages.Compiled]:
-        """The engine's executables for a chunk of `num_prompts` prompts of width `bucket` with
-        n samples, built now: "prefill" (into pages), "weights" (cast and sliced once a chunk)
-        and "decode" (steps_per_call steps of all slots at the full table width, the largest).
-        `state` may be abstract (`jax.ShapeDtypeStruct`s); nothing is allocated."""
-        stop_arrays = (stop or self.stop).arrays()
-        num_slots, per_slot, prompt_width, full_pages, ring_pool = self._sizes(
-            num_prompts, n, bucket
-        )
-        spec = PagedSpec(n, self.max_new_tokens, self.max_top_k, self.page_size,
-                         self.steps_per_call, self.impl, self.ring)  # fmt: skip
-
-        def like(shape, dtype):
-            return jax.ShapeDtypeStruct(shape, np.dtype(dtype))
-
-        def rows(count):
-            return RowSamplingParams(
-                temperature=like((count,), np.float32),
-                top_k=like((count,), np.int32),
-                top_p=like((count,), np.float32),
-                greedy=like((count,), bool),
-            )
-
-        abstract = jax.tree.map(lambda x: like(x.shape, x.dtype), state)
-        stop_abstract = jax.tree.map(lambda x: like(x.shape, x.dtype), stop_arrays)
-        pools = jax.eval_shape(
-            lambda: init_pools(self.config, full_pages, ring_pool, self.page_size)
-        )
-        prompts = like((num_prompts, bucket), np.int32)
-        scalar = like((), np.uint32)
-        weights_fn = self._jit("weights", spec, None)
-        weights, head = jax.eval_shape(weights_fn, abstract)
-        slots = SlotState(
-            full_table=like((num_slots, per_slot), np.int32),
-            ring_table=like((num_slots, self.ring), np.int32),
-            lengths=like((num_slots,), np.int32),
-            last_tokens=like((num_slots,), np.int32),
-            steps=like((num_slots,), np.int32),
-            active=like((num_slots,), bool),
-            row_ids=like((num_slots,), np.uint32),
-            window=like((num_slots, stop_arrays.window), np.int32),
-        )
-        copies = PageCopies(
-            src=like((num_slots,), np.int32),
-            dst=like((num_slots,), np.int32),
-            ring_src=like((num_slots, self.ring), np.int32),
-            ring_dst=like((num_slots, self.ring), np.int32),
-        )
-        prefill_args = (abstract, prompts, prompts, rows(num_prompts * n), scalar, scalar,
-                        stop_abstract, pools, like((num_prompts, prompt_width), np.int32),
-                        like((num_prompts, self.ring), np.int32))  # fmt: skip
-        decode_spec = dataclasses.replace(spec, n=0)
-        decode_args = (weights, head, pools, slots, rows(num_slots), scalar, stop_abstract, copies)
-        return {
-            "prefill": self._jit("prefill", spec, None).lower(*prefill_args).compile(),
-            "weights": weights_fn.lower(abstract).compile(),
-            "decode": self._jit("decode", decode_spec, None).lower(*decode_args).compile(),
-        }
-
     def _take_pools(self, full_pages: int, ring_pool: int):
         """The pools of this size from the last call (donated through the calls), or new ones."""
         key = (full_pages, ring_pool)

@@ -17,11 +17,9 @@ from tempo_jax.rl.value_loss import value_loss
 from tempo_jax.train.batch import RLBatch
 from tempo_jax.train.config import TrainSettings
 from tempo_jax.train.forward import response_values
-from tempo_jax.train.optimizers import make_optimizer, make_schedule
-from tempo_jax.train.train_state import TrainState
-from tempo_jax.train.update import accumulate_gradients, apply_gradients
+from tempo_jax.train.update import Step, accumulate_gradients, make_update_step
 
-CriticStep = Callable[[TrainState, RLBatch], tuple[TrainState, dict[str, jax.Array]]]
+CriticStep = Step
 
 
 def _labeled_mask(batch: RLBatch) -> jax.Array:
@@ -88,16 +86,5 @@ def make_critic_step(graphdef: nnx.GraphDef, settings: TrainSettings) -> CriticS
       graphdef: from `split_for_training(critic, settings)`.
       settings: validated train settings (`critic_optimizer`, `value_clip`, `micro_batches`).
     """
-    tx = make_optimizer(settings.critic_optimizer)
-    schedule = make_schedule(settings.critic_optimizer)
     gradients_fn = make_critic_gradients(graphdef, settings)
-
-    def critic_step(state: TrainState, batch: RLBatch) -> tuple[TrainState, dict[str, jax.Array]]:
-        grads, metrics = gradients_fn(state.params, batch)
-        state, update_metrics = apply_gradients(
-            state, grads, metrics["loss"], metrics["labeled_rows"] > 0, tx, schedule
-        )
-        metrics.update(update_metrics)
-        return state, metrics
-
-    return critic_step
+    return make_update_step(gradients_fn, settings.critic_optimizer, "labeled_rows")

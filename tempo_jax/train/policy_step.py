@@ -17,11 +17,9 @@ from tempo_jax.rl.registry import POLICY_LOSSES
 from tempo_jax.train.batch import RLBatch
 from tempo_jax.train.config import TrainSettings
 from tempo_jax.train.forward import response_token_stats
-from tempo_jax.train.optimizers import make_optimizer, make_schedule
-from tempo_jax.train.train_state import TrainState
-from tempo_jax.train.update import accumulate_gradients, apply_gradients
+from tempo_jax.train.update import Step, accumulate_gradients, make_update_step
 
-PolicyStep = Callable[[TrainState, RLBatch], tuple[TrainState, dict[str, jax.Array]]]
+PolicyStep = Step
 
 
 def _weights(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -96,16 +94,5 @@ def make_policy_step(graphdef: nnx.GraphDef, settings: TrainSettings) -> PolicyS
       settings: validated train settings (`policy_optimizer`, `policy_loss`, `micro_batches`,
         `vocab_chunk_size`).
     """
-    tx = make_optimizer(settings.policy_optimizer)
-    schedule = make_schedule(settings.policy_optimizer)
     gradients_fn = make_policy_gradients(graphdef, settings)
-
-    def policy_step(state: TrainState, batch: RLBatch) -> tuple[TrainState, dict[str, jax.Array]]:
-        grads, metrics = gradients_fn(state.params, batch)
-        state, update_metrics = apply_gradients(
-            state, grads, metrics["loss"], metrics["tokens"] > 0, tx, schedule
-        )
-        metrics.update(update_metrics)
-        return state, metrics
-
-    return policy_step
+    return make_update_step(gradients_fn, settings.policy_optimizer, "tokens")

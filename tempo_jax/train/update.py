@@ -25,11 +25,16 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from tempo_jax.train.batch import split_micro_batches
+from tempo_jax.train.batch import RLBatch, split_micro_batches
+from tempo_jax.train.optimizers import OptimizerSettings, make_optimizer, make_schedule
 from tempo_jax.train.train_state import TrainState
 
 # micro_loss(params, micro_batch) -> (weighted loss, weighted metrics dict)
 MicroLoss = Callable[[nnx.State, Any], tuple[jax.Array, dict[str, jax.Array]]]
+# gradients(params, batch) -> (float32 gradients, metrics with "loss")
+Gradients = Callable[[nnx.State, RLBatch], tuple[Any, dict[str, jax.Array]]]
+# step(state, batch) -> (state, metrics)
+Step = Callable[[TrainState, RLBatch], tuple[TrainState, dict[str, jax.Array]]]
 
 
 def accumulate_gradients(
@@ -93,3 +98,21 @@ def apply_gradients(
         "empty": (finite & ~has_signal).astype(jnp.float32),
     }
     return new_state, metrics
+
+
+def make_update_step(gradients_fn: Gradients, optimizer: OptimizerSettings, signal: str) -> Step:
+    """`step(state, batch) -> (state, metrics)`: `gradients_fn`, then `apply_gradients` with
+    `optimizer`'s AdamW and schedule; the batch has a signal when its metric `signal` (a count of
+    rows or tokens to learn from) is positive. Metrics: the gradients' and the update's."""
+    tx = make_optimizer(optimizer)
+    schedule = make_schedule(optimizer)
+
+    def step(state: TrainState, batch: RLBatch) -> tuple[TrainState, dict[str, jax.Array]]:
+        grads, metrics = gradients_fn(state.params, batch)
+        state, update_metrics = apply_gradients(
+            state, grads, metrics["loss"], metrics[signal] > 0, tx, schedule
+        )
+        metrics.update(update_metrics)
+        return state, metrics
+
+    return step

@@ -9,6 +9,7 @@ from flax import nnx
 from sampling_helpers import PAD, VOCAB
 
 import tempo_jax.models as tm
+from tempo_jax.aot.engine_compile import engine_executable
 from tempo_jax.models.attention import Slots, decode_attention
 from tempo_jax.sampling import (
     FINISH_EOS,
@@ -21,6 +22,7 @@ from tempo_jax.sampling import (
 from tempo_jax.sampling.engine import Engine
 from tempo_jax.sampling.page_allocator import PageAllocator
 from tempo_jax.sampling.paged_attention import paged_decode_attention, ring_pages
+from tempo_jax.tempo import functions as fns
 
 MAX_NEW = 20
 EOS = (3, 17, 40, 77, 101, 150, 200)  # ~3% of the vocabulary: sampled rows end at varied steps
@@ -206,15 +208,26 @@ def test_page_allocator_shares_and_frees_by_reference_count():
         allocator.release([prompt[0]])
 
 
-def test_compile_functions_builds_the_engine_executables_from_abstract_parameters(policy, state):
-    """prefill, weights and decode compiled ahead of time for 3 prompts x 3 samples: the decode
-    executable's arguments hold both page pools (2 layers x k and v x 1 + 3 x 4 + 9 x 7 pages)."""
+def test_engine_executables_compile_from_abstract_parameters(policy, state):
+    """`aot.engine_compile` builds prefill and decode ahead of time for 3 prompts x 3 samples: the
+    decode executable's arguments hold both page pools (2 layers x k and v x 1 + 3 x 4 + 9 x 7
+    pages)."""
     engine = Engine(policy, page_size=4, num_slots=0, steps_per_call=6, **_kwargs())
     abstract = jax.eval_shape(lambda: state)
-    compiled = engine.compile_functions(abstract, 3, 3, 16)
-    assert sorted(compiled) == ["decode", "prefill", "weights"]
-    c = policy.config
     pages = 1 + 3 * 4 + 9 * 7  # scratch + prompt pages + slots x ceil((16 + 19) / 4)
+    compiled = {
+        function: engine_executable(
+            engine,
+            abstract,
+            fns.Call(function, 9, prompts=3, samples=3),
+            16,
+            pages,
+            jax.devices()[0],
+            engine.stop.arrays(),
+        )
+        for function in (fns.ENGINE_PREFILL, fns.ENGINE_DECODE)
+    }
+    c = policy.config
     pool_bytes = 2 * c.num_layers * c.num_kv_heads * pages * 4 * c.head_dim * 4
-    memory = compiled["decode"].memory_analysis()
-    assert memory.argument_size_in_bytes >= pool_bytes
+    for executable in compiled.values():
+        assert executable.memory_analysis().argument_size_in_bytes >= pool_bytes

@@ -1,0 +1,195 @@
+"""The abstract run that `tempo-jax compile` lowers, and the bytes per chip of its pieces.
+
+    plan, source = build_plan(config, devices)   # no weights, data or tokenizer read
+    tree_bytes_per_chip(plan.policy)             # the policy's TrainState on one chip
+
+A `Plan` holds the run's mesh and rules, its `RunFunctions`, its sampler (static or paged) and
+the abstract train states (`jax.ShapeDtypeStruct`s carrying the run's shardings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from tempo_jax import models, parallel, train
+from tempo_jax.aot import engine_compile
+from tempo_jax.config.methods import get_method
+from tempo_jax.parallel.topology import GIB, ChipSpec
+from tempo_jax.tempo import functions as fns
+from tempo_jax.tempo.build import make_sampler, planned_model_config
+
+HBM_LIMIT_FRACTION = 0.9
+# Kept free beside the paged engine's pool for its calls' activations and logits (besides the
+# prefill's cache, counted from the shapes): Qwen3-8B's 16-prompt prefill on v5p needed 4.7 GiB
+# more than the pool and the weights.
+ENGINE_WORKSPACE_BYTES = 4 * GIB
+
+
+@dataclasses.dataclass(kw_only=True)
+class Plan:
+    """The pieces of a run that `compile_report` lowers (all abstract)."""
+
+    config: ml_collections.ConfigDict
+    model: models.ModelConfig
+    policy_module: models.Policy
+    mesh: jax.sharding.Mesh
+    rules: Any
+    settings: train.TrainSettings
+    functions: fns.RunFunctions
+    sampler: Any
+    policy: train.TrainState
+    critic: train.TrainState | None
+    chip: ChipSpec | None = None  # set by compile_report
+    engine_note: str = ""  # why the paged engine cannot run on this mesh ("" when it can)
+
+    @property
+    def prompt_width(self) -> int:
+        return self.config.data.max_prompt_length
+
+    @property
+    def response_length(self) -> int:
+        return self.config.rollout.max_new_tokens
+
+    def train_state_bytes(self) -> int:
+        """The policy's and the critic's TrainState shards on one chip."""
+        critic = tree_bytes_per_chip(self.critic) if self.critic is not None else 0
+        return tree_bytes_per_chip(self.policy) + critic
+
+
+def _abstract_state(model_config, cls, settings, optimizer, mesh, rules):
+    module = nnx.eval_shape(lambda: cls(model_config, rngs=nnx.Rngs(0)))
+    graphdef, params = train.split_for_training(module, settings)
+    return module, graphdef, train.abstract_train_state(params, optimizer, mesh, rules)
+
+
+def build_plan(
+    config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
+) -> tuple[Plan, str]:
+    """(the plan of a run of `config` on `devices`, where its model config came from)."""
+    mesh = parallel.make_mesh(config.parallel.mesh, devices=devices)
+    rules = parallel.make_rules(config.parallel.rules)
+    settings = train.settings_from_config(config.train)
+    platform = devices[0].platform
+    policy_config, source = planned_model_config(config, "policy", platform)
+    policy_module, policy_graphdef, policy = _abstract_state(
+        policy_config, models.Policy, settings, settings.policy_optimizer, mesh, rules
+    )
+    critic_graphdef, critic = None, None
+    if get_method(config.method).uses_critic:
+        critic_config, _ = planned_model_config(config, "critic", platform)
+        _, critic_graphdef, critic = _abstract_state(
+            critic_config, models.Critic, settings, settings.critic_optimizer, mesh, rules
+        )
+    functions = fns.RunFunctions.for_run(
+        config, mesh, rules, settings, policy_graphdef, critic_graphdef
+    )
+    eos = policy_config.eos_token_id
+    eos_ids = tuple(np.atleast_1d(eos if eos is not None else 0).tolist())
+    pad_id = policy_config.pad_token_id or 0
+    engine_note = ""
+    try:
+        sampler = make_sampler(config, policy_module, mesh, rules, eos_ids, pad_id)
+    except ValueError as e:  # the paged engine refuses a mesh spanning several processes
+        if config.rollout.engine != "paged":
+            raise
+        # Its functions still compile for one chip, which is what the engine would run on.
+        engine_note = f"a run on this topology fails: {e}"
+        sampler = make_sampler(config, policy_module, None, rules, eos_ids, pad_id)
+    plan = Plan(
+        config=config, model=policy_config, policy_module=policy_module, mesh=mesh, rules=rules,
+        settings=settings, functions=functions, sampler=sampler, policy=policy, critic=critic,
+        engine_note=engine_note,
+    )  # fmt: skip
+    return plan, source
+
+
+def tree_bytes_per_chip(tree: Any) -> int:
+    """Bytes one chip holds of a tree of ShapeDtypeStructs / arrays carrying NamedShardings."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+        total += math.prod(shape) * np.dtype(x.dtype).itemsize
+    return total
+
+
+def whole_bytes(tree: Any) -> int:
+    """Bytes of a whole tree (on one device)."""
+    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def compute_dtype_bytes(params: Any, model: models.ModelConfig) -> int:
+    """Bytes of all of `params` in the model's compute dtype (the decode weights, whole)."""
+    itemsize = np.dtype(model.compute_dtype).itemsize
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(params)) * itemsize
+
+
+def decode_weight_bytes(plan: Plan) -> int:
+    """Bytes of the policy's weights per chip in the sampler's layout and compute dtype."""
+    params = plan.policy.params
+    shardings = parallel.state_shardings(params, plan.mesh, plan.sampler.inference_rules)
+    itemsize = np.dtype(plan.model.compute_dtype).itemsize
+    return sum(
+        math.prod(s.shard_shape(x.shape)) * itemsize
+        for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings), strict=True)
+    )
+
+
+def page_bytes(plan: Plan) -> int:
+    """Bytes of one full-attention pool page over all full-attention layers."""
+    c = plan.model
+    full = sum(k != "sliding_attention" for k in c.resolved_layer_types)
+    itemsize = np.dtype(c.compute_dtype).itemsize
+    return 2 * full * c.num_kv_heads * c.head_dim * itemsize * plan.sampler.page_size
+
+
+def engine_pool_pages(plan: Plan, call: fns.Call) -> int:
+    """The engine's full-attention pool: `rollout.paged.num_pages`, or (0) what the chip's HBM
+    limit leaves after the train states, the whole parameters, their compute-dtype copy and the
+    prefill's workspace: its static cache of the chunk's prompts plus `ENGINE_WORKSPACE_BYTES`
+    (the pool is shared by the prefill and the decode, so it must leave the prefill room)."""
+    if plan.sampler.num_pages:
+        return plan.sampler.num_pages
+    c = plan.model
+    params = plan.policy.params
+    weights = compute_dtype_bytes(params, c)
+    prefill_cache = 2 * c.num_layers * call.prompts * plan.prompt_width * c.num_kv_heads
+    prefill_cache *= c.head_dim * np.dtype(c.compute_dtype).itemsize
+    used = plan.train_state_bytes() + whole_bytes(params) + weights + prefill_cache
+    budget = int(HBM_LIMIT_FRACTION * plan.chip.hbm_bytes) - used - ENGINE_WORKSPACE_BYTES
+    slots = plan.sampler.num_slots or call.prompts * call.samples
+    return engine_compile.pool_pages_for_budget(
+        c, plan.sampler.page_size, budget, plan.sampler.ring, slots + call.prompts
+    )
+
+
+def static_cache_bytes(plan: Plan, call: fns.Call) -> int:
+    """Bytes per chip of the static sampler's KV cache [layers, rows, P + L - 1, K, Dh] x 2."""
+    c = plan.model
+    slots = plan.prompt_width + plan.response_length - 1
+    shape = (c.num_layers, call.rows, slots, c.num_kv_heads, c.head_dim)
+    context = parallel.ActivationSharding.create(plan.mesh, plan.sampler.inference_rules)
+    sharding = context.sharding(shape, models.KV_CACHE_LOGICAL_AXES)
+    return 2 * math.prod(sharding.shard_shape(shape)) * np.dtype(c.compute_dtype).itemsize
+
+
+def sft_args(plan: Plan, tx) -> tuple:
+    """Abstract SFT arguments on the mesh's first device: SFT runs unsharded (see train.sft)."""
+    one = jax.sharding.SingleDeviceSharding(plan.mesh.devices.flat[0])
+
+    def on_one(tree):
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), tree)
+
+    params = on_one(nnx.state(plan.policy_module, nnx.Param))
+    rows = plan.config.sft.batch_size
+    width = plan.prompt_width + plan.response_length
+    seq = jax.ShapeDtypeStruct((rows, width), np.int32, sharding=one)
+    response = jax.ShapeDtypeStruct((rows, plan.response_length), np.int32, sharding=one)
+    return params, on_one(jax.eval_shape(tx.init, params)), seq, seq, response
