@@ -204,6 +204,10 @@ def _whole_params_bytes(plan: Plan) -> int:
     return whole_bytes(plan.policy.params)
 
 
+_SAMPLER = Kind(
+    lower=_sampler_lower, state_bytes=_policy_params_bytes, resident=OTHER_STATES,
+    cost=_sampler_cost, kv_cache_bytes=static_cache_bytes, sampler=True,
+)  # fmt: skip
 # The paged engine's prefill; its decode differs in cost and shape only. The train states'
 # shards stay on the chip beside the engine's whole copy of the parameters.
 _ENGINE_PREFILL = Kind(
@@ -223,14 +227,7 @@ KINDS: dict[str, Kind] = {
     fns.CRITIC_STEP: _trained(fns.CRITIC_STEP, "critic", head=False, backward=True),
     fns.TOKEN_STATS: _trained(fns.TOKEN_STATS, "policy", head=True, backward=False),
     fns.VALUES: _trained(fns.VALUES, "critic", head=False, backward=False),
-    fns.SAMPLER: Kind(
-        lower=_sampler_lower,
-        state_bytes=_policy_params_bytes,
-        resident=OTHER_STATES,
-        cost=_sampler_cost,
-        kv_cache_bytes=static_cache_bytes,
-        sampler=True,
-    ),  # fmt: skip
+    fns.SAMPLER: _SAMPLER,
     fns.ENGINE_PREFILL: _ENGINE_PREFILL,
     fns.ENGINE_DECODE: dataclasses.replace(
         _ENGINE_PREFILL, cost=_engine_decode_cost, shape_detail=_engine_decode_shape

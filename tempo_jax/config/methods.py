@@ -79,106 +79,40 @@ class Method:
         return (REFINE,)
 
 
+def _tempo(name: str, stream: str, reward: str, recalibrates: bool = True) -> Method:
+    """A method of TEMPO's critic loop: the critic's group filter, and on the mixed stream the
+    em_token estimator (on the others the config's `policy.advantage`)."""
+    advantage = "em_token" if stream == MIXED else None
+    return Method(
+        name, stream, reward, advantage, "tempo", uses_critic=True, recalibrates=recalibrates
+    )
+
+
+def _grpo(name: str, stream: str, reward: str, group_filter: str = "none") -> Method:
+    """A critic-free method: a sequence reward and GRPO's group-normalised advantage."""
+    return Method(name, stream, reward, "grpo", group_filter, uses_critic=False, recalibrates=False)
+
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method(
-            name="tempo",
-            stream=UNLABELED,
-            reward=CRITIC,
-            advantage=None,
-            group_filter="tempo",
-            uses_critic=True,
-            recalibrates=True,
-        ),
-        Method(
-            name="tempo_mixed",
-            stream=MIXED,
-            reward=CRITIC,
-            advantage="em_token",
-            group_filter="tempo",
-            uses_critic=True,
-            recalibrates=True,
-        ),
-        Method(
-            name="tempo_frozen",
-            stream=UNLABELED,
-            reward=CRITIC,
-            advantage=None,
-            group_filter="tempo",
-            uses_critic=True,
-            recalibrates=False,
-        ),
-        Method(
-            name="ttrl",
-            stream=UNLABELED,
-            reward=MAJORITY_VOTE,
-            advantage="grpo",
-            group_filter="none",
-            uses_critic=False,
-            recalibrates=False,
-        ),
-        Method(
-            name="empo",
-            stream=UNLABELED,
-            reward=CLUSTER_FREQUENCY,
-            advantage="grpo",
-            group_filter="none",
-            uses_critic=False,
-            recalibrates=False,
-        ),
-        Method(
-            name="intuitor",
-            stream=UNLABELED,
-            reward=SELF_CERTAINTY,
-            advantage="grpo",
-            group_filter="none",
-            uses_critic=False,
-            recalibrates=False,
-        ),
-        Method(
-            name="rlvr",
-            stream=LABELED,
-            reward=GROUND_TRUTH,
-            advantage="grpo",
-            group_filter="dapo",
-            uses_critic=False,
-            recalibrates=False,
-        ),
+        _tempo("tempo", UNLABELED, CRITIC),
+        _tempo("tempo_mixed", MIXED, CRITIC),
+        _tempo("tempo_frozen", UNLABELED, CRITIC, recalibrates=False),
+        _grpo("ttrl", UNLABELED, MAJORITY_VOTE),
+        _grpo("empo", UNLABELED, CLUSTER_FREQUENCY),
+        _grpo("intuitor", UNLABELED, SELF_CERTAINTY),
+        _grpo("rlvr", LABELED, GROUND_TRUTH, group_filter="dapo"),
         # Upper bound, not a method one can deploy: TTRL's loop with the hidden ground truth of
         # D_U as reward (TTRL's "leakage" run). Same estimator and batches as ttrl, so the gap
         # between the two is the cost of not knowing the answers.
-        Method(
-            name="oracle",
-            stream=UNLABELED,
-            reward=HIDDEN_GROUND_TRUTH,
-            advantage="grpo",
-            group_filter="none",
-            uses_critic=False,
-            recalibrates=False,
-        ),
+        _grpo("oracle", UNLABELED, HIDDEN_GROUND_TRUTH),
         # Upper bounds of TEMPO's own loop (issue 22): `tempo` / `tempo_mixed` unchanged except
         # that each D_U row's terminal reward R_i is its hidden-answer score, optionally flipped
         # with probability `tempo.oracle_flip_prob` (a reward of known within-question AUROC).
         # If these do not gain, the loop (not the critic) is what fails.
-        Method(
-            name="tempo_oracle",
-            stream=UNLABELED,
-            reward=HIDDEN_TERMINAL,
-            advantage=None,
-            group_filter="tempo",
-            uses_critic=True,
-            recalibrates=True,
-        ),
-        Method(
-            name="tempo_mixed_oracle",
-            stream=MIXED,
-            reward=HIDDEN_TERMINAL,
-            advantage="em_token",
-            group_filter="tempo",
-            uses_critic=True,
-            recalibrates=True,
-        ),
+        _tempo("tempo_oracle", UNLABELED, HIDDEN_TERMINAL),
+        _tempo("tempo_mixed_oracle", MIXED, HIDDEN_TERMINAL),
     )
 }
 

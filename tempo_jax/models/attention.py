@@ -409,16 +409,9 @@ def _splash_kernel(length: int, num_heads: int, window: int | None, block: int, 
         mask = splash.CausalMask(shape)
     else:  # i - window < j <= i
         mask = splash.LocalMask(shape, window_size=(window - 1, 0), offset=0)
-    sizes = splash.BlockSizes(
-        block_q=block,
-        block_kv=block,
-        block_kv_compute=block,
-        block_q_dkv=block,
-        block_kv_dkv=block,
-        block_kv_dkv_compute=block,
-        block_q_dq=block,
-        block_kv_dq=block,
-    )
+    # One block size for every forward and backward tile.
+    fields = ("q", "kv", "kv_compute", "q_dkv", "kv_dkv", "kv_dkv_compute", "q_dq", "kv_dq")
+    sizes = splash.BlockSizes(**{f"block_{name}": block for name in fields})
     return splash.make_splash_mha(
         splash.MultiHeadMask([mask] * num_heads),
         block_sizes=sizes,

@@ -237,64 +237,53 @@ class ModelConfig:
         return self.num_heads // self.num_kv_heads
 
 
-def _qwen3(
-    *,
-    vocab_size: int,
-    hidden_size: int,
-    intermediate_size: int,
-    num_layers: int,
-    num_heads: int,
-    num_kv_heads: int,
-    tie_word_embeddings: bool,
-) -> ModelConfig:
+# Qwen/Qwen3-* config.json: hidden, intermediate, layers, heads, tied embeddings (every one has
+# vocab 151936 and 8 kv heads).
+_QWEN3_SIZES = {
+    "qwen3_0p6b": (1024, 3072, 28, 16, True),  # Qwen/Qwen3-0.6B
+    "qwen3_1p7b": (2048, 6144, 28, 16, True),  # Qwen/Qwen3-1.7B
+    "qwen3_4b": (2560, 9728, 36, 32, True),  # Qwen/Qwen3-4B
+    "qwen3_8b": (4096, 12288, 36, 32, False),  # Qwen/Qwen3-8B
+    "qwen3_14b": (5120, 17408, 40, 40, False),  # Qwen/Qwen3-14B
+}
+
+
+def _qwen3(hidden: int, intermediate: int, layers: int, heads: int, tied: bool) -> ModelConfig:
     # Shared by every Qwen3 dense checkpoint's config.json (Qwen/Qwen3-{0.6B,1.7B,4B,8B,14B}):
     # head_dim 128, rope_theta 1e6 (no rope_scaling), rms_norm_eps 1e-6, max_position_embeddings
     # 40960, use_sliding_window false, bos 151643 (<|endoftext|>), eos 151645 (<|im_end|>).
     return ModelConfig(
-        arch="qwen3",
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim=128,
-        rope=RopeConfig(theta=1_000_000.0),
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=tie_word_embeddings,
-        max_position_embeddings=40960,
-        bos_token_id=151643,
-        eos_token_id=151645,
-    )
+        arch="qwen3", vocab_size=151936, hidden_size=hidden, intermediate_size=intermediate,
+        num_layers=layers, num_heads=heads, num_kv_heads=8, head_dim=128,
+        rope=RopeConfig(theta=1_000_000.0), rms_norm_eps=1e-6, tie_word_embeddings=tied,
+        max_position_embeddings=40960, bos_token_id=151643, eos_token_id=151645,
+    )  # fmt: skip
 
+
+_TINY = ModelConfig(
+    arch="qwen3",
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    rope=RopeConfig(theta=10_000.0),
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    max_position_embeddings=2048,
+)
 
 PRESETS: dict[str, ModelConfig] = {
     # Test model: 2 layers, D=64, V=512; compiles in about a second on CPU.
-    "tiny": ModelConfig(
-        arch="qwen3",
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        rope=RopeConfig(theta=10_000.0),
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        max_position_embeddings=2048,
-    ),
-    # OLMo3-shaped test model: 4 layers in OLMo3's 3 sliding + 1 full pattern, window 8,
-    # YaRN on the full layer as in OLMo3 7B.
-    "tiny_olmo3": ModelConfig(
+    "tiny": _TINY,
+    # OLMo3-shaped test model: tiny's sizes in 4 layers of OLMo3's 3 sliding + 1 full pattern,
+    # window 8, YaRN on the full layer as in OLMo3 7B.
+    "tiny_olmo3": dataclasses.replace(
+        _TINY,
         arch="olmo3",
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
         num_layers=4,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
         rope=RopeConfig(
             theta=500_000.0,
             kind="yarn",
@@ -303,61 +292,10 @@ PRESETS: dict[str, ModelConfig] = {
             attention_factor=1.2079441541679836,
         ),
         sliding_rope=RopeConfig(theta=500_000.0),
-        rms_norm_eps=1e-6,
         layer_types=("sliding_attention",) * 3 + ("full_attention",),
         sliding_window=8,
-        max_position_embeddings=2048,
     ),
-    # Qwen/Qwen3-0.6B config.json: 151936 / 1024 / 3072 / 28 layers / 16 heads / 8 kv, tied.
-    "qwen3_0p6b": _qwen3(
-        vocab_size=151936,
-        hidden_size=1024,
-        intermediate_size=3072,
-        num_layers=28,
-        num_heads=16,
-        num_kv_heads=8,
-        tie_word_embeddings=True,
-    ),
-    # Qwen/Qwen3-1.7B config.json: 151936 / 2048 / 6144 / 28 layers / 16 heads / 8 kv, tied.
-    "qwen3_1p7b": _qwen3(
-        vocab_size=151936,
-        hidden_size=2048,
-        intermediate_size=6144,
-        num_layers=28,
-        num_heads=16,
-        num_kv_heads=8,
-        tie_word_embeddings=True,
-    ),
-    # Qwen/Qwen3-4B config.json: 151936 / 2560 / 9728 / 36 layers / 32 heads / 8 kv, tied.
-    "qwen3_4b": _qwen3(
-        vocab_size=151936,
-        hidden_size=2560,
-        intermediate_size=9728,
-        num_layers=36,
-        num_heads=32,
-        num_kv_heads=8,
-        tie_word_embeddings=True,
-    ),
-    # Qwen/Qwen3-8B config.json: 151936 / 4096 / 12288 / 36 layers / 32 heads / 8 kv, untied.
-    "qwen3_8b": _qwen3(
-        vocab_size=151936,
-        hidden_size=4096,
-        intermediate_size=12288,
-        num_layers=36,
-        num_heads=32,
-        num_kv_heads=8,
-        tie_word_embeddings=False,
-    ),
-    # Qwen/Qwen3-14B config.json: 151936 / 5120 / 17408 / 40 layers / 40 heads / 8 kv, untied.
-    "qwen3_14b": _qwen3(
-        vocab_size=151936,
-        hidden_size=5120,
-        intermediate_size=17408,
-        num_layers=40,
-        num_heads=40,
-        num_kv_heads=8,
-        tie_word_embeddings=False,
-    ),
+    **{name: _qwen3(*sizes) for name, sizes in _QWEN3_SIZES.items()},
     # allenai/Olmo-3-1025-7B config.json (the Think / Instruct 7B variants share it):
     # vocab 100278, hidden 4096, intermediate 11008, 32 layers, 32 heads and 32 kv heads (no
     # GQA), head_dim 128 (= 4096 / 32), rms_norm_eps 1e-6, untied, layer_types 3 sliding + 1
