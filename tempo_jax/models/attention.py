@@ -80,6 +80,12 @@ class Slots(NamedTuple):
     key_valid: jax.Array
 
 
+def einsum_f32(spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+    """`jnp.einsum(spec, a, b)` of both operands cast to `dtype` (the compute dtype), summed and
+    returned in float32: the mixed-precision contraction of the attention and the log-prob head."""
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
 def resolve(implementation: str, platform: str | None = None, dtype=jnp.float32) -> str:
     """The implementation `auto` stands for on `platform` (default: JAX's default backend)."""
     if implementation not in IMPLEMENTATIONS:
@@ -186,9 +192,7 @@ def dense_attention(
     scores = scores * (head_dim**-0.5)
     scores = jnp.where(mask[:, None, None, :, :], scores, MASKED_SCORE)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum(
-        "bkgts,bskh->btkgh", probs, v.astype(dtype), preferred_element_type=jnp.float32
-    )
+    out = einsum_f32("bkgts,bskh->btkgh", probs, v, dtype)
     return out.reshape(batch, length, num_heads, head_dim).astype(dtype)
 
 
@@ -310,12 +314,7 @@ def _flash_forward(q, k, v, slots, window, block, dtype):
         correction = jnp.exp(run_max - new_max)
         probs = jnp.exp(scores - new_max[..., None])
         run_sum = run_sum * correction + jnp.sum(probs, axis=-1)
-        acc = acc * correction[..., None] + jnp.einsum(
-            "bkgtc,bckh->bkgth",
-            probs.astype(dtype),
-            v_c.astype(dtype),
-            preferred_element_type=jnp.float32,
-        )
+        acc = acc * correction[..., None] + einsum_f32("bkgtc,bckh->bkgth", probs, v_c, dtype)
         return (new_max, run_sum, acc), None
 
     init = (
@@ -356,25 +355,11 @@ def _flash_bwd(block, dtype, residuals, d_out):
         k_c, v_c, key_slots_c, valid_c = xs
         scores = _block_scores(qg, k_c, slots.query, key_slots_c, valid_c, window, scale)
         probs = jnp.exp(scores - log_sum[..., None])  # [B, K, G, T, C]
-        d_v = jnp.einsum(
-            "bkgtc,btkgh->bckh",
-            probs.astype(dtype),
-            d_outg.astype(dtype),
-            preferred_element_type=jnp.float32,
-        )
-        d_probs = jnp.einsum(
-            "btkgh,bckh->bkgtc",
-            d_outg.astype(dtype),
-            v_c.astype(dtype),
-            preferred_element_type=jnp.float32,
-        )
+        d_v = einsum_f32("bkgtc,btkgh->bckh", probs, d_outg, dtype)
+        d_probs = einsum_f32("btkgh,bckh->bkgtc", d_outg, v_c, dtype)
         d_scores = (probs * (d_probs - delta[..., None]) * scale).astype(dtype)
-        d_q = d_q + jnp.einsum(
-            "bkgtc,bckh->btkgh", d_scores, k_c.astype(dtype), preferred_element_type=jnp.float32
-        )
-        d_k = jnp.einsum(
-            "bkgtc,btkgh->bckh", d_scores, qg.astype(dtype), preferred_element_type=jnp.float32
-        )
+        d_q = d_q + einsum_f32("bkgtc,bckh->btkgh", d_scores, k_c, dtype)
+        d_k = einsum_f32("bkgtc,btkgh->bckh", d_scores, qg, dtype)
         return d_q, (d_k, d_v)
 
     d_q, (d_k, d_v) = jax.lax.scan(

@@ -52,18 +52,12 @@ class RolloutRows:
     def take_rows(self, rows) -> RolloutRows:
         """Rows by index / slice (group ids unchanged)."""
         idx = np.arange(self.num_rows)[rows]
-        return RolloutRows(
-            tokens=self.tokens[idx],
-            attention_mask=self.attention_mask[idx],
-            response_mask=self.response_mask[idx],
-            group_ids=self.group_ids[idx],
-            is_labeled=self.is_labeled[idx],
-            lengths=self.lengths[idx],
-            finish_reason=self.finish_reason[idx],
-            texts=[self.texts[i] for i in idx],
-            answers=[self.answers[i] for i in idx],
-            ground_truths=[self.ground_truths[i] for i in idx],
-        )
+
+        def taken(name: str):
+            x = getattr(self, name)
+            return [x[i] for i in idx] if name in _LIST_FIELDS else x[idx]
+
+        return RolloutRows(**_per_field(taken))
 
     def pad_rows(self, num_rows: int) -> RolloutRows:
         """Repeats the last row up to `num_rows` rows (for fixed compiled shapes; callers drop
@@ -75,18 +69,18 @@ class RolloutRows:
         """The rows of the given prompt groups (renumbered 0..len(groups)-1, in that order)."""
         rows = np.concatenate([np.flatnonzero(self.group_ids == g) for g in groups])
         remap = {g: i for i, g in enumerate(groups)}
-        return RolloutRows(
-            tokens=self.tokens[rows],
-            attention_mask=self.attention_mask[rows],
-            response_mask=self.response_mask[rows],
-            group_ids=np.array([remap[g] for g in self.group_ids[rows]], np.int32),
-            is_labeled=self.is_labeled[rows],
-            lengths=self.lengths[rows],
-            finish_reason=self.finish_reason[rows],
-            texts=[self.texts[i] for i in rows],
-            answers=[self.answers[i] for i in rows],
-            ground_truths=[self.ground_truths[i] for i in rows],
-        )
+        taken = self.take_rows(rows)
+        taken.group_ids = np.array([remap[g] for g in taken.group_ids], np.int32)
+        return taken
+
+
+# Per-row lists (the others are arrays with rows on axis 0).
+_LIST_FIELDS = ("texts", "answers", "ground_truths")
+
+
+def _per_field(value) -> dict:
+    """{field of RolloutRows: value(field)}."""
+    return {f.name: value(f.name) for f in dataclasses.fields(RolloutRows)}
 
 
 def concat_rows(parts: Sequence[RolloutRows]) -> RolloutRows:
@@ -95,20 +89,15 @@ def concat_rows(parts: Sequence[RolloutRows]) -> RolloutRows:
     for part in parts:
         group_ids.append(part.group_ids + offset)
         offset += int(part.group_ids.max()) + 1 if part.num_rows else 0
-    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-    flat = lambda name: [x for p in parts for x in getattr(p, name)]  # noqa: E731
-    return RolloutRows(
-        tokens=cat("tokens"),
-        attention_mask=cat("attention_mask"),
-        response_mask=cat("response_mask"),
-        group_ids=np.concatenate(group_ids).astype(np.int32),
-        is_labeled=cat("is_labeled"),
-        lengths=cat("lengths"),
-        finish_reason=cat("finish_reason"),
-        texts=flat("texts"),
-        answers=flat("answers"),
-        ground_truths=flat("ground_truths"),
-    )
+
+    def joined(name: str):
+        if name in _LIST_FIELDS:
+            return [x for p in parts for x in getattr(p, name)]
+        if name == "group_ids":
+            return np.concatenate(group_ids).astype(np.int32)
+        return np.concatenate([getattr(p, name) for p in parts])
+
+    return RolloutRows(**_per_field(joined))
 
 
 def decode_responses(

@@ -29,18 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 
-@flax.struct.dataclass
-class Sequences:
-    """Sampled sequences. Shapes: N rows, S = P + L slots, L response slots.
-
-    Attributes:
-      tokens: [N, S] int32: left-padded prompt then right-padded response.
-      attention_mask: [N, S] bool/int: 1 on real tokens (prompt and response).
-      response_mask: [N, L] bool/int: 1 on real response tokens, aligned to the last L slots.
-    """
+class _SlotLayout:
+    """P and L of a batch whose `tokens` are [N, P + L] and `response_mask` [N, L]."""
 
     tokens: jax.Array
-    attention_mask: jax.Array
     response_mask: jax.Array
 
     @property
@@ -53,7 +45,22 @@ class Sequences:
 
 
 @flax.struct.dataclass
-class RLBatch:
+class Sequences(_SlotLayout):
+    """Sampled sequences. Shapes: N rows, S = P + L slots, L response slots.
+
+    Attributes:
+      tokens: [N, S] int32: left-padded prompt then right-padded response.
+      attention_mask: [N, S] bool/int: 1 on real tokens (prompt and response).
+      response_mask: [N, L] bool/int: 1 on real response tokens, aligned to the last L slots.
+    """
+
+    tokens: jax.Array
+    attention_mask: jax.Array
+    response_mask: jax.Array
+
+
+@flax.struct.dataclass
+class RLBatch(_SlotLayout):
     """One policy / critic update batch (see the module docstring for the slot layout).
 
     Attributes:
@@ -78,14 +85,6 @@ class RLBatch:
 
     def sequences(self) -> Sequences:
         return Sequences(self.tokens, self.attention_mask, self.response_mask)
-
-    @property
-    def response_length(self) -> int:
-        return self.response_mask.shape[-1]
-
-    @property
-    def prompt_length(self) -> int:
-        return self.tokens.shape[-1] - self.response_mask.shape[-1]
 
 
 _TOKEN_FIELDS = ("old_logprobs", "advantages", "returns", "old_values")

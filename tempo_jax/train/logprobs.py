@@ -35,6 +35,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from tempo_jax.models.attention import einsum_f32
+
 # Initial running max: finite, so exp(old_max - new_max) is 0 rather than NaN on the first chunk.
 _NEG_LARGE = float(jnp.finfo(jnp.float32).min)
 
@@ -101,12 +103,7 @@ def _chunked_weight(weight: jax.Array, layout: ChunkLayout) -> jax.Array:
 def _chunk_logits(hidden, weight3, k, layout, compute_dtype):
     """Logits [M, R] float32 of chunk k, its vocabulary ids [R] and their validity [R]."""
     w_k = jax.lax.dynamic_index_in_dim(weight3, k, axis=1, keepdims=False)
-    logits = jnp.einsum(
-        "md,rd->mr",
-        hidden.astype(compute_dtype),
-        w_k.astype(compute_dtype),
-        preferred_element_type=jnp.float32,
-    )
+    logits = einsum_f32("md,rd->mr", hidden, w_k, compute_dtype)
     ids = jnp.arange(layout.rows, dtype=jnp.int32) * layout.num_chunks + k
     return logits, ids, ids < layout.vocab_size, w_k
 
@@ -166,18 +163,8 @@ def _token_stats_bwd(layout, compute_dtype, residuals, cotangents):
         probs = jnp.where(valid, jnp.exp(logits - log_z[:, None]), 0.0)
         onehot = (ids[None, :] == targets[:, None]).astype(jnp.float32)
         d_logits = g_logprobs[:, None] * (onehot - probs)  # [M, R]
-        d_hidden = d_hidden + jnp.einsum(
-            "mr,rd->md",
-            d_logits.astype(compute_dtype),
-            w_k.astype(compute_dtype),
-            preferred_element_type=jnp.float32,
-        )
-        d_w_k = jnp.einsum(
-            "mr,md->rd",
-            d_logits.astype(compute_dtype),
-            hidden.astype(compute_dtype),
-            preferred_element_type=jnp.float32,
-        )
+        d_hidden = d_hidden + einsum_f32("mr,rd->md", d_logits, w_k, compute_dtype)
+        d_w_k = einsum_f32("mr,md->rd", d_logits, hidden, compute_dtype)
         d_weight3 = jax.lax.dynamic_update_index_in_dim(d_weight3, d_w_k, k, axis=1)
         return (d_hidden, d_weight3), None
 
@@ -197,12 +184,7 @@ _token_stats.defvjp(_token_stats_fwd, _token_stats_bwd)
 
 def _unchunked_token_stats(hidden, weight, targets, compute_dtype) -> TokenStats:
     """One chunk: full [M, V] logits, differentiated by ordinary autodiff (no recomputation)."""
-    logits = jnp.einsum(
-        "md,vd->mv",
-        hidden.astype(compute_dtype),
-        weight.astype(compute_dtype),
-        preferred_element_type=jnp.float32,
-    )
+    logits = einsum_f32("md,vd->mv", hidden, weight, compute_dtype)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[:, None].astype(jnp.int32), -1)[:, 0]
     logits = jax.lax.stop_gradient(logits)
