@@ -17,7 +17,7 @@ from tempo_jax.rl.value_loss import value_loss
 from tempo_jax.train.batch import RLBatch
 from tempo_jax.train.config import TrainSettings
 from tempo_jax.train.forward import response_values
-from tempo_jax.train.update import Step, accumulate_gradients, make_update_step
+from tempo_jax.train.update import Step, accumulate_weighted, make_update_step
 
 CriticStep = Step
 
@@ -39,12 +39,7 @@ def make_critic_gradients(
     """
 
     def critic_gradients(params: nnx.State, batch: RLBatch):
-        mask = _labeled_mask(batch)
-        total_rows = jnp.sum(jnp.any(mask, axis=-1), dtype=jnp.float32)
-        total_tokens = jnp.sum(mask, dtype=jnp.float32)
-        row_norm, token_norm = jnp.maximum(total_rows, 1.0), jnp.maximum(total_tokens, 1.0)
-
-        def micro_loss(params, mb: RLBatch):
+        def micro_loss(params, mb: RLBatch, row_norm, token_norm):
             critic = nnx.merge(graphdef, params)
             values = response_values(critic, mb.sequences())
             loss, loss_metrics = value_loss(
@@ -66,21 +61,18 @@ def make_critic_gradients(
             }
             return loss, metrics
 
-        grads, metrics = accumulate_gradients(micro_loss, params, batch, settings.micro_batches)
-        metrics.update(labeled_rows=total_rows, labeled_tokens=total_tokens)
-        return grads, metrics
+        totals = ("labeled_rows", "labeled_tokens")
+        return accumulate_weighted(
+            micro_loss, params, batch, settings.micro_batches, _labeled_mask, totals
+        )
 
     return critic_gradients
 
 
 def make_critic_step(graphdef: nnx.GraphDef, settings: TrainSettings) -> CriticStep:
-    """Builds `critic_step(state, batch) -> (state, metrics)`.
-
-    `make_critic_gradients` then global-norm clipping and AdamW (`settings.critic_optimizer`),
-    skipped when the loss or gradient is non-finite or the batch has no labeled response token.
-
-    Metrics: those of `make_critic_gradients` plus `grad_norm`, `learning_rate`, `skipped`
-    (non-finite: no update) and `empty` (no labeled row: no update).
+    """`critic_step(state, batch) -> (state, metrics)`: `make_critic_gradients`, then the AdamW
+    update of `update.make_update_step` (`settings.critic_optimizer`), left out when the batch
+    has no labeled response token.
 
     Args:
       graphdef: from `split_for_training(critic, settings)`.

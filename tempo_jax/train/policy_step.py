@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from tempo_jax.rl.reductions import effective_mask, masked_mean
@@ -17,16 +16,13 @@ from tempo_jax.rl.registry import POLICY_LOSSES
 from tempo_jax.train.batch import RLBatch
 from tempo_jax.train.config import TrainSettings
 from tempo_jax.train.forward import response_token_stats
-from tempo_jax.train.update import Step, accumulate_gradients, make_update_step
+from tempo_jax.train.update import Step, accumulate_weighted, make_update_step, mask_weights
 
 PolicyStep = Step
 
 
-def _weights(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(rows with at least one token, tokens) of an effective [n, L] mask, float32."""
-    tokens = jnp.sum(mask, dtype=jnp.float32)
-    rows = jnp.sum(jnp.any(mask, axis=-1), dtype=jnp.float32)
-    return rows, tokens
+def _kept_mask(batch: RLBatch) -> jax.Array:
+    return effective_mask(batch.response_mask, batch.keep)
 
 
 def make_policy_gradients(
@@ -48,10 +44,7 @@ def make_policy_gradients(
     per_row = settings.policy_loss.aggregation == "seq_mean_token_mean"
 
     def policy_gradients(params: nnx.State, batch: RLBatch):
-        total_rows, total_tokens = _weights(effective_mask(batch.response_mask, batch.keep))
-        row_norm, token_norm = jnp.maximum(total_rows, 1.0), jnp.maximum(total_tokens, 1.0)
-
-        def micro_loss(params, mb: RLBatch):
+        def micro_loss(params, mb: RLBatch, row_norm, token_norm):
             policy = nnx.merge(graphdef, params)
             stats = response_token_stats(policy, mb.sequences(), settings.vocab_chunk_size)
             loss, loss_metrics = loss_fn(
@@ -62,8 +55,8 @@ def make_policy_gradients(
                 keep=mb.keep,
                 **options,
             )
-            mask = effective_mask(mb.response_mask, mb.keep)
-            rows, tokens = _weights(mask)
+            mask = _kept_mask(mb)
+            rows, tokens = mask_weights(mask)
             token_share = tokens / token_norm
             loss = loss * (rows / row_norm if per_row else token_share)
             metrics = {name: value * token_share for name, value in loss_metrics.items()}
@@ -72,22 +65,18 @@ def make_policy_gradients(
             metrics["self_certainty"] = masked_mean(stats.self_certainty, mask) * token_share
             return loss, metrics
 
-        grads, metrics = accumulate_gradients(micro_loss, params, batch, settings.micro_batches)
-        metrics.update(tokens=total_tokens, rows=total_rows)
-        return grads, metrics
+        totals = ("rows", "tokens")
+        return accumulate_weighted(
+            micro_loss, params, batch, settings.micro_batches, _kept_mask, totals
+        )
 
     return policy_gradients
 
 
 def make_policy_step(graphdef: nnx.GraphDef, settings: TrainSettings) -> PolicyStep:
-    """Builds `policy_step(state, batch) -> (state, metrics)`.
-
-    `make_policy_gradients` then global-norm clipping and AdamW (`settings.policy_optimizer`),
-    skipped when the loss or gradient is non-finite or no kept response token exists.
-
-    Metrics: those of `make_policy_gradients` plus `grad_norm` (before clipping),
-    `learning_rate` (of this update), `skipped` (1 = non-finite, no update) and `empty` (1 = no
-    kept response token, no update).
+    """`policy_step(state, batch) -> (state, metrics)`: `make_policy_gradients`, then the AdamW
+    update of `update.make_update_step` (`settings.policy_optimizer`), left out when no kept
+    response token exists.
 
     Args:
       graphdef: from `split_for_training(policy, settings)`.

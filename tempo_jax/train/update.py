@@ -66,6 +66,44 @@ def accumulate_gradients(
     return grads, jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
 
 
+def mask_weights(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(rows with at least one token, tokens) of an effective [n, L] mask, float32."""
+    tokens = jnp.sum(mask, dtype=jnp.float32)
+    rows = jnp.sum(jnp.any(mask, axis=-1), dtype=jnp.float32)
+    return rows, tokens
+
+
+def accumulate_weighted(
+    micro_loss: Callable[[nnx.State, Any, jax.Array, jax.Array], Any],
+    params: nnx.State,
+    batch: Any,
+    micro_batches: int,
+    mask_of: Callable[[Any], jax.Array],
+    totals: tuple[str, str],
+) -> tuple[Any, dict[str, jax.Array]]:
+    """`accumulate_gradients` of a loss weighted by the batch's totals W (module docstring).
+
+    Args:
+      micro_loss: `(params, micro_batch, row_norm, token_norm) -> (loss, metrics)`, scaling its
+        micro-batch's loss and metrics by its rows / row_norm or tokens / token_norm.
+      params, batch, micro_batches: as in `accumulate_gradients`.
+      mask_of: a batch's (or micro-batch's) effective [n, L] mask of the tokens that count.
+      totals: the metric names of the whole batch's (rows, tokens) of that mask.
+
+    Returns:
+      (gradients, summed metrics and the two totals).
+    """
+    rows, tokens = mask_weights(mask_of(batch))
+    row_norm, token_norm = jnp.maximum(rows, 1.0), jnp.maximum(tokens, 1.0)
+
+    def scaled(params: nnx.State, mb: Any):
+        return micro_loss(params, mb, row_norm, token_norm)
+
+    grads, metrics = accumulate_gradients(scaled, params, batch, micro_batches)
+    metrics.update(zip(totals, (rows, tokens), strict=True))
+    return grads, metrics
+
+
 def apply_gradients(
     state: TrainState,
     grads: Any,
@@ -101,9 +139,13 @@ def apply_gradients(
 
 
 def make_update_step(gradients_fn: Gradients, optimizer: OptimizerSettings, signal: str) -> Step:
-    """`step(state, batch) -> (state, metrics)`: `gradients_fn`, then `apply_gradients` with
-    `optimizer`'s AdamW and schedule; the batch has a signal when its metric `signal` (a count of
-    rows or tokens to learn from) is positive. Metrics: the gradients' and the update's."""
+    """`step(state, batch) -> (state, metrics)`: `gradients_fn`, then global-norm clipping and
+    `optimizer`'s AdamW (`apply_gradients`), skipped when the loss or gradient is non-finite or
+    the batch's metric `signal` (a count of rows or tokens to learn from) is 0.
+
+    Metrics: those of `gradients_fn` plus `grad_norm` (before clipping), `learning_rate` (of
+    this update), `skipped` (1 = non-finite, no update) and `empty` (1 = no signal, no update).
+    """
     tx = make_optimizer(optimizer)
     schedule = make_schedule(optimizer)
 
