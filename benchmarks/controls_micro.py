@@ -30,10 +30,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "tempo"))
 sys.path.insert(0, str(ROOT))
 
-from test_learning import SFT_STEPS, _questions, learning_config  # noqa: E402
+from test_learning import SFT_STEPS, _questions, _train, learning_config  # noqa: E402
 
 from tempo_jax.tempo.build import build_run  # noqa: E402
-from tempo_jax.tempo.loop import Trainer  # noqa: E402
 from tempo_jax.train.metric_writers import read_jsonl  # noqa: E402
 from tempo_jax.train.sft import run_sft  # noqa: E402
 
@@ -194,15 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             method, changes = table[name]
             workdir = work / f"{name}-s{seed}"
             shutil.rmtree(workdir, ignore_errors=True)
-            shutil.copytree(sft_dir, workdir / "sft")
-            start = cpu_seconds()
             config = config_for(str(work / "data"), files, method, seed, changes)
-            trainer = Trainer(config, str(workdir))
-            try:
-                trainer.train()
-            finally:
-                trainer.close()
-            records = read_jsonl(str(workdir / "metrics.jsonl"))
+            start = cpu_seconds()
+            records = _train(config, workdir, sft_dir)  # the learning tests' run from the SFT
             row = summarize(name, seed, records, cpu_seconds() - start)
             with open(results, "a") as f:
                 f.write(json.dumps(row) + "\n")

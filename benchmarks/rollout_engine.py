@@ -37,7 +37,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -55,14 +54,7 @@ EOS = 2
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--intermediate", type=int, default=768)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--kv_heads", type=int, default=2)
-    parser.add_argument("--head_dim", type=int, default=64)
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--dtype", default="float32")
+    sampler_vs_hf.add_model_args(parser, preset=False)
     parser.add_argument("--rows", type=int, default=128, help="prompts (one greedy row each)")
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--new_tokens", type=int, default=256, help="the length cap L")
@@ -75,26 +67,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip_peer", action="store_true")
     return parser.parse_args()
-
-
-def interleaved_medians(runners: dict, runs: int, warmup: int):
-    """Median wall and CPU seconds (this process, all threads) of each runner, runs alternating
-    between them. On a machine shared with other work, CPU seconds are the steadier measure."""
-    for _ in range(warmup):
-        for fn in runners.values():
-            fn()
-    wall = {name: [] for name in runners}
-    cpu = {name: [] for name in runners}
-    for _ in range(runs):
-        for name, fn in runners.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    return (
-        {name: float(np.median(t)) for name, t in wall.items()},
-        {name: float(np.median(t)) for name, t in cpu.items()},
-    )
 
 
 def first_eos_lengths(scores: np.ndarray, others: np.ndarray, alpha: float, cap: int):
@@ -174,7 +146,9 @@ def main() -> None:
     runners = {"engine": runner("engine", engine), "static": runner("static", static)}
     if not args.skip_peer:
         runners["peer"] = peer_runner(policy, prompts, args, results)
-    seconds, cpu_seconds = interleaved_medians(runners, args.runs, max(args.warmup, 1))
+    seconds, cpu_seconds = sampler_vs_hf.interleaved_seconds(
+        runners, args.runs, max(args.warmup, 1)
+    )
     lengths = results["static_lengths"]
     kept = int(lengths.sum())
     stats = engine.last_stats
@@ -232,34 +206,10 @@ def main() -> None:
 def peer_runner(policy, prompts, args, results: dict):
     """transformers' greedy generate on the same weights, stopping rows at EOS (pad 0 after, as
     the samplers); each run stores its tokens [rows, L] in results["peer"]."""
-    import tempfile
-
-    import torch
-    import transformers
-
-    with tempfile.TemporaryDirectory() as path:
-        tm.save_hf(policy, path)
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, args.dtype)
-        )
-    model.eval()
-    input_ids = torch.tensor(prompts, dtype=torch.long)
-    attention = torch.ones_like(input_ids)
+    generate = sampler_vs_hf.peer_runner(policy, prompts, args, eos_token_id=EOS)
 
     def run():
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                max_new_tokens=args.new_tokens,
-                do_sample=False,
-                eos_token_id=EOS,
-                pad_token_id=0,
-            )
-        tokens = np.zeros((len(prompts), args.new_tokens), np.int32)
-        generated = out[:, args.prompt :].numpy()
-        tokens[:, : generated.shape[1]] = generated
-        results["peer"] = tokens
+        results["peer"] = generate()
 
     return run
 

@@ -45,9 +45,11 @@ from tempo_jax.sampling.params import RowSamplingParams
 from tempo_jax.sampling.token_sampling import sample_tokens
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default=None, help="a tempo_jax.models preset instead")
+def add_model_args(parser: argparse.ArgumentParser, preset: bool = True) -> None:
+    """The random Qwen3-shaped model's flags (`model_config`), shared by rollout_engine.py;
+    `preset`: also --preset (a tempo_jax.models preset instead)."""
+    if preset:
+        parser.add_argument("--preset", default=None, help="a tempo_jax.models preset instead")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--intermediate", type=int, default=768)
@@ -56,6 +58,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--head_dim", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--dtype", default="float32", help="compute and parameter dtype")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_args(parser)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--new_tokens", type=int, default=128)
@@ -109,19 +116,23 @@ def median_seconds(fn, runs: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def interleaved_medians(runners: dict, runs: int, warmup: int) -> dict[str, float]:
-    """Median seconds of each runner, runs alternating between them (A B A B ...), so that a
-    change in machine load over time hits both sides alike."""
+def interleaved_seconds(runners: dict, runs: int, warmup: int) -> tuple[dict, dict]:
+    """Median wall and CPU seconds (this process, all threads) of each runner, runs alternating
+    between them (A B A B ...), so that a change in machine load over time hits both sides alike.
+    On a machine shared with other work, CPU seconds are the steadier measure."""
     for _ in range(warmup):
         for fn in runners.values():
             fn()
-    times = {name: [] for name in runners}
+    wall = {name: [] for name in runners}
+    cpu = {name: [] for name in runners}
     for _ in range(runs):
         for name, fn in runners.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    median = lambda times: {name: statistics.median(t) for name, t in times.items()}  # noqa: E731
+    return median(wall), median(cpu)
 
 
 def tempo_runner(policy, prompts, args, max_rows_per_chunk=None):
@@ -145,8 +156,9 @@ def tempo_runner(policy, prompts, args, max_rows_per_chunk=None):
     return run
 
 
-def peer_runner(policy, prompts, args):
-    """A callable running transformers' greedy generate on the same weights; returns [B, L]."""
+def peer_runner(policy, prompts, args, eos_token_id: int | None = None):
+    """A callable running transformers' greedy generate on the same weights; returns [B, L]:
+    L tokens a row without `eos_token_id`, else rows stop at it (then 0s, as the samplers)."""
     import torch
     import transformers
 
@@ -158,6 +170,7 @@ def peer_runner(policy, prompts, args):
     model.eval()
     input_ids = torch.tensor(prompts, dtype=torch.long)
     mask = torch.ones_like(input_ids)
+    length = {"min_new_tokens": args.new_tokens} if eos_token_id is None else {}
 
     def run():
         with torch.inference_mode():
@@ -165,12 +178,17 @@ def peer_runner(policy, prompts, args):
                 input_ids=input_ids,
                 attention_mask=mask,
                 max_new_tokens=args.new_tokens,
-                min_new_tokens=args.new_tokens,
+                **length,
                 do_sample=False,
-                eos_token_id=None,
+                eos_token_id=eos_token_id,
                 pad_token_id=0,
             )
-        return out[:, args.prompt :].numpy()
+        generated = out[:, args.prompt :].numpy()
+        if eos_token_id is None:
+            return generated
+        tokens = np.zeros((len(prompts), args.new_tokens), np.int32)
+        tokens[:, : generated.shape[1]] = generated
+        return tokens
 
     return run
 
@@ -278,7 +296,7 @@ def main() -> None:
         runners["chunked"] = tempo_runner(policy, prompts, args, args.max_rows_per_chunk)
     if not args.skip_peer:
         runners["peer"] = peer_runner(policy, prompts, args)
-    seconds = interleaved_medians(runners, args.runs, max(args.warmup, 1))
+    seconds, _ = interleaved_seconds(runners, args.runs, max(args.warmup, 1))
     result = {
         "model": args.preset or "qwen3-shaped random",
         "layers": config.num_layers,

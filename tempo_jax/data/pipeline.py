@@ -137,38 +137,26 @@ class Data:
             name=split,
         )
 
+    def _batches(self, make, splits: tuple[str, ...], shard_index: int, shard_count: int):
+        """`make(*those splits, formatter, stream config, shard_index=, shard_count=)`."""
+        sources = [self.split(name) for name in splits]
+        shards = dict(shard_index=shard_index, shard_count=shard_count)
+        return make(*sources, self.formatter, self.config.stream, **shards)
+
     def labeled_batches(self, *, shard_index: int = 0, shard_count: int = 1) -> streams.BatchStream:
         """D_L prompt batches."""
-        return streams.labeled_batches(
-            self.split("labeled"),
-            self.formatter,
-            self.config.stream,
-            shard_index=shard_index,
-            shard_count=shard_count,
-        )
+        return self._batches(streams.labeled_batches, ("labeled",), shard_index, shard_count)
 
     def unlabeled_batches(
         self, *, shard_index: int = 0, shard_count: int = 1
     ) -> streams.BatchStream:
         """D_U prompt batches (answers hidden)."""
-        return streams.unlabeled_batches(
-            self.split("unlabeled"),
-            self.formatter,
-            self.config.stream,
-            shard_index=shard_index,
-            shard_count=shard_count,
-        )
+        return self._batches(streams.unlabeled_batches, ("unlabeled",), shard_index, shard_count)
 
     def mixed_batches(self, *, shard_index: int = 0, shard_count: int = 1) -> streams.BatchStream:
         """Mixed D_L / D_U batches with a per-row `is_labeled` flag."""
-        return streams.mixed_batches(
-            self.split("labeled"),
-            self.split("unlabeled"),
-            self.formatter,
-            self.config.stream,
-            shard_index=shard_index,
-            shard_count=shard_count,
-        )
+        splits = ("labeled", "unlabeled")
+        return self._batches(streams.mixed_batches, splits, shard_index, shard_count)
 
     def one_pass(self, split: str, batch_size: int | None = None) -> Iterator[PromptBatch]:
         """Every row of `split` once, in stored order (evaluation)."""

@@ -54,6 +54,12 @@ def _grads(fn, window, q, k, v, w):
     return jax.jit(grad)(q, k, v)
 
 
+def _assert_gradients_match_dense(fn, window, q, k, v, w):
+    got, want = _grads(fn, window, q, k, v, w), _grads(_dense, window, q, k, v, w)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_blockwise_equals_dense_forward_and_gradient(case):
     window = CASES[case]
@@ -113,9 +119,7 @@ def test_cudnn_wrapper_equals_dense(case):
         )
 
     assert _valid_max_diff(cudnn(q, k, v, window), _dense(q, k, v, window)) < 1e-5
-    got, want = _grads(cudnn, window, q, k, v, w), _grads(_dense, window, q, k, v, w)
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+    _assert_gradients_match_dense(cudnn, window, q, k, v, w)
 
 
 def test_splash_kernel_in_interpret_mode_equals_dense():
@@ -130,9 +134,7 @@ def test_splash_kernel_in_interpret_mode_equals_dense():
 
     for window in CASES.values():
         assert _valid_max_diff(splash(q, k, v, window), _dense(q, k, v, window)) < 1e-5
-    got, want = _grads(splash, None, q, k, v, w), _grads(_dense, None, q, k, v, w)
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+    _assert_gradients_match_dense(splash, None, q, k, v, w)
 
 
 def test_dispatch_under_a_layer_scan_selects_each_layers_window():

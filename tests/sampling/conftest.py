@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flax import nnx
-from sampling_helpers import MAX_NEW, PAD, UNUSED_EOS, VOCAB
+from sampling_helpers import PAD, SAMPLER_KWARGS, VOCAB
 
 import tempo_jax.models as tm
 from tempo_jax.sampling import Sampler
@@ -30,15 +30,7 @@ def state(policy):
 @pytest.fixture(scope="session")
 def sampler(policy) -> Sampler:
     """L = 8, buckets 8 and 16, one EOS id and one 2-token stop sequence (overridable per call)."""
-    return Sampler(
-        policy,
-        max_new_tokens=MAX_NEW,
-        prompt_buckets=(8, 16),
-        eos_ids=(UNUSED_EOS,),
-        stop_sequences=((UNUSED_EOS, UNUSED_EOS),),
-        pad_id=PAD,
-        max_top_k=32,
-    )
+    return Sampler(policy, **SAMPLER_KWARGS)
 
 
 @pytest.fixture(scope="session")

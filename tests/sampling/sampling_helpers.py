@@ -14,6 +14,16 @@ PAD = 0
 MAX_NEW = 8
 # Never produced by the tests' greedy rollouts unless a test picks it (checked where it matters).
 UNUSED_EOS = VOCAB - 1
+# The session `sampler` fixture's settings: buckets 8 and 16, one EOS id and one 2-token stop
+# sequence that never occur.
+SAMPLER_KWARGS = dict(
+    max_new_tokens=MAX_NEW,
+    prompt_buckets=(8, 16),
+    eos_ids=(UNUSED_EOS,),
+    stop_sequences=((UNUSED_EOS, UNUSED_EOS),),
+    pad_id=PAD,
+    max_top_k=32,
+)
 
 
 def teacher_forced_logits(policy, rollouts: Rollouts) -> np.ndarray:

@@ -16,7 +16,13 @@ import re
 import jax
 import numpy as np
 import pytest
-from sampling_helpers import MAX_NEW, PAD, UNUSED_EOS, binomial_count_range, log_softmax
+from sampling_helpers import (
+    MAX_NEW,
+    PAD,
+    SAMPLER_KWARGS,
+    binomial_count_range,
+    log_softmax,
+)
 
 from tempo_jax import parallel
 from tempo_jax.sampling import Sampler, SamplingParams
@@ -102,16 +108,7 @@ def test_same_distribution_as_repeated_prompts(policy, sampler, state, two_promp
 
 def test_sharded_sampler_returns_the_same_rollouts(devices, policy, state, two_prompts, shared):
     mesh = parallel.make_mesh((2, 2, 2))
-    sharded = Sampler(
-        policy,
-        max_new_tokens=MAX_NEW,
-        prompt_buckets=(8, 16),
-        eos_ids=(UNUSED_EOS,),
-        stop_sequences=((UNUSED_EOS, UNUSED_EOS),),
-        pad_id=PAD,
-        max_top_k=32,
-        mesh=mesh,
-    )
+    sharded = Sampler(policy, **SAMPLER_KWARGS, mesh=mesh)
     out = sharded.generate(state, *two_prompts, n=N_SAMPLES, sampling=SAMPLING, seed=7)
     np.testing.assert_array_equal(out.tokens, shared.tokens)
     np.testing.assert_array_equal(out.finish_reason, shared.finish_reason)

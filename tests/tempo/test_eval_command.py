@@ -3,12 +3,11 @@ checkpoints, score exactly what the trainer logged at that step; finished splits
 
 import json
 import math
-import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
+from cli_run import run_cli
 
 from tempo_jax.config.validation import validate
 from tempo_jax.experiments import eval_command
@@ -92,23 +91,7 @@ def same_metrics(report_metrics: dict, logged: dict) -> None:
 def test_eval_cli_scores_the_last_checkpoint_as_the_trainer_did(finished):
     workdir, logged = finished
     flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tempo_jax.cli",
-            "eval",
-            f"--config={CONFIG}",
-            f"--workdir={workdir}",
-            *flags,
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = run_cli("eval", f"--config={CONFIG}", f"--workdir={workdir}", *flags, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = workdir / "eval" / "step_1"
     report = json.loads((out / "report.json").read_text())

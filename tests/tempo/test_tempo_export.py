@@ -1,14 +1,12 @@
 """`tempo-jax export`: a trained workdir's policy and critic load in transformers and reproduce
 the trained networks' logits and values."""
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_run import run_cli
 from flax import nnx
 from tempo_micro import host, micro_config, trees_equal
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
@@ -45,15 +43,7 @@ def test_model_config_round_trips_through_a_dict():
 def test_cli_export_reproduces_the_trained_logits_in_transformers(trained, tmp_path):
     workdir, state, run = trained
     out = tmp_path / "hf"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tempo_jax.cli", "export", f"--workdir={workdir}", f"--out={out}"],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_cli("export", f"--workdir={workdir}", f"--out={out}", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["policy:", str(out / "policy"), "critic:", str(out / "critic")]
 

@@ -25,53 +25,44 @@ def batch():
     return h.host_batch(11)
 
 
-@pytest.fixture(scope="module")
-def policy_outputs(devices, batch):
-    graphdef, params = h.split_model("policy")
-    mesh = h.make_mesh((2, 2, 2))
-    seqs = batch.sequences()
+def _forward_and_references(role, make_fn, mesh_shape, batch, name):
+    """The role's forward compiled on a mesh, its parameters, and the references: the model's
+    outputs on the full sequences and at the last slot of the prefix `tokens[:, :P + PREFIX_T]`."""
+    graphdef, params = h.split_model(role)
     fn = train.compile_forward(
-        train.make_policy_token_stats_fn(graphdef, h.SETTINGS),
+        make_fn(graphdef, h.SETTINGS),
         params,
-        seqs,
-        mesh,
+        batch.sequences(),
+        h.make_mesh(mesh_shape),
         micro_batches=h.MICRO_BATCHES,
-        name="policy_token_stats",
+        name=name,
         compiler_options=h.FAST_COMPILE,
     )
-    stats = fn(params, seqs)
-    stats_again = fn(params, h.host_batch(12).sequences())  # a fresh batch: no recompile
-    policy = nnx.merge(graphdef, params)
-    logits = jax.jit(lambda t, m: policy(t, m))(batch.tokens, batch.attention_mask)
+    model = nnx.merge(graphdef, params)
+    full = jax.jit(lambda t, m: model(t, m))(batch.tokens, batch.attention_mask)
     prefix = h.P + PREFIX_T
-    prefix_logits = jax.jit(lambda t, m: policy(t, m)[:, -1])(
+    at_prefix = jax.jit(lambda t, m: model(t, m)[:, -1])(
         batch.tokens[:, :prefix], batch.attention_mask[:, :prefix]
     )
-    return h.to_numpy(stats), np.asarray(logits), np.asarray(prefix_logits), fn, stats_again
+    return fn, params, np.asarray(full), np.asarray(at_prefix)
+
+
+@pytest.fixture(scope="module")
+def policy_outputs(devices, batch):
+    fn, params, logits, prefix_logits = _forward_and_references(
+        "policy", train.make_policy_token_stats_fn, (2, 2, 2), batch, "policy_token_stats"
+    )
+    stats = fn(params, batch.sequences())
+    stats_again = fn(params, h.host_batch(12).sequences())  # a fresh batch: no recompile
+    return h.to_numpy(stats), logits, prefix_logits, fn, stats_again
 
 
 @pytest.fixture(scope="module")
 def critic_outputs(devices, batch):
-    graphdef, params = h.split_model("critic")
-    mesh = h.make_mesh((1, 8, 1))
-    seqs = batch.sequences()
-    fn = train.compile_forward(
-        train.make_critic_values_fn(graphdef, h.SETTINGS),
-        params,
-        seqs,
-        mesh,
-        micro_batches=h.MICRO_BATCHES,
-        name="critic_values",
-        compiler_options=h.FAST_COMPILE,
+    fn, params, full, prefix_values = _forward_and_references(
+        "critic", train.make_critic_values_fn, (1, 8, 1), batch, "critic_values"
     )
-    values = np.asarray(fn(params, seqs))
-    critic = nnx.merge(graphdef, params)
-    full = jax.jit(lambda t, m: critic(t, m))(batch.tokens, batch.attention_mask)
-    prefix = h.P + PREFIX_T
-    prefix_values = jax.jit(lambda t, m: critic(t, m)[:, -1])(
-        batch.tokens[:, :prefix], batch.attention_mask[:, :prefix]
-    )
-    return values, np.asarray(full), np.asarray(prefix_values), fn
+    return np.asarray(fn(params, batch.sequences())), full, prefix_values, fn
 
 
 def _log_softmax(z):

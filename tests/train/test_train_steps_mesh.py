@@ -107,14 +107,23 @@ def test_bad_mesh_fails_before_compiling(devices):
     assert counter.count == 0
 
 
-def test_skipped_and_empty_updates_keep_the_state(devices):
-    run = h.run_steps("policy", (1, 1, 1))
+def _step_with_non_finite(role, seed, field, value):
+    """The role's one-device step on host batch `seed` with `field`[0, 0] = `value` (row 0 is
+    kept and labeled, slot 0 a real response token): (run, step, state after it, its metrics,
+    the state before on the host, the clean batch)."""
+    run = h.run_steps(role, (1, 1, 1))
     step, state = run["step"], run["state"]
     before = h.to_numpy(state)
-    bad = h.host_batch(7)
-    advantages = bad.advantages.copy()
-    advantages[0, 0] = np.nan  # a real response token of a kept row
-    state, metrics = step(state, bad.replace(advantages=advantages))
+    bad = h.host_batch(seed)
+    corrupted = getattr(bad, field).copy()
+    corrupted[0, 0] = value
+    state, metrics = step(state, bad.replace(**{field: corrupted}))
+    return run, step, state, metrics, before, bad
+
+
+def test_skipped_and_empty_updates_keep_the_state(devices):
+    nan_advantage = _step_with_non_finite("policy", 7, "advantages", np.nan)
+    run, step, state, metrics, before, bad = nan_advantage
     assert float(metrics["skipped"]) == 1.0 and float(metrics["empty"]) == 0.0
     assert not np.isfinite(float(metrics["loss"]))
     after = h.to_numpy(state)
@@ -134,13 +143,7 @@ def test_skipped_and_empty_updates_keep_the_state(devices):
 
 
 def test_critic_skips_non_finite_returns_and_unlabeled_batches(devices):
-    run = h.run_steps("critic", (1, 1, 1))
-    step, state = run["step"], run["state"]
-    before = h.to_numpy(state)
-    bad = h.host_batch(8)
-    returns = bad.returns.copy()
-    returns[0, 0] = np.inf  # row 0 is labeled
-    state, metrics = step(state, bad.replace(returns=returns))
+    run, step, state, metrics, before, bad = _step_with_non_finite("critic", 8, "returns", np.inf)
     assert float(metrics["skipped"]) == 1.0
     assert jax.tree.all(jax.tree.map(np.array_equal, h.to_numpy(state), before))
     state, metrics = step(state, bad.replace(is_labeled=np.zeros(h.N, bool)))
