@@ -22,6 +22,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def worker_distributed(port: int, process_id: int) -> dict:
+    """The `parallel.distributed` section a worker of a two-host test joins with (gloo CPU
+    collectives on 127.0.0.1:`port`)."""
+    return {
+        "coordinator_address": f"127.0.0.1:{port}",
+        "num_processes": 2,
+        "process_id": process_id,
+        "initialization_timeout_s": 60,
+        "cpu_collectives": "gloo",
+    }
+
+
 def host_env(*paths: pathlib.Path, distributed: tuple[int, int, int] | None = None) -> dict:
     """This process's environment for one 4-device host, with `paths` on PYTHONPATH.
 

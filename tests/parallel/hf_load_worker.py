@@ -11,6 +11,7 @@ import math
 import sys
 
 import numpy as np
+from multihost_launch import worker_distributed
 
 from tempo_jax import parallel
 
@@ -30,15 +31,7 @@ def shard_bytes(model) -> int:
 def main() -> None:
     port, process_id, out_dir, checkpoint = sys.argv[1:5]
     process_id = int(process_id)
-    assert parallel.initialize_distributed(
-        {
-            "coordinator_address": f"127.0.0.1:{port}",
-            "num_processes": 2,
-            "process_id": process_id,
-            "initialization_timeout_s": 60,
-            "cpu_collectives": "gloo",
-        }
-    )
+    assert parallel.initialize_distributed(worker_distributed(int(port), process_id))
     import jax
     from flax import nnx
 

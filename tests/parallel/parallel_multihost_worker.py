@@ -8,6 +8,7 @@ gathered back from the global array, its jitted sum and a sharded matmul result.
 import sys
 
 import numpy as np
+from multihost_launch import worker_distributed
 
 from tempo_jax import parallel
 
@@ -48,13 +49,7 @@ def run(mesh_shape):
 
 def main() -> None:
     port, process_id, out_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    config = {
-        "coordinator_address": f"127.0.0.1:{port}",
-        "num_processes": 2,
-        "process_id": process_id,
-        "initialization_timeout_s": 60,
-        "cpu_collectives": "gloo",
-    }
+    config = worker_distributed(port, process_id)
     assert parallel.initialize_distributed(config) is True
     assert parallel.initialize_distributed(config) is True  # idempotent
     import jax

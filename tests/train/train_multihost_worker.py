@@ -9,6 +9,7 @@ step (gathered, keyed by path), the metrics, and the rows it loaded.
 import sys
 
 import numpy as np
+from multihost_launch import worker_distributed
 
 from tempo_jax import parallel
 
@@ -17,15 +18,7 @@ MESH = (2, 2, 2)
 
 def main() -> None:
     port, process_id, out_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    assert parallel.initialize_distributed(
-        {
-            "coordinator_address": f"127.0.0.1:{port}",
-            "num_processes": 2,
-            "process_id": process_id,
-            "initialization_timeout_s": 60,
-            "cpu_collectives": "gloo",
-        }
-    )
+    assert parallel.initialize_distributed(worker_distributed(port, process_id))
     import jax
     import train_step_helpers as h
     from flax import nnx
