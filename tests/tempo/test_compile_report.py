@@ -111,6 +111,18 @@ def test_the_plan_names_each_phase_once():
     assert "critic_step/8x8" in keys
 
 
+def test_the_kinds_table_has_a_row_for_every_planned_function_and_no_other():
+    from tempo_micro import micro_config
+
+    from tempo_jax.aot.function_kinds import KINDS
+
+    planned = set()
+    for engine in ("static", "paged"):
+        config = micro_config(**{"sft.steps": 2, "eval_every": 2, "rollout.engine": engine})
+        planned |= {call.function for call in functions.planned_calls(config)}
+    assert planned == set(KINDS)
+
+
 def test_the_plan_has_a_sampler_call_per_chunk_shape_and_a_training_call_per_bucket():
     from tempo_micro import micro_config
 
