@@ -38,6 +38,7 @@ from flax import nnx
 from tempo_jax import models, parallel, train
 from tempo_jax.models import flops as model_flops
 from tempo_jax.parallel.topology import GIB, ChipSpec, topology_devices
+from tempo_jax.sampling.engine_layout import page_bytes_per_chip
 from tempo_jax.tempo import engine_compile, sft
 from tempo_jax.tempo import functions as fns
 from tempo_jax.tempo.build import make_sampler, planned_model_config
@@ -45,10 +46,6 @@ from tempo_jax.tempo.methods import get_method
 from tempo_jax.tempo.rollout_estimates import rollout_recipe, rollout_section
 
 HBM_LIMIT_FRACTION = 0.9
-# Kept free beside the paged engine's pool for its calls' activations and logits (besides the
-# prefill's cache, counted from the shapes): Qwen3-8B's 16-prompt prefill on v5p needed 4.7 GiB
-# more than the pool and the weights.
-ENGINE_WORKSPACE_BYTES = 4 * GIB
 OK, OVER, OOM, ERROR = "ok", "over", "oom", "error"
 
 
@@ -271,7 +268,6 @@ def _lower(plan: _Plan, call: fns.Call):
             call,
             plan.config.data.max_prompt_length,
             _engine_pool_pages(plan, call),
-            plan.mesh.devices.flat[0],
             plan.sampler.stop.arrays(),
         )
     if call.function == fns.SFT_STEP:
@@ -294,12 +290,12 @@ def _own_and_resident(plan: _Plan, call: fns.Call) -> tuple[int, int]:
         fns.CRITIC_STEP: lambda: critic,
         fns.TOKEN_STATS: lambda: tree_bytes_per_chip(plan.policy.params),
         fns.SAMPLER: lambda: tree_bytes_per_chip(plan.policy.params),
-        # The engine gathers the whole parameters onto its one device.
-        fns.ENGINE_PREFILL: lambda: _whole_bytes(plan.policy.params),
-        fns.ENGINE_DECODE: lambda: _whole_bytes(plan.policy.params),
+        fns.ENGINE_PREFILL: lambda: tree_bytes_per_chip(plan.policy.params),
+        # The decode weights (compute dtype, decode layout): a copy beside the train states.
+        fns.ENGINE_DECODE: lambda: plan.sampler.decode_weight_bytes(plan.policy.params),
         fns.VALUES: lambda: tree_bytes_per_chip(plan.critic.params),
     }[call.function]()
-    if call.function in (fns.ENGINE_PREFILL, fns.ENGINE_DECODE):
+    if call.function == fns.ENGINE_DECODE:
         return own, policy + critic  # the train states' shards stay on the chip too
     return own, policy + critic - own
 
@@ -315,50 +311,27 @@ def _decode_weight_bytes(plan: _Plan) -> int:
     )
 
 
-def _whole_bytes(tree: Any) -> int:
-    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
 def _compute_dtype_bytes(params: Any, model: models.ModelConfig) -> int:
     """Bytes of all of `params` in the model's compute dtype (the decode weights, whole)."""
     itemsize = np.dtype(model.compute_dtype).itemsize
     return sum(math.prod(x.shape) for x in jax.tree.leaves(params)) * itemsize
 
 
-def _page_bytes(plan: _Plan) -> int:
-    """Bytes of one full-attention pool page over all full-attention layers."""
-    c = plan.model
-    full = sum(k != "sliding_attention" for k in c.resolved_layer_types)
-    itemsize = np.dtype(c.compute_dtype).itemsize
-    return 2 * full * c.num_kv_heads * c.head_dim * itemsize * plan.sampler.page_size
-
-
 def _engine_pool_pages(plan: _Plan, call: fns.Call) -> int:
-    """The engine's full-attention pool: `rollout.paged.num_pages`, or (0) what the chip's HBM
-    limit leaves after the train states, the whole parameters, their compute-dtype copy and the
-    prefill's workspace: its static cache of the chunk's prompts plus `ENGINE_WORKSPACE_BYTES`
-    (the pool is shared by the prefill and the decode, so it must leave the prefill room)."""
-    if plan.sampler.num_pages:
-        return plan.sampler.num_pages
-    c = plan.model
-    params = plan.policy.params
-    weights = _compute_dtype_bytes(params, c)
+    """The engine's full-attention pool per row shard: `rollout.paged.num_pages`, or (0) what
+    the chip's HBM limit leaves after the train states (`engine_compile.engine_pool_pages`)."""
     policy = tree_bytes_per_chip(plan.policy)
     critic = tree_bytes_per_chip(plan.critic) if plan.critic is not None else 0
+    free = int(HBM_LIMIT_FRACTION * plan.chip.hbm_bytes) - policy - critic
     width = plan.config.data.max_prompt_length
-    prefill_cache = 2 * c.num_layers * call.prompts * width * c.num_kv_heads * c.head_dim
-    prefill_cache *= np.dtype(c.compute_dtype).itemsize
-    used = policy + critic + _whole_bytes(params) + weights + prefill_cache + ENGINE_WORKSPACE_BYTES
-    budget = int(HBM_LIMIT_FRACTION * plan.chip.hbm_bytes) - used
-    slots = plan.sampler.num_slots or call.prompts * call.samples
-    return engine_compile.pool_pages_for_budget(
-        c, plan.sampler.page_size, budget, plan.sampler.ring, slots + call.prompts
-    )
+    return engine_compile.engine_pool_pages(plan.sampler, plan.policy.params, call, width, free)
 
 
 def _kv_cache_bytes(plan: _Plan, call: fns.Call) -> int:
     if call.function in (fns.ENGINE_PREFILL, fns.ENGINE_DECODE):
-        return _engine_pool_pages(plan, call) * _page_bytes(plan)
+        e = plan.sampler
+        page = page_bytes_per_chip(plan.model, e.page_size, e.layout.tensor)
+        return _engine_pool_pages(plan, call) * page
     if call.function != fns.SAMPLER:
         return 0
     c = plan.model
@@ -374,19 +347,11 @@ def _flops_and_roofline(plan: _Plan, call: fns.Call, chip: ChipSpec) -> tuple[fl
     chips = plan.mesh.size
     prompt, response = cfg.data.max_prompt_length, cfg.rollout.max_new_tokens
     remat = 1 if plan.settings.remat else 0
-    if call.function == fns.ENGINE_PREFILL:
-        flops = model_flops.forward_flops(c, call.prompts, prompt, head_positions=1)
-        return float(flops), flops / chip.peak_flops  # one device
-    if call.function == fns.ENGINE_DECODE:
-        # One call: steps_per_call steps of every slot at full context (its widest table).
-        e = plan.sampler
-        slots = e.num_slots or call.rows
-        step = model_flops.forward_flops(c, slots, 1, head_positions=1, context=prompt + response)
-        table = math.ceil((prompt + response - 1) / e.page_size) * e.page_size
-        step_bytes = _compute_dtype_bytes(plan.policy.params, c)
-        step_bytes += slots * table * _page_bytes(plan) // e.page_size
-        seconds = e.steps_per_call * max(step / chip.peak_flops, step_bytes / chip.hbm_bandwidth)
-        return float(e.steps_per_call * step), seconds
+    if call.function in (fns.ENGINE_PREFILL, fns.ENGINE_DECODE):
+        weights = plan.sampler.decode_weight_bytes(plan.policy.params)
+        return engine_compile.engine_flops_and_roofline(
+            plan.sampler, c, call, prompt, response, chip, weights
+        )
     if call.function == fns.SAMPLER:
         prefill_rows = call.prompts if plan.sampler.shares_prefill(call.prompts) else call.rows
         flops = model_flops.forward_flops(c, prefill_rows, prompt, head_positions=1)
@@ -419,17 +384,19 @@ def _flops_and_roofline(plan: _Plan, call: fns.Call, chip: ChipSpec) -> tuple[fl
 
 def _measure(plan: _Plan, call: fns.Call, chip: ChipSpec) -> FunctionReport:
     cfg = plan.config
-    if call.function in fns.SAMPLERS:
+    if call.function in (fns.ENGINE_PREFILL, fns.ENGINE_DECODE):
+        shape = engine_compile.engine_shape(
+            plan.sampler,
+            call,
+            cfg.data.max_prompt_length,
+            cfg.rollout.max_new_tokens,
+            _engine_pool_pages(plan, call),
+        )
+    elif call.function in fns.SAMPLERS:
         shape = (
             f"{call.prompts} prompts x {call.samples} = {call.rows} rows, "
             f"{cfg.data.max_prompt_length} + {cfg.rollout.max_new_tokens} tokens"
         )
-        if call.function == fns.ENGINE_DECODE:
-            e = plan.sampler
-            shape += (
-                f", {e.num_slots or call.rows} slots, {e.steps_per_call} steps a call, "
-                f"{_engine_pool_pages(plan, call)} pages of {e.page_size}"
-            )
     else:
         response = call.length or cfg.rollout.max_new_tokens
         shape = f"{call.rows} rows x {cfg.data.max_prompt_length} + {response} tokens"

@@ -25,12 +25,10 @@ import ml_collections
 from tempo_jax.models import ModelConfig
 from tempo_jax.models import rollout_time as rt
 from tempo_jax.parallel.topology import ChipSpec
+from tempo_jax.sampling.engine_layout import DEFAULT_DECODE_TENSOR
 from tempo_jax.tempo import config_validation
 
 LAYOUTS = config_validation.DECODE_LAYOUTS
-# The tensor-parallel decode split when neither the recipe nor the mesh names one: one v5p / v6e
-# host's 4 chips (the all-reduces stay on a host's ICI ring).
-DEFAULT_DECODE_TENSOR = 4
 
 
 def _paged(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -218,3 +218,28 @@ def test_compile_functions_builds_the_engine_executables_from_abstract_parameter
     pool_bytes = 2 * c.num_layers * c.num_kv_heads * pages * 4 * c.head_dim * 4
     memory = compiled["decode"].memory_analysis()
     assert memory.argument_size_in_bytes >= pool_bytes
+
+
+def test_the_engine_sharded_over_rows_and_tensor_gives_the_static_sampler_tokens(
+    policy, state, stop, static_rollouts
+):
+    """On 8 devices as 4 row shards x tensor 2: the 3 prompts padded to 4 (one per shard), 4
+    slots (one per shard, so rows queue), weights and KV heads split in 2, each shard's pool its
+    own pages. Greedy and mixed per-row sampling give the single-device static tokens."""
+    from tempo_jax import parallel
+
+    tokens, mask = _prompts()
+    mesh = parallel.make_mesh((4, 1, 2))
+    engine = Engine(policy, page_size=4, num_slots=4, steps_per_call=6, mesh=mesh,
+                    decode_tensor=2, **_kwargs())  # fmt: skip
+    assert (engine.layout.data, engine.layout.tensor) == (4, 2)
+    for name, sampling in (("greedy", SamplingParams(greedy=True)), ("mixed", _mixed(9))):
+        got = engine.generate(state, tokens, mask, n=3, sampling=sampling, seed=11, stop=stop)
+        _assert_same(got, static_rollouts[name])
+    (pools,) = engine._pools.values()
+    c = policy.config
+    full_pages = 1 + 1 * 4 + 1 * 9  # per shard: scratch + its prompt's pages + 1 slot x 9
+    assert pools.k[0].shape == (c.num_kv_heads, 4 * full_pages, 4, c.head_dim)
+    shard = pools.k[0].addressable_shards[0].data.shape
+    assert shard == (c.num_kv_heads // 2, full_pages, 4, c.head_dim)
+    assert engine.last_stats["slot_steps"] % (4 * engine.steps_per_call) == 0
