@@ -53,6 +53,7 @@ import jax
 import numpy as np
 
 from tempo_jax.models import Policy
+from tempo_jax.models.rollout_time import PACE_FRACTION
 from tempo_jax.sampling import engine_layout as el
 from tempo_jax.sampling.engine_host import Buffers, Slots, page_copies
 from tempo_jax.sampling.page_allocator import SCRATCH_PAGE, PageAllocator
@@ -154,7 +155,8 @@ class Engine(Sampler):
         self.num_slots = int(num_slots)
         self.num_pages = int(num_pages)
         self.steps_per_call = int(steps_per_call)
-        self.impl = attention_impl or resolve_impl(self.config.attention)
+        platform = self.layout.mesh.devices.flat[0].platform  # a topology's for AOT compiles
+        self.impl = attention_impl or resolve_impl(self.config.attention, platform)
         c = self.config
         self.ring = ring_pages(c.sliding_window, page_size) if c.has_sliding_layers else 1
         self.last_stats: dict[str, int] = {}
@@ -245,16 +247,20 @@ class Engine(Sampler):
         decode = self._jit("decode", dataclasses.replace(spec, n=0), None)
         kept = np.zeros(num_rows, np.int64)  # tokens each row has emitted in decode calls
         stats = {"slot_steps": 0, "kept_tokens": 0, "calls": 0, "preemptions": 0}
-        admitted = 0
+        admitted = np.zeros(d, np.int64)  # admissions per row shard (readmissions included)
+        prompt_shard = np.arange(real) // per_prompt_shard
+        paces = [
+            self._pace(allocators[i].num_free, plen[:real][prompt_shard == i], n) for i in range(d)
+        ]
         seed_placed = scalars[0]
 
         while any(waiting) or slots.active.any():
             copies = [([], [], [], []) for _ in range(d)]
             for i in range(d):
                 in_shard = np.arange(i * per_slot_shard, (i + 1) * per_slot_shard)
-                admitted = self._schedule(
-                    i, in_shard, slots, allocators[i], waiting[i], plen, n, first, held,
-                    first_row, row_params, copies[i], prompt_rings, out, kept, stats, admitted,
+                admitted[i] = self._schedule(
+                    in_shard, slots, allocators[i], waiting[i], plen, n, first, held, first_row,
+                    row_params, copies[i], prompt_rings, kept, stats, int(admitted[i]), paces[i],
                 )  # fmt: skip
             width = self._grow_tables(slots, plen, n, allocators, per_slot_shard, max_new)
             # Each shard runs its active slots only, in the smallest power of two (at most its
@@ -297,14 +303,15 @@ class Engine(Sampler):
         self.last_stats = {**stats, "peak_pages": peak}
         return out.rollouts(tokens[:real], mask[:real], n)
 
-    def _schedule(self, shard, in_shard, slots, allocator, waiting, plen, n, first, held,
-                  first_row, row_params, copies, prompt_rings, out, kept, stats,
-                  admitted) -> int:  # fmt: skip
+    def _schedule(self, in_shard, slots, allocator, waiting, plen, n, first, held, first_row,
+                  row_params, copies, prompt_rings, kept, stats, admitted,
+                  pace) -> int:  # fmt: skip
         """Admission by free pages in one row shard (vLLM's policy, on this shard's pool): while
         its active rows' pages for the coming call exceed the free pages, the most recently
         admitted row is preempted (its pages freed; it restarts from token 1, so its tokens do
         not change: they depend only on its key); otherwise free slots take waiting rows while
-        the free pages cover their first call too. Returns the admission count."""
+        the free pages cover their first call too, the shard's first `pace[0]` admissions one
+        every `pace[1]` decode steps (`_pace`). Returns the shard's admission count."""
         need = {int(s): self._call_pages(slots, s, plen, n) for s in in_shard if slots.active[s]}
         preempted = False
         while sum(need.values()) > allocator.num_free:
@@ -322,8 +329,9 @@ class Engine(Sampler):
         if preempted:  # no admission while the pool is short (it would be preempted again)
             return admitted
         ps, steps = self.page_size, self.steps_per_call
+        target, gap = pace
         for s in in_shard[slots.row[in_shard] < 0]:
-            if not waiting:
+            if not waiting or (admitted < target and admitted * gap > stats["calls"] * steps):
                 break
             row = waiting[0]
             p = row // n
@@ -338,6 +346,21 @@ class Engine(Sampler):
             admitted += 1
             need[int(s)] = self._call_pages(slots, s, plen, n)
         return admitted
+
+    def _pace(self, free_pages: int, prompt_lengths: np.ndarray, n: int) -> tuple[int, float]:
+        """(target, gap) of a row shard's admission pacing (`models.rollout_time.engine_seconds`
+        models the same): unless its free pages hold all its rows at full length, its first
+        `target` admissions (the rows the pages hold at an average age of L / 2) go one every
+        `gap` = PACE_FRACTION L / target decode steps, so that rows end at staggered steps
+        instead of growing together into preemptions."""
+        rows = len(prompt_lengths) * n
+        if not rows:
+            return 0, 0.0
+        prompt, max_new = float(np.mean(prompt_lengths)), self.max_new_tokens
+        if free_pages >= rows * _cdiv(int(prompt) + max_new, self.page_size):
+            return 0, 0.0
+        target = max(int(free_pages // _cdiv(int(prompt + max_new / 2), self.page_size)), 1)
+        return target, PACE_FRACTION * max_new / target
 
     def _call_pages(self, slots: Slots, s: int, plen: np.ndarray, n: int) -> int:
         """Pages slot s's row must still get before the coming call."""

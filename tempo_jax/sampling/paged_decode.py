@@ -161,6 +161,19 @@ class StepOutputs:
     finish_reason: jax.Array  # [S] reason of slots that finished in this call, else 0
 
 
+def _write_entries(pool: jax.Array, page: jax.Array, offset: jax.Array, x: jax.Array) -> jax.Array:
+    """pool [K, P, ps, Dh] with entry (page[s], offset[s]) of every KV head set to x [S, K, Dh].
+
+    Written as a row scatter into the pool viewed as [K * P * ps, Dh] (a free reshape): the
+    same scatter over dims 1 and 2 of the 4-d pool made XLA's TPU compiler copy the whole pool
+    when a chip holds more than one KV head."""
+    heads, pages, page_size, dim = pool.shape
+    rows = (jnp.arange(heads)[None, :] * pages + page[:, None]) * page_size + offset[:, None]
+    flat = pool.reshape(heads * pages * page_size, dim)
+    flat = flat.at[rows.reshape(-1)].set(x.reshape(-1, dim).astype(pool.dtype))
+    return flat.reshape(pool.shape)
+
+
 def _column(table: jax.Array, index: jax.Array) -> jax.Array:
     """table[s, index[s]] for every row s (a per-row gather the partitioner keeps per shard)."""
     return jnp.take_along_axis(table, index[:, None], axis=1)[:, 0]
@@ -357,8 +370,8 @@ def decode_steps(
 
     def local_attend(q, k, v, k_pool, v_pool, page, offset, lengths, table, *, is_sliding):
         # One row shard's slots and KV heads. k, v [S, 1, K, Dh] -> the page entry [K, S, Dh].
-        k_pool = k_pool.at[:, page, offset].set(jnp.swapaxes(k[:, 0], 0, 1))
-        v_pool = v_pool.at[:, page, offset].set(jnp.swapaxes(v[:, 0], 0, 1))
+        k_pool = _write_entries(k_pool, page, offset, k[:, 0])
+        v_pool = _write_entries(v_pool, page, offset, v[:, 0])
         attn = paged_decode_attention(
             q[:, 0], k_pool, v_pool, lengths, table,
             impl="reference" if is_sliding else spec.impl,

@@ -91,8 +91,10 @@ def _layout(recipe: rt.RolloutRecipe, split: int) -> dict[str, Any]:
             "wasted_fraction": engine.wasted_fraction,
             "preemptions": engine.preemptions,
             "kv_budget_bytes": engine.kv_budget_bytes,
-            # sampling.Engine's admission today (worst-case reservation, no preemption).
+            # Admission by worst-case reservation (no preemption), sampling.Engine's before.
             "reserving_seconds": rt.engine_seconds(recipe, dist, split, preempt=False).seconds,
+            # sampling.Engine's preemption: a preempted row decodes its tokens again.
+            "restart_seconds": rt.engine_seconds(recipe, dist, split, restart=True).seconds,
         }
     return per
 

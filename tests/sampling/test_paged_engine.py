@@ -117,14 +117,18 @@ def test_engine_equals_the_static_sampler_token_for_token(
 def test_a_small_pool_makes_rows_wait_for_pages_and_still_gives_the_same_tokens(
     policy, state, stop, static_rollouts
 ):
-    """A pool of 16 pages of 4 tokens holds about two rows at full length: admission waits for
-    finished rows' pages, the peak stays inside the pool and the tokens do not change."""
+    """A pool of 16 pages of 4 tokens (8 of them the prompts') holds about two rows at full
+    length: admission goes by free pages, 8 slots of growing rows overflow it, so rows are
+    preempted and decoded again; the peak stays inside the pool and the tokens do not change."""
     tokens, mask = _prompts()
     engine = Engine(policy, page_size=4, num_slots=8, num_pages=16, steps_per_call=6,
                     **_kwargs())  # fmt: skip
     got = engine.generate(state, tokens, mask, n=3, sampling=_mixed(9), seed=11, stop=stop)
     _assert_same(got, static_rollouts["mixed"])
-    assert engine.last_stats["peak_pages"] <= 15
+    stats = engine.last_stats
+    assert stats["peak_pages"] <= 15 and stats["preemptions"] > 0
+    lengths = np.asarray(got.lengths)
+    assert stats["kept_tokens"] == int(lengths.sum()) - int((lengths >= 1).sum())
     too_small = Engine(policy, page_size=4, num_slots=2, num_pages=4, **_kwargs())
     with pytest.raises(ValueError, match="rollout.paged.num_pages"):
         too_small.generate(state, tokens, mask, n=1, sampling=SamplingParams(greedy=True))
@@ -243,3 +247,10 @@ def test_the_engine_sharded_over_rows_and_tensor_gives_the_static_sampler_tokens
     shard = pools.k[0].addressable_shards[0].data.shape
     assert shard == (c.num_kv_heads // 2, full_pages, 4, c.head_dim)
     assert engine.last_stats["slot_steps"] % (4 * engine.steps_per_call) == 0
+    # The decode call's collectives: per layer one all-reduce of the attention output and one of
+    # the MLP output over tensor, one for the vocabulary-split embedding lookup, one all-gather
+    # of the logits; no pool, table or row is gathered across shards.
+    compiled = engine.lower("decode", jax.eval_shape(lambda: state), 3, 3, 16, stop.arrays())
+    hlo = compiled.compile().as_text()
+    assert hlo.count("all-reduce(") == 2 * c.num_layers + 1
+    assert hlo.count("all-gather(") == 1 and "all-to-all" not in hlo
