@@ -55,7 +55,14 @@ import numpy as np
 from tempo_jax.models import Policy
 from tempo_jax.models.rollout_time import PACE_FRACTION
 from tempo_jax.sampling import engine_layout as el
-from tempo_jax.sampling.engine_host import Buffers, Slots, page_copies
+from tempo_jax.sampling.engine_host import (
+    Buffers,
+    ChunkSizes,
+    Slots,
+    first_active,
+    pad_prompts,
+    page_copies,
+)
 from tempo_jax.sampling.page_allocator import SCRATCH_PAGE, PageAllocator
 from tempo_jax.sampling.paged_attention import resolve_impl, ring_pages
 from tempo_jax.sampling.paged_decode import (
@@ -76,27 +83,6 @@ from tempo_jax.sampling.stopping import StopArrays
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
-
-
-@dataclasses.dataclass(frozen=True)
-class ChunkSizes:
-    """The shapes of one chunk's engine calls (pages and slots are per row shard).
-
-    Attributes:
-      prompts: B, the chunk's prompts padded to a multiple of the row shards.
-      slots: decode slots per row shard.
-      per_slot: table pages of a row at full length.
-      prompt_width: table pages of a prompt.
-      full_pages: full-attention pool pages per row shard (its scratch page included).
-      ring_pages: sliding-layer ring pages per row shard (scratch, one ring per slot and prompt).
-    """
-
-    prompts: int
-    slots: int
-    per_slot: int
-    prompt_width: int
-    full_pages: int
-    ring_pages: int
 
 
 class Engine(Sampler):
@@ -179,7 +165,7 @@ class Engine(Sampler):
         real = tokens.shape[0] if real_prompts is None else real_prompts
         state = self._on_mesh(state)
         sizes = self._sizes(tokens.shape[0], n, bucket, state)
-        tokens, mask, rows = self._pad_prompts(tokens, mask, rows, n)
+        tokens, mask, rows = pad_prompts(tokens, mask, rows, n, self.layout.data)
         batch, d = sizes.prompts, lay.data
         per_prompt_shard, per_slot_shard = batch // d, sizes.slots
         num_rows = real * n
@@ -269,7 +255,7 @@ class Engine(Sampler):
                           for i in range(d))  # fmt: skip
             size = min(per_slot_shard, 1 << (max(busiest, 1) - 1).bit_length())
             chosen = np.concatenate([
-                _first_active(slots.active, i * per_slot_shard, per_slot_shard, size)
+                first_active(slots.active, i * per_slot_shard, per_slot_shard, size)
                 for i in range(d)
             ])  # fmt: skip
             state_in, params = slots.state(chosen, width)
@@ -420,18 +406,6 @@ class Engine(Sampler):
         return min(width, slots.table.shape[1])
 
     # --- shapes, placement and executables ------------------------------------------------------
-
-    def _pad_prompts(self, tokens, mask, rows, n):
-        """The chunk's prompts (and their rows' parameters) padded by repeating the last prompt
-        to a multiple of the row shards (the repeats are prefilled, never decoded)."""
-        batch = tokens.shape[0]
-        padded = _cdiv(batch, self.layout.data) * self.layout.data
-        if padded == batch:
-            return tokens, mask, rows
-        pick = np.minimum(np.arange(padded), batch - 1)
-        row_pick = (pick[:, None] * n + np.arange(n)[None, :]).reshape(-1)
-        rows = jax.tree.map(lambda x: np.asarray(x)[row_pick], rows)
-        return np.asarray(tokens)[pick], np.asarray(mask)[pick], rows
 
     def _on_mesh(self, state):
         """The state as the jitted functions take it: arrays on other devices than the decode
@@ -622,9 +596,3 @@ class Engine(Sampler):
             kind: self.lower(kind, state, num_prompts, n, bucket, stop_arrays).compile()
             for kind in ("prefill", "weights", "decode")
         }
-
-
-def _first_active(active: np.ndarray, start: int, count: int, size: int) -> np.ndarray:
-    """`size` slots of the shard [start, start + count): its active ones first, then idle ones."""
-    index = np.arange(start, start + count)
-    return np.concatenate([index[active[index]], index[~active[index]]])[:size]

@@ -1,16 +1,39 @@
-"""Host-side state of the paged engine: the decode slots, the admissions' page copies and the
-chunk's output rows (numpy arrays, filled call by call by `tempo_jax.sampling.engine`)."""
+"""Host-side state of the paged engine: a chunk's shapes, the decode slots, the admissions' page
+copies and the chunk's output rows (numpy arrays, filled call by call by
+`tempo_jax.sampling.engine`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 
+import jax
 import numpy as np
 
 from tempo_jax.sampling.paged_decode import PageCopies, SlotState
 from tempo_jax.sampling.params import RowSamplingParams
 from tempo_jax.sampling.rollouts import Rollouts
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkSizes:
+    """The shapes of one chunk's engine calls (pages and slots are per row shard).
+
+    Attributes:
+      prompts: B, the chunk's prompts padded to a multiple of the row shards.
+      slots: decode slots per row shard.
+      per_slot: table pages of a row at full length.
+      prompt_width: table pages of a prompt.
+      full_pages: full-attention pool pages per row shard (its scratch page included).
+      ring_pages: sliding-layer ring pages per row shard (scratch, one ring per slot and prompt).
+    """
+
+    prompts: int
+    slots: int
+    per_slot: int
+    prompt_width: int
+    full_pages: int
+    ring_pages: int
 
 
 @dataclasses.dataclass
@@ -68,6 +91,25 @@ class Slots:
             row_ids=self.row_ids[chosen],
             window=self.window[chosen],
         ), RowSamplingParams(**{k: v[chosen] for k, v in self.params.items()})
+
+
+def pad_prompts(tokens, mask, rows, n: int, shards: int):
+    """A chunk's prompts [B, P] (and their rows' parameters [B n]) padded by repeating the last
+    prompt to a multiple of `shards` row shards (the repeats are prefilled, never decoded)."""
+    batch = tokens.shape[0]
+    padded = -(-batch // shards) * shards
+    if padded == batch:
+        return tokens, mask, rows
+    pick = np.minimum(np.arange(padded), batch - 1)
+    row_pick = (pick[:, None] * n + np.arange(n)[None, :]).reshape(-1)
+    rows = jax.tree.map(lambda x: np.asarray(x)[row_pick], rows)
+    return np.asarray(tokens)[pick], np.asarray(mask)[pick], rows
+
+
+def first_active(active: np.ndarray, start: int, count: int, size: int) -> np.ndarray:
+    """`size` slots of the shard [start, start + count): its active ones first, then idle ones."""
+    index = np.arange(start, start + count)
+    return np.concatenate([index[active[index]], index[~active[index]]])[:size]
 
 
 def page_copies(copies: list[tuple[list, list, list, list]], per_shard: int, ring: int):

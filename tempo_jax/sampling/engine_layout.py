@@ -52,9 +52,10 @@ DEFAULT_DECODE_TENSOR = 4
 # The share of a chip's HBM the engine sizes its pool for (`tempo-jax compile`'s limit).
 HBM_FRACTION = 0.9
 # Kept free beside the pool for the calls' activations and logits, besides the prefill's cache
-# (counted from its shapes): Qwen3-8B's 16-prompt prefill on one v5p chip needed 4.7 GiB more
-# than the pool and the weights.
-WORKSPACE_BYTES = 4 * 2**30
+# (counted from its shapes) and the decode weights: the sharded prefill's temporaries beyond
+# its copy of the decode weights were 2.6 GiB (Qwen3-8B, 4 prompts a row shard) and 5.4 GiB
+# (Qwen3-14B, 4 prompts) on v5p, which 4 GiB did not cover.
+WORKSPACE_BYTES = 5 * 2**30
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
