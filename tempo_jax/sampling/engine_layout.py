@@ -54,8 +54,9 @@ HBM_FRACTION = 0.9
 # Kept free beside the pool for the calls' activations and logits, besides the prefill's cache
 # (counted from its shapes) and the decode weights: the sharded prefill's temporaries beyond
 # its copy of the decode weights were 2.6 GiB (Qwen3-8B, 4 prompts a row shard) and 5.4 GiB
-# (Qwen3-14B, 4 prompts) on v5p, which 4 GiB did not cover.
-WORKSPACE_BYTES = 5 * 2**30
+# (Qwen3-14B, 4 prompts) on v5p, and with 5 GiB (less the prefill's cache) 14B's prefill was
+# 0.1 GiB over the 90% limit.
+WORKSPACE_BYTES = 6 * 2**30
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -99,6 +100,10 @@ class EngineLayout:
         decode_mesh = Mesh(np.array(devices, dtype=object).reshape(data, 1, tensor),
                            parallel.MESH_AXES)  # fmt: skip
         inference = parallel.inference_rules(parallel.make_rules(rules))
+        if config.vocab_size % tensor:
+            # A vocabulary the split does not divide (OLMo3's 100278 over 4) stays whole on
+            # every chip: the embedding and the head, and the logits.
+            inference = {**inference, "vocab": (), "activation_vocab": ()}
         return cls(decode_mesh, inference, data, tensor)
 
     # --- shardings -------------------------------------------------------------------------------
@@ -119,6 +124,11 @@ class EngineLayout:
     def pool(self) -> NamedSharding:
         """[K, pages, page_size, Dh]: KV heads over tensor, pages over the row axes."""
         return self.spec(TENSOR, ROWS)
+
+    @property
+    def logits(self) -> NamedSharding:
+        """[S, V] logits: rows over the row axes, vocabulary as the head's (tensor or whole)."""
+        return self.spec(ROWS, self.rules.get("vocab") or None)
 
     @property
     def activations(self) -> ActivationSharding:

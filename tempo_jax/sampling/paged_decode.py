@@ -49,8 +49,6 @@ from tempo_jax.sampling.engine_layout import (
     HEADS_SPEC,
     POOL_SPEC,
     ROW_SPEC,
-    ROWS,
-    TENSOR,
     EngineLayout,
 )
 from tempo_jax.sampling.layer_decode import DecodeWeights, decode_weights
@@ -430,7 +428,7 @@ def decode_steps(
         logits = model_roles._project(hidden[:, 0], head, dtype)
         # Computed split by vocabulary (the head's layout), then gathered for the sampling:
         # otherwise the partitioner may gather the [V, D] head instead, every step.
-        logits = jax.lax.with_sharding_constraint(logits, layout.spec(ROWS, TENSOR))
+        logits = jax.lax.with_sharding_constraint(logits, layout.logits)
         step_keys = jax.vmap(jax.random.fold_in)(keys, state.steps)
         # Idle slots draw greedily: a finished sampled row must not run the sampling branches.
         row_params = params.replace(greedy=params.greedy | ~active)

@@ -68,14 +68,6 @@ def engine_pool_pages(
     return engine.pool_pages(params, free_bytes, call.prompts, call.samples, width)
 
 
-def engine_state_bytes(engine: Engine, params: Any, call: fns.Call, param_bytes: int) -> int:
-    """Per chip, the parameters the call takes: the policy's shard of its parameters (the
-    prefill casts and lays them out inside), the decode weights (decode)."""
-    if call.function == fns.ENGINE_PREFILL:
-        return param_bytes
-    return engine.decode_weight_bytes(params)
-
-
 def engine_shape(engine: Engine, call: fns.Call, width: int, response: int, pages: int) -> str:
     """The call's shape in words (slots and pages over the row shards)."""
     lay = engine.layout

@@ -254,3 +254,19 @@ def test_the_engine_sharded_over_rows_and_tensor_gives_the_static_sampler_tokens
     hlo = compiled.compile().as_text()
     assert hlo.count("all-reduce(") == 2 * c.num_layers + 1
     assert hlo.count("all-gather(") == 1 and "all-to-all" not in hlo
+
+
+def test_a_vocabulary_the_tensor_split_does_not_divide_stays_whole():
+    """OLMo3's 100278-token vocabulary over tensor 4: heads split, embedding and head whole."""
+    from tempo_jax import parallel
+    from tempo_jax.sampling.engine_layout import EngineLayout, weight_axes
+
+    config = tm.get_preset("tiny", vocab_size=255)
+    policy = nnx.eval_shape(lambda: tm.Policy(config, rngs=nnx.Rngs(0)))
+    layout = EngineLayout.create(parallel.make_mesh((4, 1, 2)), None, 2, config)
+    weights, head = layout.decode_weight_shardings(weight_axes(policy))
+    assert head.spec == weights.embed.spec == jax.sharding.PartitionSpec()
+    assert weights.layers[0]["q_proj"].spec == jax.sharding.PartitionSpec(None, "tensor")
+    assert layout.logits.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
+    with pytest.raises(ValueError, match="decode_tensor=4 does not divide the 2 KV heads"):
+        EngineLayout.create(parallel.make_mesh((2, 1, 4)), None, 4, config)
