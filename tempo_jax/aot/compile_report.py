@@ -267,7 +267,4 @@ def _rollout(plan: Plan, planned: list[fns.Call], chip: ChipSpec) -> dict[str, A
         rollout.rows,
         HBM_LIMIT_FRACTION,
     )
-    section = rollout_section(plan.config, recipe, tensor)
-    if plan.engine_note:
-        section["engine_note"] = plan.engine_note
-    return section
+    return rollout_section(plan.config, recipe, tensor)

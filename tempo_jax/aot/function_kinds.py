@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,17 +22,15 @@ from flax import nnx
 from tempo_jax.aot import engine_compile
 from tempo_jax.aot.plan import (
     Plan,
-    compute_dtype_bytes,
     decode_weight_bytes,
     engine_pool_pages,
-    page_bytes,
     sft_args,
     static_cache_bytes,
     tree_bytes_per_chip,
-    whole_bytes,
 )
 from tempo_jax.models import roofline
 from tempo_jax.parallel.topology import ChipSpec
+from tempo_jax.sampling.engine_layout import page_bytes_per_chip
 from tempo_jax.tempo import functions as fns
 from tempo_jax.train import sft
 
@@ -137,41 +134,32 @@ def _engine_lower(plan: Plan, call: fns.Call):
         call,
         plan.prompt_width,
         engine_pool_pages(plan, call),
-        plan.mesh.devices.flat[0],
         plan.sampler.stop.arrays(),
     )
 
 
-def _engine_decode_shape(plan: Plan, call: fns.Call) -> str:
-    e = plan.sampler
-    return (
-        f", {e.num_slots or call.rows} slots, {e.steps_per_call} steps a call, "
-        f"{engine_pool_pages(plan, call)} pages of {e.page_size}"
+def _engine_shape(plan: Plan, call: fns.Call) -> str:
+    return engine_compile.engine_shape_detail(
+        plan.sampler, call, plan.prompt_width, engine_pool_pages(plan, call)
     )
 
 
 def _engine_pool_bytes(plan: Plan, call: fns.Call) -> int:
-    return engine_pool_pages(plan, call) * page_bytes(plan)
+    e = plan.sampler
+    return engine_pool_pages(plan, call) * page_bytes_per_chip(
+        plan.model, e.page_size, e.layout.tensor
+    )
 
 
-def _prefill_cost(plan: Plan, call: fns.Call, chip: ChipSpec) -> tuple[float, float]:
-    return roofline.prefill_call(plan.model, chip, rows=call.prompts, prompt=plan.prompt_width)
-
-
-def _engine_decode_cost(plan: Plan, call: fns.Call, chip: ChipSpec) -> tuple[float, float]:
-    # One call: steps_per_call steps of every slot at full context (its widest table).
-    e, context = plan.sampler, plan.prompt_width + plan.response_length
-    slots = e.num_slots or call.rows
-    table = math.ceil((context - 1) / e.page_size) * e.page_size
-    step_bytes = compute_dtype_bytes(plan.policy.params, plan.model)
-    step_bytes += slots * table * page_bytes(plan) // e.page_size
-    return roofline.engine_decode_call(
+def _engine_cost(plan: Plan, call: fns.Call, chip: ChipSpec) -> tuple[float, float]:
+    return engine_compile.engine_flops_and_roofline(
+        plan.sampler,
         plan.model,
+        call,
+        plan.prompt_width,
+        plan.response_length,
         chip,
-        slots=slots,
-        context=context,
-        steps=e.steps_per_call,
-        step_bytes=step_bytes,
+        plan.sampler.decode_weight_bytes(plan.policy.params),
     )
 
 
@@ -199,20 +187,21 @@ def _policy_params_bytes(plan: Plan) -> int:
     return tree_bytes_per_chip(plan.policy.params)
 
 
-def _whole_params_bytes(plan: Plan) -> int:
-    # The engine gathers the whole parameters onto its one device.
-    return whole_bytes(plan.policy.params)
+def _decode_weights_bytes(plan: Plan) -> int:
+    # The engine's decode weights: a copy in compute dtype, in the decode layout.
+    return plan.sampler.decode_weight_bytes(plan.policy.params)
 
 
 _SAMPLER = Kind(
     lower=_sampler_lower, state_bytes=_policy_params_bytes, resident=OTHER_STATES,
     cost=_sampler_cost, kv_cache_bytes=static_cache_bytes, sampler=True,
 )  # fmt: skip
-# The paged engine's prefill; its decode differs in cost and shape only. The train states'
-# shards stay on the chip beside the engine's whole copy of the parameters.
+# The paged engine's prefill takes the policy's parameters in their training layout; its decode
+# takes its own copy of the weights, so both train states' shards stay on the chip beside it.
 _ENGINE_PREFILL = Kind(
-    lower=_engine_lower, state_bytes=_whole_params_bytes, resident=ALL_STATES,
-    cost=_prefill_cost, kv_cache_bytes=_engine_pool_bytes, sampler=True,
+    lower=_engine_lower, state_bytes=_policy_params_bytes, resident=OTHER_STATES,
+    cost=_engine_cost, kv_cache_bytes=_engine_pool_bytes, sampler=True,
+    shape_detail=_engine_shape,
 )  # fmt: skip
 
 KINDS: dict[str, Kind] = {
@@ -230,6 +219,6 @@ KINDS: dict[str, Kind] = {
     fns.SAMPLER: _SAMPLER,
     fns.ENGINE_PREFILL: _ENGINE_PREFILL,
     fns.ENGINE_DECODE: dataclasses.replace(
-        _ENGINE_PREFILL, cost=_engine_decode_cost, shape_detail=_engine_decode_shape
+        _ENGINE_PREFILL, state_bytes=_decode_weights_bytes, resident=ALL_STATES
     ),
 }

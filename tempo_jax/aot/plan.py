@@ -22,15 +22,11 @@ from flax import nnx
 from tempo_jax import models, parallel, train
 from tempo_jax.aot import engine_compile
 from tempo_jax.config.methods import get_method
-from tempo_jax.parallel.topology import GIB, ChipSpec
+from tempo_jax.parallel.topology import ChipSpec
 from tempo_jax.tempo import functions as fns
 from tempo_jax.tempo.build import make_sampler, planned_model_config
 
 HBM_LIMIT_FRACTION = 0.9
-# Kept free beside the paged engine's pool for its calls' activations and logits (besides the
-# prefill's cache, counted from the shapes): Qwen3-8B's 16-prompt prefill on v5p needed 4.7 GiB
-# more than the pool and the weights.
-ENGINE_WORKSPACE_BYTES = 4 * GIB
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -48,7 +44,6 @@ class Plan:
     policy: train.TrainState
     critic: train.TrainState | None
     chip: ChipSpec | None = None  # set by compile_report
-    engine_note: str = ""  # why the paged engine cannot run on this mesh ("" when it can)
 
     @property
     def prompt_width(self) -> int:
@@ -94,19 +89,10 @@ def build_plan(
     eos = policy_config.eos_token_id
     eos_ids = tuple(np.atleast_1d(eos if eos is not None else 0).tolist())
     pad_id = policy_config.pad_token_id or 0
-    engine_note = ""
-    try:
-        sampler = make_sampler(config, policy_module, mesh, rules, eos_ids, pad_id)
-    except ValueError as e:  # the paged engine refuses a mesh spanning several processes
-        if config.rollout.engine != "paged":
-            raise
-        # Its functions still compile for one chip, which is what the engine would run on.
-        engine_note = f"a run on this topology fails: {e}"
-        sampler = make_sampler(config, policy_module, None, rules, eos_ids, pad_id)
+    sampler = make_sampler(config, policy_module, mesh, rules, eos_ids, pad_id)
     plan = Plan(
         config=config, model=policy_config, policy_module=policy_module, mesh=mesh, rules=rules,
         settings=settings, functions=functions, sampler=sampler, policy=policy, critic=critic,
-        engine_note=engine_note,
     )  # fmt: skip
     return plan, source
 
@@ -142,31 +128,12 @@ def decode_weight_bytes(plan: Plan) -> int:
     )
 
 
-def page_bytes(plan: Plan) -> int:
-    """Bytes of one full-attention pool page over all full-attention layers."""
-    c = plan.model
-    full = sum(k != "sliding_attention" for k in c.resolved_layer_types)
-    itemsize = np.dtype(c.compute_dtype).itemsize
-    return 2 * full * c.num_kv_heads * c.head_dim * itemsize * plan.sampler.page_size
-
-
 def engine_pool_pages(plan: Plan, call: fns.Call) -> int:
-    """The engine's full-attention pool: `rollout.paged.num_pages`, or (0) what the chip's HBM
-    limit leaves after the train states, the whole parameters, their compute-dtype copy and the
-    prefill's workspace: its static cache of the chunk's prompts plus `ENGINE_WORKSPACE_BYTES`
-    (the pool is shared by the prefill and the decode, so it must leave the prefill room)."""
-    if plan.sampler.num_pages:
-        return plan.sampler.num_pages
-    c = plan.model
-    params = plan.policy.params
-    weights = compute_dtype_bytes(params, c)
-    prefill_cache = 2 * c.num_layers * call.prompts * plan.prompt_width * c.num_kv_heads
-    prefill_cache *= c.head_dim * np.dtype(c.compute_dtype).itemsize
-    used = plan.train_state_bytes() + whole_bytes(params) + weights + prefill_cache
-    budget = int(HBM_LIMIT_FRACTION * plan.chip.hbm_bytes) - used - ENGINE_WORKSPACE_BYTES
-    slots = plan.sampler.num_slots or call.prompts * call.samples
-    return engine_compile.pool_pages_for_budget(
-        c, plan.sampler.page_size, budget, plan.sampler.ring, slots + call.prompts
+    """The engine's full-attention pool per row shard: `rollout.paged.num_pages`, or (0) what
+    the chip's HBM limit leaves after the train states (`engine_compile.engine_pool_pages`)."""
+    free = int(HBM_LIMIT_FRACTION * plan.chip.hbm_bytes) - plan.train_state_bytes()
+    return engine_compile.engine_pool_pages(
+        plan.sampler, plan.policy.params, call, plan.prompt_width, free
     )
 
 

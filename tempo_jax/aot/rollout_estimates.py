@@ -26,11 +26,9 @@ from tempo_jax.config import validation
 from tempo_jax.models import ModelConfig
 from tempo_jax.models import rollout_time as rt
 from tempo_jax.parallel.topology import ChipSpec
+from tempo_jax.sampling.engine_layout import DEFAULT_DECODE_TENSOR
 
 LAYOUTS = validation.DECODE_LAYOUTS
-# The tensor-parallel decode split when neither the recipe nor the mesh names one: one v5p / v6e
-# host's 4 chips (the all-reduces stay on a host's ICI ring).
-DEFAULT_DECODE_TENSOR = 4
 
 
 def _paged(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -93,8 +91,10 @@ def _layout(recipe: rt.RolloutRecipe, split: int) -> dict[str, Any]:
             "wasted_fraction": engine.wasted_fraction,
             "preemptions": engine.preemptions,
             "kv_budget_bytes": engine.kv_budget_bytes,
-            # sampling.Engine's admission today (worst-case reservation, no preemption).
+            # Admission by worst-case reservation (no preemption), sampling.Engine's before.
             "reserving_seconds": rt.engine_seconds(recipe, dist, split, preempt=False).seconds,
+            # sampling.Engine's preemption: a preempted row decodes its tokens again.
+            "restart_seconds": rt.engine_seconds(recipe, dist, split, restart=True).seconds,
         }
     return per
 

@@ -91,12 +91,12 @@ def get_config() -> ml_collections.ConfigDict:
     # once; each chunk stops when its own rows have (0 = the whole batch in one call).
     c.rollout.max_rows_per_chunk = 0
     # static: one while_loop per chunk until its longest row ends (`sampling.Sampler`); paged:
-    # continuous batching of decode slots over a paged KV cache (`sampling.Engine`, one device).
+    # continuous batching of decode slots over a paged KV cache (`sampling.Engine`, on the mesh).
     c.rollout.engine = "static"
     c.rollout.paged = ml_collections.ConfigDict()
     c.rollout.paged.page_size = 16  # tokens per KV page (64 / 128 on TPU)
     c.rollout.paged.num_slots = 0  # rows decoding at once (0 = every row of a chunk)
-    c.rollout.paged.num_pages = 0  # pages per layer's pool (0 = a chunk's rows at full length)
+    c.rollout.paged.num_pages = 0  # pool pages a row shard (0 = from free HBM; CPU: full rows)
     c.rollout.paged.steps_per_call = 16  # decode steps per jitted call (host refills between)
     # Decode weights: replicated | tensor (split over decode_tensor chips; 0 = parallel.mesh.tensor
     # when > 1, else 4) | auto (the faster by `tempo-jax compile`'s rollout estimate, reported).

@@ -316,7 +316,12 @@ def _kernel_block_tokens(recipe: RolloutRecipe) -> int:
 
 
 def engine_seconds(
-    recipe: RolloutRecipe, distribution: LengthDistribution, tensor: int, *, preempt: bool = True
+    recipe: RolloutRecipe,
+    distribution: LengthDistribution,
+    tensor: int,
+    *,
+    preempt: bool = True,
+    restart: bool = False,
 ) -> Estimate:
     """The paged engine's time for one step's rollouts, simulated call by call for one group of
     `tensor` chips holding every (chips / tensor)-th row.
@@ -331,9 +336,12 @@ def engine_seconds(
     pool holds every row of the group at the cap. Slots: `num_slots`, else `SLOTS_PER_TARGET`
     target (at most the group's rows).
 
-    `preempt=False` is `sampling.Engine`'s admission today: a row is admitted only when the pool
-    can still give it every page up to the cap on top of what the active rows have reserved, so
-    nothing is ever preempted (nor paced), and rows that end early return their reservation.
+    `preempt=False`: a row is admitted only when the pool can still give it every page up to
+    the cap on top of what the active rows have reserved, so nothing is ever preempted (nor
+    paced), and rows that end early return their reservation (`sampling.Engine` before it
+    admitted by free pages). `restart=True` is `sampling.Engine`'s preemption: a preempted row
+    keeps no work and decodes its tokens again from token 1 (its prompt's pages stay held, so
+    nothing is prefilled again) instead of recomputing them in a prefill.
     """
     c, chip = recipe.model, recipe.chip
     groups = recipe.chips // tensor
@@ -378,7 +386,10 @@ def engine_seconds(
     while queue or remaining.any():
         while after_call().sum() > budget:
             slot = int(np.argmax(np.where(remaining > 0, order, -1)))
-            queue.insert(0, (int(remaining[slot]), int(context[slot] - p - 1)))
+            done = int(context[slot] - p - 1)
+            queue.insert(
+                0, (int(remaining[slot]) + done, 0) if restart else (int(remaining[slot]), done)
+            )
             remaining[slot] = 0
             preempted += 1
         recompute = 0  # tokens prefilled this call: new prompts and preempted rows

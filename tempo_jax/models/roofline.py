@@ -51,20 +51,28 @@ def train_call(
 
 
 def prefill_call(
-    model: ModelConfig, chip: ChipSpec, *, rows: int, prompt: int
+    model: ModelConfig, chip: ChipSpec, chips: int, *, rows: int, prompt: int
 ) -> tuple[float, float]:
-    """(FLOPs, seconds) of the paged engine's prefill of [rows, prompt] tokens on one chip."""
+    """(FLOPs, seconds) of the paged engine's prefill of [rows, prompt] tokens on `chips`."""
     flops = forward_flops(model, rows, prompt, head_positions=1)
-    return float(flops), flops / chip.peak_flops
+    return float(flops), flops / (chips * chip.peak_flops)
 
 
 def engine_decode_call(
-    model: ModelConfig, chip: ChipSpec, *, slots: int, context: int, steps: int, step_bytes: int
+    model: ModelConfig,
+    chip: ChipSpec,
+    chips: int,
+    *,
+    slots: int,
+    context: int,
+    steps: int,
+    step_bytes: int,
 ) -> tuple[float, float]:
-    """(FLOPs, seconds) of one paged-engine decode call on one chip: `steps` steps of every slot
-    at `context` tokens (its widest table), each reading `step_bytes` (weights and pages)."""
+    """(FLOPs, seconds) of one paged-engine decode call on `chips`: `steps` steps of all `slots`
+    at `context` tokens (their widest table), each chip reading `step_bytes` (its weights and
+    its slots' pages) a step."""
     step = forward_flops(model, slots, 1, head_positions=1, context=context)
-    seconds = steps * max(step / chip.peak_flops, step_bytes / chip.hbm_bandwidth)
+    seconds = steps * max(step / (chips * chip.peak_flops), step_bytes / chip.hbm_bandwidth)
     return float(steps * step), seconds
 
 

@@ -11,9 +11,11 @@ Public API (B prompts, n samples each, N = B * n rows, P prompt bucket, L = max_
         abstract); .num_compilations, .compiled_shapes, .buckets, .row_shards,
         .prompts_per_chunk(B, n): the prompts of each compiled call (B padded so its rows
         split over the mesh, at most max_rows_per_chunk rows)
-  Engine(policy, page_size=16, num_slots=0, num_pages=0, steps_per_call=16, **Sampler's):
-      the same interface and tokens by continuous batching over a paged KV cache (engine.py;
-      paged_decode.py, paged_attention.py, page_allocator.py); .last_stats
+  Engine(policy, page_size=16, num_slots=0, num_pages=0, steps_per_call=16, mesh=None,
+         rules=None, decode_tensor=1, **Sampler's):
+      the same interface and tokens by continuous batching over a paged KV cache, sharded over
+      the mesh (engine.py; engine_layout.py, engine_host.py, paged_decode.py,
+      paged_attention.py, page_allocator.py); .last_stats, .layout
   chunk_prompts(B, n, row_shards, max_rows_per_chunk): the same without a Sampler  (sampler.py)
   ChunkLog: generate's record of finished chunks, so that an interrupted call resumes (sampler.py)
   SamplingParams(temperature, top_k, top_p, greedy): scalars or per-prompt [B] / per-row [N]

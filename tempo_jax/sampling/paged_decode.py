@@ -2,9 +2,14 @@
 
     prefill_into_pages(graphdef, state, prompt_tokens [B, P], prompt_mask [B, P], params [N],
                        seed, first_row, stop, pools, prompt_pages [B, Pp], prompt_rings [B, R],
-                       *, spec) -> (pools, FirstTokens)
+                       *, spec, layout, weight_shardings) -> (pools, FirstTokens)
     decode_steps(weights, head, pools, slots: SlotState, params [S], seed, stop, copies,
-                 *, spec) -> (pools, SlotState, StepOutputs)
+                 *, spec, layout) -> (pools, SlotState, StepOutputs)
+
+On a mesh (`engine_layout.EngineLayout`) pages and slots are split over row shards: page
+numbers in tables and copies are local to the row's shard, and every access through them, as
+well as the sampling, runs per shard (`jax.shard_map`); projections and MLP are partitioned by
+XLA from the weights' tensor-parallel layout.
 
 Pools (`PagedPools`): per layer k, v [K, pages, page_size, Dh]. Full-attention layers share one
 page numbering (a slot's table `full_table` [S, W], logical page j = positions j * ps ...);
@@ -24,18 +29,28 @@ reduction order differs from the static cache's (float rounding).
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 from tempo_jax.models import attention as model_attention
 from tempo_jax.models import decoder as model_decoder
 from tempo_jax.models import layers as model_layers
 from tempo_jax.models import roles as model_roles
 from tempo_jax.models.config import ModelConfig
+from tempo_jax.parallel.activations import activation_sharding
 from tempo_jax.sampling.decode import _spread, cast_for_compute, step_outcome
+from tempo_jax.sampling.engine_layout import (
+    HEADS_SPEC,
+    POOL_SPEC,
+    ROW_SPEC,
+    EngineLayout,
+)
 from tempo_jax.sampling.layer_decode import DecodeWeights, decode_weights
 from tempo_jax.sampling.paged_attention import key_positions, paged_decode_attention
 from tempo_jax.sampling.params import RowSamplingParams
@@ -144,6 +159,24 @@ class StepOutputs:
     finish_reason: jax.Array  # [S] reason of slots that finished in this call, else 0
 
 
+def _write_entries(pool: jax.Array, page: jax.Array, offset: jax.Array, x: jax.Array) -> jax.Array:
+    """pool [K, P, ps, Dh] with entry (page[s], offset[s]) of every KV head set to x [S, K, Dh].
+
+    Written as a row scatter into the pool viewed as [K * P * ps, Dh] (a free reshape): the
+    same scatter over dims 1 and 2 of the 4-d pool made XLA's TPU compiler copy the whole pool
+    when a chip holds more than one KV head."""
+    heads, pages, page_size, dim = pool.shape
+    rows = (jnp.arange(heads)[None, :] * pages + page[:, None]) * page_size + offset[:, None]
+    flat = pool.reshape(heads * pages * page_size, dim)
+    flat = flat.at[rows.reshape(-1)].set(x.reshape(-1, dim).astype(pool.dtype))
+    return flat.reshape(pool.shape)
+
+
+def _column(table: jax.Array, index: jax.Array) -> jax.Array:
+    """table[s, index[s]] for every row s (a per-row gather the partitioner keeps per shard)."""
+    return jnp.take_along_axis(table, index[:, None], axis=1)[:, 0]
+
+
 def _is_sliding(config: ModelConfig) -> tuple[bool, ...]:
     return tuple(kind == "sliding_attention" for kind in config.resolved_layer_types)
 
@@ -175,6 +208,8 @@ def prefill_into_pages(
     prompt_rings: jax.Array,
     *,
     spec: PagedSpec,
+    layout: EngineLayout,
+    weight_shardings: Any,
 ) -> tuple[PagedPools, FirstTokens]:
     """Prefills B prompts into their pages and samples token 0 of their N = B * n rows.
 
@@ -185,22 +220,30 @@ def prefill_into_pages(
       seed, first_row: uint32 scalars (row keys as in `decode.generate_rollouts`).
       stop: EOS ids and stop sequences.
       pools: the page pools (donated by the engine).
-      prompt_pages: [B, Pp] full-layer pages of each prompt (page j: positions j * ps ...);
-        entries past the prompt may be the scratch page 0.
+      prompt_pages: [B, Pp] full-layer pages of each prompt (page j: positions j * ps ...),
+        local to the prompt's row shard; entries past the prompt may be the scratch page 0.
       prompt_rings: [B, R] sliding-layer ring pages holding each prompt's last positions.
       spec: static settings.
+      layout: the engine's mesh layout (B divides over its row shards).
+      weight_shardings: the state's decode layout (`layout.weight_shardings`).
 
     Returns:
       the pools with the prompts written, and token 0 of every row.
     """
     c = nnx.merge(graphdef, state).config
-    policy = nnx.merge(graphdef, cast_for_compute(state, c.compute_dtype))
+    policy = nnx.merge(graphdef, _decode_state(state, c, weight_shardings))
     batch, width = prompt_tokens.shape
     prompt_mask = prompt_mask.astype(jnp.int32)
-    cache = policy.init_cache(batch, width)
-    logits, cache = policy.prefill(prompt_tokens, prompt_mask, cache)
+    with activation_sharding(layout.mesh, layout.rules):
+        cache = policy.init_cache(batch, width)
+        logits, cache = policy.prefill(prompt_tokens, prompt_mask, cache)
     plen = jnp.sum(prompt_mask, axis=1)
     window = c.sliding_window if c.has_sliding_layers else None
+
+    def write(pool, table, values):  # per shard: its prompts' pages, local numbers
+        return pool.at[:, table].set(values.astype(pool.dtype))
+
+    write = layout.local(write, (POOL_SPEC, ROW_SPEC, POOL_SPEC), POOL_SPEC)
     new_k, new_v = list(pools.k), list(pools.v)
     for i, sliding in enumerate(_is_sliding(c)):
         table = prompt_rings if sliding else prompt_pages
@@ -208,7 +251,7 @@ def prefill_into_pages(
             values = _prompt_pages_values(
                 cache_x, plen, table.shape[1], spec.page_size, window if sliding else None
             )
-            pool[i] = pool[i].at[:, table].set(values.astype(pool[i].dtype))
+            pool[i] = write(pool[i], table, values)
 
     num_rows = batch * spec.n
     logits = _spread(logits, spec.n, 0)
@@ -235,22 +278,41 @@ def _row_keys(seed: jax.Array, row_ids: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), row_ids)
 
 
-def prepare_weights(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[DecodeWeights, jax.Array]:
-    """The cast per-layer decode weights and the output projection [V, D] (once per chunk)."""
+def _decode_state(state: nnx.State, c: ModelConfig, shardings: Any) -> nnx.State:
+    """The state cast to the compute dtype, then laid out for decode (cast first: the reshard
+    moves compute-dtype bytes)."""
+    cast = cast_for_compute(state, c.compute_dtype)
+    return jax.tree.map(jax.lax.with_sharding_constraint, cast, shardings)
+
+
+def prepare_weights(
+    graphdef: nnx.GraphDef, state: nnx.State, *, weight_shardings: Any
+) -> tuple[DecodeWeights, jax.Array]:
+    """The cast per-layer decode weights and the output projection [V, D] (once per chunk), in
+    the decode layout `weight_shardings` (`EngineLayout.weight_shardings`)."""
     config = nnx.merge(graphdef, state).config
-    policy = nnx.merge(graphdef, cast_for_compute(state, config.compute_dtype))
+    policy = nnx.merge(graphdef, _decode_state(state, config, weight_shardings))
     return decode_weights(policy), policy.output_embedding()
 
 
-def _apply_copies(pools: PagedPools, copies: PageCopies, sliding: tuple[bool, ...]):
-    def copy(pool, is_sliding):
+def _apply_copies(
+    pools: PagedPools, copies: PageCopies, sliding: tuple[bool, ...], layout: EngineLayout
+) -> PagedPools:
+    """The admissions' page copies, per row shard (local page numbers)."""
+
+    def copy(pool, src, dst):
+        return pool.at[:, dst].set(pool[:, src])
+
+    copy = layout.local(copy, (POOL_SPEC, ROW_SPEC, ROW_SPEC), POOL_SPEC)
+
+    def one(pool, is_sliding):
         if is_sliding:
-            return pool.at[:, copies.ring_dst].set(pool[:, copies.ring_src])
-        return pool.at[:, copies.dst].set(pool[:, copies.src])
+            return copy(pool, copies.ring_src, copies.ring_dst)
+        return copy(pool, copies.src, copies.dst)
 
     return PagedPools(
-        k=tuple(copy(x, s) for x, s in zip(pools.k, sliding, strict=True)),
-        v=tuple(copy(x, s) for x, s in zip(pools.v, sliding, strict=True)),
+        k=tuple(one(x, s) for x, s in zip(pools.k, sliding, strict=True)),
+        v=tuple(one(x, s) for x, s in zip(pools.v, sliding, strict=True)),
     )
 
 
@@ -266,6 +328,7 @@ def decode_steps(
     copies: PageCopies,
     *,
     spec: PagedSpec,
+    layout: EngineLayout,
 ) -> tuple[PagedPools, SlotState, StepOutputs]:
     """`spec.steps_per_call` decode steps of every active slot (see the module docstring).
 
@@ -282,6 +345,8 @@ def decode_steps(
       slots: the slot state; params: per-slot sampling parameters [S].
       seed: uint32 scalar; stop: stop criteria; copies: admissions' page copies.
       spec: static settings.
+      layout: the engine's mesh layout (slots divide over its row shards; tables and copies
+        hold each shard's local page numbers).
 
     Returns:
       pools, the slot state after the call, and what it sampled.
@@ -292,14 +357,43 @@ def decode_steps(
     ps = spec.page_size
     num_slots = slots.lengths.shape[0]
     steps = spec.steps_per_call
-    pools = _apply_copies(pools, copies, sliding)
+    pools = _apply_copies(pools, copies, sliding, layout)
     keys = _row_keys(seed, slots.row_ids)
     dtype = c.compute_dtype
     scale = c.head_dim**-0.5
     dummy = model_attention.Slots(
         jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32), jnp.ones((num_slots, 1), bool)
     )
-    slot_index = jnp.arange(num_slots)
+    activations = layout.activations
+
+    def local_attend(q, k, v, k_pool, v_pool, page, offset, lengths, table, *, is_sliding):
+        # One row shard's slots and KV heads. k, v [S, 1, K, Dh] -> the page entry [K, S, Dh].
+        k_pool = _write_entries(k_pool, page, offset, k[:, 0])
+        v_pool = _write_entries(v_pool, page, offset, v[:, 0])
+        attn = paged_decode_attention(
+            q[:, 0], k_pool, v_pool, lengths, table,
+            impl="reference" if is_sliding else spec.impl,
+            sm_scale=scale, window=window if is_sliding else None,
+        )  # fmt: skip
+        return attn[:, None], k_pool, v_pool
+
+    specs = (HEADS_SPEC,) * 3 + (POOL_SPEC,) * 2 + (ROW_SPEC,) * 4
+    attend_per_shard = {
+        kind: layout.local(
+            functools.partial(local_attend, is_sliding=kind),
+            specs,
+            (HEADS_SPEC, POOL_SPEC, POOL_SPEC),
+        )  # fmt: skip
+        for kind in set(sliding)
+    }
+
+    # Sampling is row-local: per row shard (logits gathered over tensor only), so that top-k
+    # and the sampling branch's condition never gather rows across shards.
+    sample_per_shard = layout.local(
+        functools.partial(step_outcome, max_top_k=spec.max_top_k),
+        (ROW_SPEC, ROW_SPEC, ROW_SPEC, PartitionSpec(), ROW_SPEC, ROW_SPEC, ROW_SPEC),
+        ROW_SPEC,
+    )
 
     def one_step(j, carry):
         pools, state, out = carry
@@ -307,13 +401,13 @@ def decode_steps(
         position = state.lengths
         page_of = position // ps
         in_table = jnp.minimum(page_of, state.full_table.shape[1] - 1)
-        full_page = jnp.where(active, state.full_table[slot_index, in_table], 0)
+        full_page = jnp.where(active, _column(state.full_table, in_table), 0)
         ring_page = jnp.where(
-            active, state.ring_table[slot_index, page_of % state.ring_table.shape[1]], 0
+            active, _column(state.ring_table, page_of % state.ring_table.shape[1]), 0
         )
         offset = position % ps
         lengths = position + 1
-        ctx = model_decoder._attend_context(c, position[:, None], dummy, None, True, None)
+        ctx = model_decoder._attend_context(c, position[:, None], dummy, None, True, activations)
         x = jnp.take(weights.embed, state.last_tokens[:, None], axis=0).astype(dtype)
         new_k, new_v = [], []
         for i, is_sliding in enumerate(sliding):
@@ -321,15 +415,9 @@ def decode_steps(
             table = state.ring_table if is_sliding else state.full_table
 
             def attend(q, k, v, k_pool, v_pool, page=page, table=table, is_sliding=is_sliding):
-                # k, v [S, 1, K, Dh] -> the page entry [K, S, Dh] of each slot.
-                k_pool = k_pool.at[:, page, offset].set(jnp.swapaxes(k[:, 0], 0, 1))
-                v_pool = v_pool.at[:, page, offset].set(jnp.swapaxes(v[:, 0], 0, 1))
-                attn = paged_decode_attention(
-                    q[:, 0], k_pool, v_pool, lengths, table,
-                    impl="reference" if is_sliding else spec.impl,
-                    sm_scale=scale, window=window if is_sliding else None,
-                )  # fmt: skip
-                return attn[:, None], k_pool, v_pool
+                return attend_per_shard[is_sliding](
+                    q, k, v, k_pool, v_pool, page, offset, lengths, table
+                )
 
             x, k_pool, v_pool = model_decoder._block(
                 c, weights.layers[i], x, is_sliding, ctx, pools.k[i], pools.v[i], attend=attend
@@ -338,12 +426,15 @@ def decode_steps(
             new_v.append(v_pool)
         hidden = model_layers.rms_norm(x, weights.final_norm, c.rms_norm_eps)
         logits = model_roles._project(hidden[:, 0], head, dtype)
+        # Computed split by vocabulary (the head's layout), then gathered for the sampling:
+        # otherwise the partitioner may gather the [V, D] head instead, every step.
+        logits = jax.lax.with_sharding_constraint(logits, layout.logits)
         step_keys = jax.vmap(jax.random.fold_in)(keys, state.steps)
         # Idle slots draw greedily: a finished sampled row must not run the sampling branches.
         row_params = params.replace(greedy=params.greedy | ~active)
-        tokens, logprobs, sampling_lp, window_out, finishing, reason = step_outcome(
+        tokens, logprobs, sampling_lp, window_out, finishing, reason = sample_per_shard(
             logits, step_keys, row_params, stop, state.window, active,
-            state.steps == spec.max_new_tokens - 1, spec.max_top_k,
+            state.steps == spec.max_new_tokens - 1,
         )  # fmt: skip
 
         def column(buffer, values, fill):

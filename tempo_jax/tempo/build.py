@@ -21,6 +21,7 @@ from tempo_jax.data.pipeline import Data, build_data, data_config_from
 from tempo_jax.models import attention
 from tempo_jax.rewards.grading_pool import GradingPool
 from tempo_jax.sampling import Engine, Sampler
+from tempo_jax.sampling.engine_layout import decode_tensor
 from tempo_jax.tempo.functions import RunFunctions
 from tempo_jax.train import storage
 from tempo_jax.train.batch import RLBatch, Sequences
@@ -101,12 +102,15 @@ def make_sampler(
     )
     if config.rollout.engine == "paged":
         paged = config.rollout.paged
+        tensor = decode_tensor(paged.decode_layout, paged.decode_tensor, mesh, policy.config)
         return Engine(
             policy,
             page_size=paged.page_size,
             num_slots=paged.num_slots,
             num_pages=paged.num_pages,
             steps_per_call=paged.steps_per_call,
+            rules=rules,
+            decode_tensor=tensor,
             **kwargs,
         )
     return Sampler(policy, rules=rules, **kwargs)

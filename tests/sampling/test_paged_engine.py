@@ -119,14 +119,18 @@ def test_engine_equals_the_static_sampler_token_for_token(
 def test_a_small_pool_makes_rows_wait_for_pages_and_still_gives_the_same_tokens(
     policy, state, stop, static_rollouts
 ):
-    """A pool of 16 pages of 4 tokens holds about two rows at full length: admission waits for
-    finished rows' pages, the peak stays inside the pool and the tokens do not change."""
+    """A pool of 16 pages of 4 tokens (8 of them the prompts') holds about two rows at full
+    length: admission goes by free pages, 8 slots of growing rows overflow it, so rows are
+    preempted and decoded again; the peak stays inside the pool and the tokens do not change."""
     tokens, mask = _prompts()
     engine = Engine(policy, page_size=4, num_slots=8, num_pages=16, steps_per_call=6,
                     **_kwargs())  # fmt: skip
     got = engine.generate(state, tokens, mask, n=3, sampling=_mixed(9), seed=11, stop=stop)
     _assert_same(got, static_rollouts["mixed"])
-    assert engine.last_stats["peak_pages"] <= 15
+    stats = engine.last_stats
+    assert stats["peak_pages"] <= 15 and stats["preemptions"] > 0
+    lengths = np.asarray(got.lengths)
+    assert stats["kept_tokens"] == int(lengths.sum()) - int((lengths >= 1).sum())
     too_small = Engine(policy, page_size=4, num_slots=2, num_pages=4, **_kwargs())
     with pytest.raises(ValueError, match="rollout.paged.num_pages"):
         too_small.generate(state, tokens, mask, n=1, sampling=SamplingParams(greedy=True))
@@ -222,7 +226,6 @@ def test_engine_executables_compile_from_abstract_parameters(policy, state):
             fns.Call(function, 9, prompts=3, samples=3),
             16,
             pages,
-            jax.devices()[0],
             engine.stop.arrays(),
         )
         for function in (fns.ENGINE_PREFILL, fns.ENGINE_DECODE)
@@ -231,3 +234,51 @@ def test_engine_executables_compile_from_abstract_parameters(policy, state):
     pool_bytes = 2 * c.num_layers * c.num_kv_heads * pages * 4 * c.head_dim * 4
     for executable in compiled.values():
         assert executable.memory_analysis().argument_size_in_bytes >= pool_bytes
+
+
+def test_the_engine_sharded_over_rows_and_tensor_gives_the_static_sampler_tokens(
+    policy, state, stop, static_rollouts
+):
+    """On 8 devices as 4 row shards x tensor 2: the 3 prompts padded to 4 (one per shard), 4
+    slots (one per shard, so rows queue), weights and KV heads split in 2, each shard's pool its
+    own pages. Greedy and mixed per-row sampling give the single-device static tokens."""
+    from tempo_jax import parallel
+
+    tokens, mask = _prompts()
+    mesh = parallel.make_mesh((4, 1, 2))
+    engine = Engine(policy, page_size=4, num_slots=4, steps_per_call=6, mesh=mesh,
+                    decode_tensor=2, **_kwargs())  # fmt: skip
+    assert (engine.layout.data, engine.layout.tensor) == (4, 2)
+    for name, sampling in (("greedy", SamplingParams(greedy=True)), ("mixed", _mixed(9))):
+        got = engine.generate(state, tokens, mask, n=3, sampling=sampling, seed=11, stop=stop)
+        _assert_same(got, static_rollouts[name])
+    (pools,) = engine._pools.values()
+    c = policy.config
+    full_pages = 1 + 1 * 4 + 1 * 9  # per shard: scratch + its prompt's pages + 1 slot x 9
+    assert pools.k[0].shape == (c.num_kv_heads, 4 * full_pages, 4, c.head_dim)
+    shard = pools.k[0].addressable_shards[0].data.shape
+    assert shard == (c.num_kv_heads // 2, full_pages, 4, c.head_dim)
+    assert engine.last_stats["slot_steps"] % (4 * engine.steps_per_call) == 0
+    # The decode call's collectives: per layer one all-reduce of the attention output and one of
+    # the MLP output over tensor, one for the vocabulary-split embedding lookup, one all-gather
+    # of the logits; no pool, table or row is gathered across shards.
+    compiled = engine.lower("decode", jax.eval_shape(lambda: state), 3, 3, 16, stop.arrays())
+    hlo = compiled.compile().as_text()
+    assert hlo.count("all-reduce(") == 2 * c.num_layers + 1
+    assert hlo.count("all-gather(") == 1 and "all-to-all" not in hlo
+
+
+def test_a_vocabulary_the_tensor_split_does_not_divide_stays_whole():
+    """OLMo3's 100278-token vocabulary over tensor 4: heads split, embedding and head whole."""
+    from tempo_jax import parallel
+    from tempo_jax.sampling.engine_layout import EngineLayout, weight_axes
+
+    config = tm.get_preset("tiny", vocab_size=255)
+    policy = nnx.eval_shape(lambda: tm.Policy(config, rngs=nnx.Rngs(0)))
+    layout = EngineLayout.create(parallel.make_mesh((4, 1, 2)), None, 2, config)
+    weights, head = layout.decode_weight_shardings(weight_axes(policy))
+    assert head.spec == weights.embed.spec == jax.sharding.PartitionSpec()
+    assert weights.layers[0]["q_proj"].spec == jax.sharding.PartitionSpec(None, "tensor")
+    assert layout.logits.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
+    with pytest.raises(ValueError, match="decode_tensor=4 does not divide the 2 KV heads"):
+        EngineLayout.create(parallel.make_mesh((2, 1, 4)), None, 4, config)
