@@ -30,9 +30,11 @@ Faults:
     `nonfinite/consecutive` and `nonfinite/total`; periodic saves wait for a clean step, and after
     `checkpoint.max_consecutive_skips` such steps in a row `TrainingHalted` is raised, the last
     checkpoint (saved before the streak) left intact.
-  - Grader timeouts and crashed workers count as wrong answers; each record's `grader/pool_tasks`,
-    `grader/timeouts`, `grader/crashes`, `grader/errors` and `grader/memory_errors` count every
-    pool task of that step (all phases and the evaluation), `grader/*_total` the whole run.
+  - Grader timeouts and crashed workers count as wrong answers. Each record's `grader/<key>`
+    (`loop_checkpoints.GRADER_KEYS`: items, fast_path, no_box, too_long, pool_tasks, timeouts,
+    crashes, errors, memory_errors) counts every grading of that step (all phases, answer
+    clustering and the evaluation), read from the grading pool by the loop alone;
+    `grader/<key>_total` counts the whole run.
 """
 
 from __future__ import annotations
