@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(config, workdir)
     run = trainer.run
     policy_module = run_sft(run, trainer._initial_policy, os.path.join(workdir, "sft"))
-    _, policy_params = train.split_for_training(policy_module, run.settings)
+    _, policy_params = train.split_for_training(policy_module, run.settings.train)
     pool = [
         phases.collect_groups(
             run,
@@ -141,15 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     for recipe in args.recipes.split(","):
         steps, updates, rate, clip, group_filter = parse_recipe(recipe, config.train.value_clip)
         start = time.process_time()
-        optimizer = dataclasses.replace(run.settings.critic_optimizer, learning_rate=rate)
-        run.settings = dataclasses.replace(
-            run.settings, critic_optimizer=optimizer, value_clip=clip
+        optimizer = dataclasses.replace(run.settings.train.critic_optimizer, learning_rate=rate)
+        trained = dataclasses.replace(
+            run.settings.train, critic_optimizer=optimizer, value_clip=clip
         )
-        run.functions = RunFunctions.for_run(
-            config, run.mesh, run.rules, run.settings, run.policy_graphdef
+        # A Run is fixed: each recipe gets its own, with its train settings and functions.
+        run = trainer.run = dataclasses.replace(
+            run,
+            settings=dataclasses.replace(run.settings, train=trained),
+            functions=RunFunctions.for_run(
+                run.settings, run.mesh, run.rules, trained, run.policy_graphdef
+            ),
         )
         critic = train.create_train_state(
-            trainer._critic_module(policy_module), optimizer, run.mesh, run.rules
+            trainer._critic_params(policy_module), optimizer, run.mesh, run.rules
         )
         report = []
         for e in range(steps):

@@ -10,6 +10,7 @@ import ml_collections
 
 from tempo_jax import parallel, train
 from tempo_jax.data.arithmetic import ArithmeticTaskConfig
+from tempo_jax.data.row_validation import RowLimits
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -45,6 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.tokenizer.vocab_size = 320  # size of a SentencePiece model trained for the built-in task
     c.tokenizer.prompt_template = "{question}\n"  # plain prompt; {question} is replaced
     c.tokenizer.chat = False  # render prompts with the checkpoint's chat template instead
+    c.tokenizer.system_prompt = ""  # chat: a system message before each question ('' = none)
+    c.tokenizer.chat_template = ""  # chat: a Jinja template replacing the checkpoint's ('' = its)
+    c.tokenizer.chat_template_kwargs = ml_collections.ConfigDict()  # chat: template variables
+    c.tokenizer.add_bos = True  # plain prompts: start with the tokenizer's BOS token (if any)
 
     # --- data --------------------------------------------------------------------------------
     c.data = ml_collections.ConfigDict()
@@ -53,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.labeled_files = ""  # comma-separated files of D_L (source = files)
     c.data.unlabeled_files = ""  # comma-separated files of D_U (answers used by evaluation only)
     c.data.eval_files = ""  # comma-separated files of the labeled holdout (split 'eval')
+    c.data.mixed_files = ""  # comma-separated files of both kinds (is_labeled_field says which)
     c.data.question_field = "question"  # field holding the question text
     c.data.answer_field = "answer"  # field holding the answer (a string or a list of strings)
     c.data.labeled_question_field = ""  # D_L files' question field ('' = data.question_field)
@@ -61,6 +67,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.unlabeled_answer_field = ""  # D_U files' answer field ('' = data.answer_field)
     c.data.eval_question_field = ""  # holdout files' question field ('' = data.question_field)
     c.data.eval_answer_field = ""  # holdout files' answer field ('' = data.answer_field)
+    c.data.solution_field = ""  # D_L files' worked-solution field, for SFT ('' = none)
+    c.data.is_labeled_field = "is_labeled"  # mixed files' field marking a labeled row
+    # Longest accepted fields of a file row (tempo_jax.data.row_validation.RowLimits); longer
+    # rows are skipped, or fail with data.strict.
+    c.data.limits = ml_collections.ConfigDict(dataclasses.asdict(RowLimits()))
+    c.data.strict = False  # a bad file row fails the run (naming file, row, field), not skipped
+    c.data.task_seed = ArithmeticTaskConfig().seed  # built-in task: the problems' seed
     c.data.num_labeled = 2048  # built-in task: size of the labeled split
     c.data.num_unlabeled = 256  # built-in task: size of the unlabeled (test-time) split
     c.data.num_eval = 256  # built-in task: size of the holdout split 'eval'
@@ -74,6 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
         )
     c.data.max_prompt_length = 32  # P: prompts are left-truncated or dropped past this
     c.data.overlong = "truncate"  # truncate (left, as the authors) | drop
+    c.data.pad_multiple = 0  # 0: pad prompts to P; k: to the batch's longest rounded up to k
     c.data.prompts_per_step = 8  # B: prompts per rollout batch
     # Prompts per policy optimizer update: each step's rollouts are split into B / this many
     # mini-batches of whole prompt groups, one update each (0 = B: one update per step).

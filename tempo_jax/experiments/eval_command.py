@@ -101,11 +101,8 @@ def _restore_workdir(run, policy_module, workdir: str, step: int | None):
     """(step, policy params, critic params or None, saved config) of checkpoint `step` (None:
     the newest good one)."""
     directory = os.path.join(workdir, "checkpoints")
-    policy_params = train.split_for_training(policy_module, run.settings)[1]
-    critic_params = None
-    if run.method.uses_critic:
-        critic = init_critic(run.config, policy_module, run.mesh, run.rules)
-        run.critic_graphdef, critic_params = train.split_for_training(critic, run.settings)
+    policy_params = train.split_for_training(policy_module, run.settings.train)[1]
+    critic_params = _critic_params(run, policy_module) if run.method.uses_critic else None
     abstract = abstract_items(run, policy_params, critic_params)
     with Checkpointer(directory, read_only=True) as ckpt:
         if step is None:
@@ -127,12 +124,18 @@ def _restore_workdir(run, policy_module, workdir: str, step: int | None):
 
 def _load_hf(run, policy_module):
     """(policy params, critic params or None) of the HF checkpoints the config points at."""
-    policy_params = train.split_for_training(policy_module, run.settings)[1]
+    policy_params = train.split_for_training(policy_module, run.settings.train)[1]
     if not run.config.model.critic_hf_path:
         return policy_params, None
+    return policy_params, _critic_params(run, policy_module)
+
+
+def _critic_params(run, policy_module):
+    """The critic's trainable parameters (`init_critic`); its graphdef goes to the run."""
     critic = init_critic(run.config, policy_module, run.mesh, run.rules)
-    run.critic_graphdef, critic_params = train.split_for_training(critic, run.settings)
-    return policy_params, critic_params
+    graphdef, critic_params = train.split_for_training(critic, run.settings.train)
+    run.functions.set_critic(graphdef)
+    return critic_params
 
 
 def _trainer_logged(workdir: str, step: int) -> dict[str, float]:

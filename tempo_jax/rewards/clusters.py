@@ -101,6 +101,8 @@ def cluster_answers(
         counters.add(pool_counters)
         for key, outcome in zip(task_keys, outcomes, strict=True):
             verdicts[key] = bool(outcome.ok and outcome.result)
+    if pool is not None:
+        pool.count_decided(counters)
 
     # Greedy assignment: distinct answer index -> cluster index, per group.
     cluster_of: dict[tuple, int] = {}

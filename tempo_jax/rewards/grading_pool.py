@@ -72,6 +72,10 @@ class GradingCounters:
         return dataclasses.asdict(self)
 
 
+# GradingCounters fields that count items decided without a worker (the rest count pool tasks).
+DECIDED_FIELDS = ("items", "fast_path", "no_box", "too_long")
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskOutcome:
     """What became of one task: status "ok" (then `result` holds the value), "timeout",
@@ -243,6 +247,14 @@ class GradingPool:
         """Blocks until every worker has finished its imports (tests use it to time tasks only)."""
         with self._lock:
             self._run_locked([], self.timeout_s, wait_for_ready=True)
+
+    def count_decided(self, counters: GradingCounters) -> None:
+        """Adds the items a caller decided around the pool (`items`, `fast_path`, `no_box`,
+        `too_long` of `counters`; its task counts were added by `run_tasks`), so that `counters`
+        is the pool's whole grading history."""
+        with self._lock:
+            for name in DECIDED_FIELDS:
+                setattr(self.counters, name, getattr(self.counters, name) + getattr(counters, name))
 
     def run_tasks(
         self, tasks: list[tuple[str, Any]], timeout_s: float | None = None

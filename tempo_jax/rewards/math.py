@@ -161,6 +161,8 @@ def grade_batch(
         counters.add(pool_counters)
         for i, outcome in zip(task_rows, outcomes, strict=True):
             _apply(rows[i], outcome)
+    if pool is not None:
+        pool.count_decided(counters)
     fractions = np.array(
         [sum(bool(v) for v in row.verdicts) / len(row.verdicts) for row in rows], np.float32
     ).reshape(len(rows))

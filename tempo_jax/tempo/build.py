@@ -16,7 +16,8 @@ import numpy as np
 from flax import nnx
 
 from tempo_jax import models, parallel, train
-from tempo_jax.config.methods import Method, get_method
+from tempo_jax.config.methods import Method
+from tempo_jax.config.settings import RunSettings, run_settings
 from tempo_jax.data.pipeline import Data, build_data, data_config_from
 from tempo_jax.models import attention
 from tempo_jax.rewards.grading_pool import GradingPool
@@ -65,8 +66,8 @@ def planned_model_config(
     resolved for it), read without weights or tokenizer: the checkpoint's config.json when one
     exists, else the preset (the built-in task's trained SentencePiece vocabulary size for the
     tiny presets). Returns (config, where it came from)."""
-    path = config.model.hf_path if role == "policy" else config.model.critic_hf_path
-    dtypes = {"dtype": config.model.compute_dtype, "param_dtype": config.model.param_dtype}
+    path = _hf_path(config, role)
+    dtypes = _dtypes(config)
     if path and os.path.isfile(os.path.join(path, "config.json")):
         model = models.read_hf_config(path, role, **dtypes)[0]
         source = f"{path}/config.json"
@@ -81,7 +82,7 @@ def planned_model_config(
 
 
 def make_sampler(
-    config: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict | RunSettings,
     policy: models.Policy,
     mesh: jax.sharding.Mesh,
     rules: Any,
@@ -90,18 +91,20 @@ def make_sampler(
 ) -> Sampler:
     """The run's sampler (`policy` may be abstract): `rollout.engine` picks the static
     `Sampler` or the paged `Engine` (same interface); it serves rollouts, evaluation and the
-    greedy pass."""
+    greedy pass. `config`: the run's config or its settings."""
+    settings = run_settings(config)
+    rollout = settings.rollout
     kwargs = dict(
-        max_new_tokens=config.rollout.max_new_tokens,
-        max_prompt_length=config.data.max_prompt_length,
+        max_new_tokens=rollout.max_new_tokens,
+        max_prompt_length=settings.max_prompt_length,
         eos_ids=eos_ids,
         pad_id=pad_id,
-        max_top_k=max(1, min(64, config.rollout.top_k or 64)),
+        max_top_k=rollout.max_top_k,
         mesh=mesh,
-        max_rows_per_chunk=config.rollout.max_rows_per_chunk or None,
+        max_rows_per_chunk=rollout.rows_per_chunk,
     )
-    if config.rollout.engine == "paged":
-        paged = config.rollout.paged
+    if rollout.engine == "paged":
+        paged = rollout.paged
         tensor = decode_tensor(paged.decode_layout, paged.decode_tensor, mesh, policy.config)
         return Engine(
             policy,
@@ -116,6 +119,21 @@ def make_sampler(
     return Sampler(policy, rules=rules, **kwargs)
 
 
+def _hf_path(config: ml_collections.ConfigDict, role: str) -> str:
+    return config.model.hf_path if role == "policy" else config.model.critic_hf_path
+
+
+def _dtypes(config: ml_collections.ConfigDict) -> dict[str, str]:
+    return {"dtype": config.model.compute_dtype, "param_dtype": config.model.param_dtype}
+
+
+def _load_hf(config: ml_collections.ConfigDict, role: str, mesh, rules):
+    """The `role` network's local HF checkpoint (model.hf_path / model.critic_hf_path), read
+    shard by shard onto `mesh` in the configured dtypes."""
+    path = _hf_path(config, role)
+    return models.load_hf(path, role=role, mesh=mesh, rules=rules, **_dtypes(config))
+
+
 def init_policy(
     config: ml_collections.ConfigDict,
     vocab_size: int,
@@ -126,14 +144,7 @@ def init_policy(
     reads only its slices), or a preset initialised from the seed, with the configured
     attention implementation for the platform of the mesh's devices."""
     if config.model.hf_path:
-        policy = models.load_hf(
-            config.model.hf_path,
-            role="policy",
-            dtype=config.model.compute_dtype,
-            param_dtype=config.model.param_dtype,
-            mesh=mesh,
-            rules=rules,
-        )
+        policy = _load_hf(config, "policy", mesh, rules)
     else:
         policy = models.Policy(model_config(config, vocab_size), rngs=nnx.Rngs(config.seed))
     platform = None if mesh is None else mesh.devices.flat[0].platform
@@ -150,51 +161,54 @@ def init_critic(
     policy's), or the policy's decoder with a fresh value head (outputs ~0), copied on the
     devices where the policy's parameters live (no host copy)."""
     if config.model.critic_hf_path:
-        critic = models.load_hf(
-            config.model.critic_hf_path,
-            role="critic",
-            dtype=config.model.compute_dtype,
-            param_dtype=config.model.param_dtype,
-            mesh=mesh,
-            rules=rules,
-        )
+        critic = _load_hf(config, "critic", mesh, rules)
         return models.with_attention(
             critic, policy.config.attention, policy.config.attention_block_size
         )
     return models.critic_from_policy(policy, rngs=nnx.Rngs(config.seed + 1))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Run:
-    """The built pieces of one run (static over its lifetime).
+    """The built pieces of one run, fixed for its lifetime. What grows as the run goes is
+    `functions` (each compiled function on first use; the critic's graphdef once the critic
+    exists, `RunFunctions.set_critic`).
 
     Attributes:
-      config: the validated config.
-      method: the method row of the registry.
+      config: the validated config (passed through: config.json, SFT, checkpoint metadata).
+      settings: the typed settings the loop reads (`config.settings.RunSettings`).
       data: dataset, tokenizer and prompt formatter.
       mesh, rules: where the steps run.
-      settings: validated train settings.
       sampler: the rollout engine.
       pool: the grader's worker pool.
-      prompt_width, response_length: P and L of every RL batch.
       eos_ids, pad_id: from the tokenizer.
-      functions: the compiled steps and forwards; `policy_graphdef` / `critic_graphdef` are
-        theirs (the critic's is set once the critic exists).
+      functions: the compiled steps and forwards, with the networks' graphdefs.
     """
 
     config: ml_collections.ConfigDict
-    method: Method
+    settings: RunSettings
     data: Data
     mesh: jax.sharding.Mesh
     rules: Any
-    settings: train.TrainSettings
     sampler: Sampler
     pool: GradingPool
-    prompt_width: int
-    response_length: int
     eos_ids: tuple[int, ...]
     pad_id: int
     functions: RunFunctions
+
+    @property
+    def method(self) -> Method:
+        return self.settings.method
+
+    @property
+    def prompt_width(self) -> int:
+        """P of every RL batch."""
+        return self.settings.max_prompt_length
+
+    @property
+    def response_length(self) -> int:
+        """L of every RL batch."""
+        return self.settings.rollout.max_new_tokens
 
     @property
     def policy_graphdef(self) -> nnx.GraphDef:
@@ -203,10 +217,6 @@ class Run:
     @property
     def critic_graphdef(self) -> nnx.GraphDef | None:
         return self.functions.critic_graphdef
-
-    @critic_graphdef.setter
-    def critic_graphdef(self, graphdef: nnx.GraphDef) -> None:
-        self.functions.critic_graphdef = graphdef
 
     # --- compiled functions, each built on first use (see tempo_jax.tempo.functions) --------
 
@@ -250,10 +260,13 @@ def data_dir_for(config: ml_collections.ConfigDict, workdir: str) -> str:
     return os.path.join(workdir, "data")
 
 
-def build_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, models.Policy]:
+def build_run(
+    config: ml_collections.ConfigDict, workdir: str, settings: RunSettings | None = None
+) -> tuple[Run, models.Policy]:
     """Builds the data (under `data_dir_for(config, workdir)`), the initial policy, the mesh,
-    the sampler and the grader pool. Returns the run and the initial policy module."""
-    method = get_method(config.method)
+    the sampler and the grader pool. `settings`: the config's (built here when not given).
+    Returns the run and the initial policy module."""
+    settings = settings or RunSettings.from_config(config)
     data_dir = data_dir_for(config, workdir)
     data_config = data_config_from(config)
     # Process 0 builds the dataset; the others then reuse it (a shared data_dir) or build their
@@ -273,25 +286,20 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, mod
             f"model vocabulary ({policy.config.vocab_size}) is smaller than the tokenizer's "
             f"({tokenizer.vocab_size}); check config.model / config.tokenizer"
         )
-    settings = train.settings_from_config(config.train)
-    policy_graphdef, _ = train.split_for_training(policy, settings)
+    policy_graphdef, _ = train.split_for_training(policy, settings.train)
     # The critic's graphdef is set when the critic is created (it needs a concrete module).
     eos_ids = tuple(int(e) for e in np.atleast_1d(tokenizer.eos_id))
-    sampler = make_sampler(config, policy, mesh, rules, eos_ids, tokenizer.pad_id)
-    pool = GradingPool(num_workers=config.grader.num_workers, timeout_s=config.grader.timeout_s)
+    grader = settings.grader
     run = Run(
         config=config,
-        method=method,
+        settings=settings,
         data=data,
         mesh=mesh,
         rules=rules,
-        settings=settings,
-        sampler=sampler,
-        pool=pool,
-        prompt_width=config.data.max_prompt_length,
-        response_length=config.rollout.max_new_tokens,
+        sampler=make_sampler(settings, policy, mesh, rules, eos_ids, tokenizer.pad_id),
+        pool=GradingPool(num_workers=grader.num_workers, timeout_s=grader.timeout_s),
         eos_ids=eos_ids,
         pad_id=tokenizer.pad_id,
-        functions=RunFunctions.for_run(config, mesh, rules, settings, policy_graphdef),
+        functions=RunFunctions.for_run(settings, mesh, rules, settings.train, policy_graphdef),
     )
     return run, policy

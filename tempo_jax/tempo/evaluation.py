@@ -24,7 +24,7 @@ def _problems(run: Run, split: str):
     batch, or None for an empty split. The sampler splits it into `rollout.max_rows_per_chunk`
     chunks and pads only its last chunk (to a prompt count whose rows divide over the mesh),
     never up to a training batch."""
-    return next(iter(run.data.one_pass(split, batch_size=run.config.eval.num_problems)), None)
+    return next(iter(run.data.one_pass(split, batch_size=run.settings.eval.num_problems)), None)
 
 
 def evaluate_split(
@@ -43,13 +43,14 @@ def evaluate_split(
     With `records` (a list), one dict per problem is appended to it: the question, its ground
     truths, the n responses, their extracted answers and grades (and critic values), so that a
     report can show what was scored (`tempo-jax eval`)."""
-    cfg = run.config
+    cfg = run.settings
     n = cfg.eval.n
+    timeout_s = cfg.grader.timeout_s
     batch = _problems(run, split)
     if batch is None:
         raise ValueError(
             f"eval split {split!r} has no problem usable at data.max_prompt_length="
-            f"{cfg.data.max_prompt_length}"
+            f"{cfg.max_prompt_length}"
         )
     answers = batch.evaluation_answers()
     rows = sample(
@@ -78,16 +79,14 @@ def evaluate_split(
                 greedy.texts,
                 [list(a) for a in answers],
                 pool=run.pool,
-                timeout_s=cfg.grader.timeout_s,
+                timeout_s=timeout_s,
             )
         greedy_correct = list(graded.correct)
     with timer("grading"):
         graded = grade_batch(
-            rows.texts, [list(t) for t in truths], pool=run.pool, timeout_s=cfg.grader.timeout_s
+            rows.texts, [list(t) for t in truths], pool=run.pool, timeout_s=timeout_s
         )
-        clusters = cluster_answers(
-            rows.answers, rows.group_ids, pool=run.pool, timeout_s=cfg.grader.timeout_s
-        )
+        clusters = cluster_answers(rows.answers, rows.group_ids, pool=run.pool, timeout_s=timeout_s)
     correct = np.asarray(graded.correct, bool)
     problems = rows.num_rows // n
     ids = np.where(np.asarray(clusters.valid), np.asarray(clusters.cluster_ids), -1)
@@ -139,8 +138,7 @@ def _token_entropy_and_values(run: Run, rows, policy_params, critic_params, time
     """Mean token entropy of the samples under the policy and the critic's values [N, L], in
     batches of one policy update's rows (`data.prompts_per_update` x `rollout.n`; the whole
     step's when 0), so 30 problems x 16 are padded to a multiple of that, not of a step."""
-    cfg = run.config
-    chunk = (cfg.data.prompts_per_update or cfg.data.prompts_per_step) * cfg.rollout.n
+    chunk = run.settings.update_rows
     ent_sum, tok_sum, values = 0.0, 0, []
     for start in range(0, rows.num_rows, chunk):
         part = rows.take_rows(slice(start, start + chunk))
@@ -163,7 +161,7 @@ def _token_entropy_and_values(run: Run, rows, policy_params, critic_params, time
 def evaluate(run: Run, policy_params, critic_params, *, step: int, timer: Timer) -> dict:
     """Evaluation on every configured split: `eval.splits` maps a label to a dataset split."""
     out = {}
-    for label, split in run.config.eval.splits.items():
+    for label, split in run.settings.eval.splits:
         out.update(
             evaluate_split(run, split, label, policy_params, critic_params, step=step, timer=timer)
         )

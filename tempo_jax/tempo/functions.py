@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from tempo_jax import train
-from tempo_jax.config.methods import get_method
+from tempo_jax.config.settings import RunSettings, run_settings
 from tempo_jax.sampling.sampler import chunk_prompts
 from tempo_jax.train.batch import RLBatch
 
@@ -90,7 +90,7 @@ def length_buckets(settings: train.TrainSettings, response_length: int) -> tuple
 
 
 def planned_calls(
-    config: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict | RunSettings,
     row_shards: int = 1,
     eval_problems: Sequence[int] | None = None,
 ) -> list[Call]:
@@ -98,33 +98,30 @@ def planned_calls(
     run (see `tempo_jax.tempo.phases` and `evaluation` for where each is called).
 
     Args:
-      config: the run's config.
+      config: the run's config or its settings.
       row_shards: how many ways the mesh splits rows (`Sampler.row_shards`): the sampler pads
         a chunk's prompts to a count whose rows divide over them.
       eval_problems: the problems each evaluation samples (one batch per split: the first
         `eval.num_problems` of the split, fewer when the split is smaller); default
         `eval.num_problems`, which is what `tempo-jax compile` assumes without reading data.
     """
-    method = get_method(config.method)
-    prompts, n = config.data.prompts_per_step, config.rollout.n
-    chunk_rows = config.rollout.max_rows_per_chunk or None
+    settings = run_settings(config)
+    method, rollout = settings.method, settings.rollout
+    prompts, n = settings.prompts_per_step, rollout.n
     step_rows = prompts * n
     # Phased tempo may append the E-step's graded D_L rows to the M-step batch.
-    doubled = config.tempo.policy_trains_on_labeled and method.uses_critic
+    doubled = settings.tempo.policy_trains_on_labeled and method.uses_critic
     refine_rows = 2 * step_rows if doubled else step_rows
-    per_update = config.data.prompts_per_update or prompts
-    update_rows = per_update * n * (2 if doubled else 1)
+    update_rows = settings.update_rows * (2 if doubled else 1)
     # Evaluation's forwards go in batches of one update's rows (tempo.evaluation).
-    eval_rows = per_update * n
+    eval_rows = settings.update_rows
+    buckets = length_buckets(settings.train, rollout.max_new_tokens)
 
-    settings = train.settings_from_config(config.train)
-    buckets = length_buckets(settings, config.rollout.max_new_tokens)
-
-    paged = config.rollout.get("engine", "static") == "paged"
+    paged = rollout.engine == "paged"
     kinds = (ENGINE_PREFILL, ENGINE_DECODE) if paged else (SAMPLER,)
 
     def sampler(num_prompts: int, samples: int, purpose: str) -> list[Call]:
-        chunk = chunk_prompts(num_prompts, samples, row_shards, chunk_rows)
+        chunk = chunk_prompts(num_prompts, samples, row_shards, rollout.rows_per_chunk)
         rows = chunk * samples
         return [Call(k, rows, prompts=chunk, samples=samples, purpose=purpose) for k in kinds]
 
@@ -132,8 +129,8 @@ def planned_calls(
         return [Call(function, rows, length, purpose=purpose) for length in buckets]
 
     calls = []
-    if config.sft.steps > 0:
-        calls.append(Call(SFT_STEP, config.sft.batch_size, purpose="supervised fine-tuning"))
+    if settings.sft.steps > 0:
+        calls.append(Call(SFT_STEP, settings.sft.batch_size, purpose="supervised fine-tuning"))
     calls += sampler(prompts, n, "rollout")
     if method.uses_critic:
         calls += trained(VALUES, step_rows, "critic targets")
@@ -141,10 +138,10 @@ def planned_calls(
         calls += trained(VALUES, refine_rows, "M-step baseline")
     calls += trained(TOKEN_STATS, refine_rows, "old log-probs")
     calls += trained(POLICY_STEP, update_rows, "M-step")
-    if config.eval_every > 0:
-        for problems in eval_problems or (config.eval.num_problems,):
-            calls += sampler(problems, config.eval.n, "eval")
-            if config.eval.greedy:
+    if settings.eval_every > 0:
+        for problems in eval_problems or (settings.eval.num_problems,):
+            calls += sampler(problems, settings.eval.n, "eval")
+            if settings.eval.greedy:
                 calls += sampler(problems, 1, "eval greedy")
         calls += trained(TOKEN_STATS, eval_rows, "eval entropy")
         if method.uses_critic:
@@ -182,7 +179,8 @@ class RunFunctions:
       mesh, rules: where they run.
       settings: validated train settings.
       policy_graphdef: from `train.split_for_training(policy, settings)`.
-      critic_graphdef: likewise for the critic (None until the critic exists, or without one).
+      critic_graphdef: likewise for the critic (None until the critic exists, or without one:
+        `set_critic`).
       prompt_width, response_length: P and L of every batch.
     """
 
@@ -198,23 +196,29 @@ class RunFunctions:
     @classmethod
     def for_run(
         cls,
-        config: ml_collections.ConfigDict,
+        config: ml_collections.ConfigDict | RunSettings,
         mesh: jax.sharding.Mesh,
         rules: Any,
         settings: train.TrainSettings,
         policy_graphdef: nnx.GraphDef,
         critic_graphdef: nnx.GraphDef | None = None,
     ) -> RunFunctions:
-        """The functions of a run of `config` (P and L from its data and rollout sections)."""
+        """The functions of a run of `config` (its config or settings: P and L from its data and
+        rollout sections)."""
+        shape = run_settings(config)
         return cls(
             mesh=mesh,
             rules=rules,
             settings=settings,
             policy_graphdef=policy_graphdef,
             critic_graphdef=critic_graphdef,
-            prompt_width=config.data.max_prompt_length,
-            response_length=config.rollout.max_new_tokens,
+            prompt_width=shape.max_prompt_length,
+            response_length=shape.rollout.max_new_tokens,
         )
+
+    def set_critic(self, graphdef: nnx.GraphDef) -> None:
+        """The critic's graphdef, once the critic exists (its functions compile after this)."""
+        self.critic_graphdef = graphdef
 
     # --- length buckets (module docstring) ----------------------------------------------------
 

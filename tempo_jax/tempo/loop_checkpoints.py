@@ -27,14 +27,17 @@ from typing import Any
 import ml_collections
 
 from tempo_jax import train
+from tempo_jax.rewards.grading_pool import GradingCounters
 from tempo_jax.tempo import step_journal
 from tempo_jax.tempo.build import Run
+from tempo_jax.tempo.step_journal import StepJournal
 from tempo_jax.train.checkpointing import Checkpointer
 from tempo_jax.train.preemption import PreemptionGuard
 
 log = logging.getLogger(__name__)
 
-GRADER_KEYS = ("pool_tasks", "timeouts", "crashes", "errors", "memory_errors")
+# The grading pool's counters, reported per step (`grader/<key>`) and per run (`_total`).
+GRADER_KEYS = tuple(f.name for f in dataclasses.fields(GradingCounters))
 # Config fields that may change between a run and its resumption without a warning.
 RESUME_MAY_CHANGE = ("total_steps", "progress_bar", "parallel.", "checkpoint.", "data.dir")
 IN_STEP_DIR = "in_step_checkpoints"
@@ -91,11 +94,31 @@ class StepProgress:
     where: str = ""
 
 
+@dataclasses.dataclass
+class StepInProgress:
+    """A loop step (or warm-up step) from its start, handed explicitly to what runs it.
+
+    Attributes:
+      index: the step's 0-based index (its sampling seeds' step).
+      journal: its journal of finished units (replaying an interrupted step's).
+      streams_at_start: the data streams' positions when it began (an in-step checkpoint's).
+      grader_before: the grading pool's counters when it began, less what the interrupted run's
+        part of it counted (`GRADER_KEYS`), so that the step's counts are whole.
+      graded_labeled: (rows, rewards) of its E-step's graded D_L batch, once graded.
+    """
+
+    index: int
+    journal: StepJournal
+    streams_at_start: dict[str, Any]
+    grader_before: dict[str, int]
+    graded_labeled: tuple[Any, Any] | None = None  # (RolloutRows, rewards [N])
+
+
 def abstract_items(run: Run, policy_params, critic_params=None) -> dict[str, Any]:
     """What a regular checkpoint's networks restore into: {"policy": abstract TrainState,
     "critic": ... (when `critic_params` is given)}, sharded over `run.mesh` (the trainer's
     resume and `tempo-jax eval` both restore through this)."""
-    settings = run.settings
+    settings = run.settings.train
     out = {
         "policy": train.abstract_train_state(
             policy_params, settings.policy_optimizer, run.mesh, run.rules
@@ -134,9 +157,9 @@ class LoopCheckpoints:
     """Saves and restores the loop's state in WORKDIR (see the module docstring).
 
     Args:
-      config: the run's config.
       workdir: the run's directory.
-      run: the built run (data streams' tokenizer, the sampler's chunking).
+      run: the built run (its settings and config, the data's tokenizer, the sampler's
+        chunking).
       streams: {name: batch stream} whose positions are checkpointed.
       guard: the run's PreemptionGuard (Orbax's preemption questions go to it).
       model_configs: {network: ModelConfig dict} stored with every checkpoint (for export); the
@@ -145,18 +168,16 @@ class LoopCheckpoints:
 
     def __init__(
         self,
-        config: ml_collections.ConfigDict,
         workdir: str,
         run: Run,
         streams: dict[str, Any],
         guard: PreemptionGuard,
         model_configs: dict[str, Any],
     ):
-        self.config = config
         self.run = run
         self.streams = streams
         self.model_configs = model_configs
-        ckpt = config.checkpoint
+        ckpt = run.settings.checkpoint
         self.regular = Checkpointer(
             os.path.join(workdir, "checkpoints"),
             keep=ckpt.keep,
@@ -184,7 +205,7 @@ class LoopCheckpoints:
             "step": state.step,
             "warmed_up": state.warmed_up,
             "save_pending": state.save_pending,
-            "method": self.config.method,
+            "method": self.run.settings.method.name,
             "streams": streams,
             "counters": {
                 "nonfinite_consecutive": state.nonfinite_consecutive,
@@ -194,7 +215,7 @@ class LoopCheckpoints:
             },
             "models": dict(self.model_configs),
             "vocab_size": int(self.run.data.tokenizer.vocab_size),
-            "config": _config_json(self.config),
+            "config": _config_json(self.run.config),
         }
 
     @staticmethod
@@ -209,7 +230,7 @@ class LoopCheckpoints:
         no-op), with this step's `evaluation` for `checkpoint.keep_best` to rank it by."""
         if self.last_saved_step == state.step:
             return self.regular.step_path(state.step)
-        keep_best = self.config.checkpoint.keep_best
+        keep_best = self.run.settings.checkpoint.keep_best
         if keep_best and evaluation is not None and keep_best not in evaluation:
             raise ValueError(
                 f"config.checkpoint.keep_best={keep_best!r} is not an eval metric of this run; "
@@ -249,8 +270,8 @@ class LoopCheckpoints:
 
     def _chunk_prompts(self) -> int:
         """Prompts per rollout chunk: the unit layout of a rollout phase."""
-        cfg = self.config
-        return self.run.sampler.prompts_per_chunk(cfg.data.prompts_per_step, cfg.rollout.n)
+        settings = self.run.settings
+        return self.run.sampler.prompts_per_chunk(settings.prompts_per_step, settings.rollout.n)
 
     # --- restore -------------------------------------------------------------------------
 
@@ -332,7 +353,7 @@ class LoopCheckpoints:
     def _warn_config_changes(self, saved: dict[str, Any], path: str) -> None:
         """Logs the config fields that differ from the checkpoint's (a resumed run with another
         learning rate or dataset is no longer the run that was checkpointed)."""
-        changed = changed_config_fields(saved, self.config)
+        changed = changed_config_fields(saved, self.run.config)
         if changed:
             log.warning("resuming from %s with a changed config: %s", path, ", ".join(changed))
 

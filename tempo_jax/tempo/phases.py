@@ -28,7 +28,7 @@ from tempo_jax.data.batch import PromptBatch
 from tempo_jax.rewards import self_rewards
 from tempo_jax.rewards.clusters import cluster_answers
 from tempo_jax.rewards.math import grade_batch
-from tempo_jax.sampling import ChunkLog, SamplingParams
+from tempo_jax.sampling import FINISH_LENGTH, ChunkLog, SamplingParams
 from tempo_jax.tempo import oracle_reward
 from tempo_jax.tempo.build import Run
 from tempo_jax.tempo.rollout_data import RolloutRows, concat_rows, dense_ids, rollout_rows
@@ -76,7 +76,7 @@ def sample(
 ) -> RolloutRows:
     """n rollouts per prompt of `batch` under `params`, on the host with decoded texts (each
     chunk a unit of `chunk_log` when given)."""
-    cfg = run.config.rollout
+    cfg = run.settings.rollout
     sampling = sampling or SamplingParams(
         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p
     )
@@ -104,36 +104,33 @@ def sample(
 
 def _grade(run: Run, rows: RolloutRows, which: np.ndarray, truths, timer: Timer):
     """±1 rewards of rows `which` (indices) against `truths` (one tuple per row), 0 elsewhere,
-    and the grader's counters, as one dict (a journal unit's record)."""
+    as a journal unit's record. The grader's counters go to the pool's (the loop reports them
+    per step)."""
     rewards = np.zeros(rows.num_rows, np.float32)
-    counters = {}
     if len(which):
         with timer("grading"):
             grades = grade_batch(
                 [rows.texts[i] for i in which],
                 [list(truths[i]) for i in which],
                 pool=run.pool,
-                timeout_s=run.config.grader.timeout_s,
+                timeout_s=run.settings.grader.timeout_s,
             )
         rewards[which] = grades.rewards
         # A grader timeout on one process only must not give the processes different batches.
         rewards = parallel.broadcast_from_main(rewards)
-        counters = {f"grader/{k}": v for k, v in grades.counters.as_dict().items()}
-    return {"rewards": rewards, **counters}
+    return {"rewards": rewards}
 
 
-def _journaled(journal: StepJournal, unit: str, grade) -> tuple[np.ndarray, dict]:
+def _journaled(journal: StepJournal, unit: str, grade) -> np.ndarray:
     """Runs `grade` as journal unit `unit` (a grader may time out, so it is never redone)."""
-    graded = journal.run(unit, grade)
-    counters = {k: int(v) for k, v in graded.items() if k != "rewards"}
-    return graded["rewards"], counters
+    return journal.run(unit, grade)["rewards"]
 
 
 def grade_labeled(
     run: Run, journal: StepJournal, unit: str, rows: RolloutRows, timer: Timer
-) -> tuple[np.ndarray, dict]:
-    """±1 rewards for labeled rows (0 for unlabeled rows, which are never graded here), and the
-    grader's counters: journal unit `unit`."""
+) -> np.ndarray:
+    """±1 rewards for labeled rows (0 for unlabeled rows, which are never graded here): journal
+    unit `unit`."""
     labeled = np.flatnonzero(rows.is_labeled)
     return _journaled(journal, unit, lambda: _grade(run, rows, labeled, rows.ground_truths, timer))
 
@@ -145,7 +142,7 @@ def grade_hidden(
     rows: RolloutRows,
     batch: PromptBatch,
     timer: Timer,
-) -> tuple[np.ndarray, dict]:
+) -> np.ndarray:
     """±1 rewards of every row against its prompt's answer, hidden ones included: the `oracle`
     upper bound only (`Method.reads_hidden_answers`), never a self-reward method. Journal unit
     `unit`, as `grade_labeled`."""
@@ -182,16 +179,16 @@ def collect_groups(
       rows (B * n), their rewards (±1 on labeled rows; on every row for the oracle's M-step),
       and metrics.
     """
-    cfg = run.config
+    cfg = run.settings
     kind = run.method.group_filter
     if phase == "recalibrate":  # E-steps and warm-up: the authors' filter only when asked for
         kind = "tempo" if cfg.tempo.estep_group_filter else "none"
-    need = cfg.data.prompts_per_step
+    need = cfg.prompts_per_step
     # The oracle bounds grade D_U rows against hidden answers in the phase that updates the
     # policy; their E-steps (and the critic's updates) see D_L's labels only.
     hidden = run.method.reads_hidden_answers and phase in ("refine", "mixed")
     flips = run.method.reward == methods.HIDDEN_TERMINAL and hidden
-    kept_parts, reward_parts, counters, attempts, dropped = [], [], {}, 0, 0
+    kept_parts, reward_parts, attempts, dropped = [], [], 0, 0
     truth_parts, flip_parts = [], []  # before the flip, and which rows flipped (tempo_oracle)
     generated, hidden_correct = [], []  # correctness of every generated labeled / oracle row
     while sum(int(p.group_ids.max()) + 1 for p in kept_parts) < need:
@@ -213,10 +210,10 @@ def collect_groups(
             chunk_log=journal.chunk_log(unit, cfg.rollout.n),
         )
         if hidden:
-            rewards, counters = grade_hidden(run, journal, f"{unit}/grade", rows, batch, timer)
+            rewards = grade_hidden(run, journal, f"{unit}/grade", rows, batch, timer)
             hidden_correct.append(rewards[~rows.is_labeled] > 0)
         else:
-            rewards, counters = grade_labeled(run, journal, f"{unit}/grade", rows, timer)
+            rewards = grade_labeled(run, journal, f"{unit}/grade", rows, timer)
         truth, flipped = rewards, np.zeros(rows.num_rows, bool)
         if flips:
             rewards, flipped = oracle_reward.flipped_rewards(
@@ -250,7 +247,6 @@ def collect_groups(
         metrics[f"{phase}/accuracy_before_filter"] = float(np.concatenate(generated).mean())
     if hidden_correct:
         metrics["rollout/hidden_answer_accuracy"] = float(np.concatenate(hidden_correct).mean())
-    metrics.update(counters)
     rows, rewards = concat_rows(kept_parts), np.concatenate(reward_parts)
     if flips:
         unl = ~rows.is_labeled
@@ -291,7 +287,7 @@ def rollout_metrics(prefix: str, rows: RolloutRows, rewards: np.ndarray) -> dict
     """Response length, finish reasons and (labeled rows) accuracy of a rollout batch."""
     out = {
         f"{prefix}/response_length": float(rows.lengths.mean()),
-        f"{prefix}/truncated_fraction": float((rows.finish_reason == 3).mean()),
+        f"{prefix}/truncated_fraction": float((rows.finish_reason == FINISH_LENGTH).mean()),
         f"{prefix}/boxed_fraction": float(np.mean([a is not None for a in rows.answers])),
     }
     if rows.is_labeled.any():
@@ -393,7 +389,7 @@ def method_scores(
 def _vote_scores(run: Run, rows: RolloutRows, timer: Timer) -> np.ndarray:
     with timer("grading"):
         clusters = cluster_answers(
-            rows.answers, rows.group_ids, pool=run.pool, timeout_s=run.config.grader.timeout_s
+            rows.answers, rows.group_ids, pool=run.pool, timeout_s=run.settings.grader.timeout_s
         )
     ids, valid = dense_ids(clusters.cluster_ids), np.asarray(clusters.valid, bool)
     fn = (
@@ -437,8 +433,7 @@ def _mini_batch_updates(
     loop, so from the second mini-batch on the ratios move away from 1 and the clip acts.
     Metrics are means over the mini-batches; `skipped` and `empty` count updates.
     """
-    per_update = run.config.data.prompts_per_update
-    num = 1 if per_update == 0 else run.config.data.prompts_per_step // per_update
+    num = run.settings.updates_per_step
     if num == 1:
         return journal.update(
             "policy/update0", "policy", policy, lambda p: run.policy_step(p, batch)
@@ -477,7 +472,6 @@ def policy_update(
     update. em_token whitens as `tempo.whiten_scope` says; `whiten_extra`
     (`labeled_whiten_stats` of the last graded D_L batch) is what "with_labeled" joins, and
     without it (the mixed batch, which holds its labeled rows already) the scope is the batch."""
-    cfg = run.config
     keep = np.ones(rows.num_rows, bool) if keep is None else keep
 
     def compute():
@@ -489,7 +483,7 @@ def policy_update(
     if values is None:
         values = np.zeros(rows.response_mask.shape, np.float32)
     scores, metrics = method_scores(run, journal, rows, rewards, stats["self_certainty"], timer)
-    name = run.method.advantage or cfg.tempo.advantage
+    name = run.method.advantage or run.settings.tempo.advantage
     given = rows.is_labeled
     if run.method.reward == methods.HIDDEN_TERMINAL:
         # tempo_oracle: the terminal reward R_i of every row is its score (D_U rows: the hidden
@@ -497,7 +491,7 @@ def policy_update(
         given = np.ones(rows.num_rows, bool)
     scope, extra = None, None
     if name == "em_token":
-        scope = cfg.tempo.whiten_scope
+        scope = run.settings.tempo.whiten_scope
         if scope == "with_labeled":
             if whiten_extra is None:
                 scope = "batch"

@@ -1,6 +1,7 @@
 """The TEMPO loop on a micro config: every method runs, the schedule's phases and the parameters
 that change are the right ones, and unlabeled answers never reach training."""
 
+import dataclasses
 import math
 import types
 
@@ -10,6 +11,7 @@ import pytest
 from tempo_micro import micro_config
 
 from tempo_jax.config import methods
+from tempo_jax.config.settings import RunSettings
 from tempo_jax.config.validation import ConfigError
 from tempo_jax.data import batch as data_batch
 from tempo_jax.rewards.math import grade_batch
@@ -259,9 +261,9 @@ def test_evaluation_scores_exactly_the_requested_problems(data_dir, tmp_path):
             planned += functions.planned_calls(
                 config, trainer.run.sampler.row_shards, eval_problems=(scored, min(wanted, 32))
             )
-            out = evaluate(
-                trainer.run, state.policy.params, state.critic.params, step=0, timer=Timer()
-            )
+            # A Run's settings are built once: the changed config is another run's.
+            run = dataclasses.replace(trainer.run, settings=RunSettings.from_config(config))
+            out = evaluate(run, state.policy.params, state.critic.params, step=0, timer=Timer())
             assert out["eval/holdout/problems"] == scored
             assert out["eval/unlabeled/problems"] == min(wanted, 32)
             assert out["eval/holdout/pass@2"] >= out["eval/holdout/mean@2"]
