@@ -3,12 +3,13 @@ D_L rollouts and the step-0 D_U evaluation samples once, then a fresh critic (fr
 `tempo` builds it) is fitted with each recipe and scored on those D_U samples.
 
     python benchmarks/critic_recipes.py --config=configs/tiny_repro.py --seed=0 \\
-        --sft=/tmp/sweep/sft-s0 --pool=32 --recipes=8x2@1e-4,32x4@3e-4,32x8@1e-3/clip1.0
+        --sft=/tmp/sweep/sft-s0 --pool=32 --recipes=8x2@1e-4,32x4@3e-4/neg64,32x8@1e-3/clip1.0
 
 A recipe `SxU@LR[/clipC]` is S warm-up E-steps (one pool batch each, in order, as the warm-up
 draws them: `data.prompts_per_step` x `rollout.n` rows) of U critic updates at critic learning
 rate LR (value clip C, else the config's `train.value_clip`); `/filter` fits only the rows of
-groups with both right and wrong answers (the authors' E-step group filter). The warm-up of a
+groups with both right and wrong answers (the authors' E-step group filter); `/negK` adds K
+corrupted copies of graded-right rows, target -1 (`tempo.critic_negatives`). The warm-up of a
 real run samples fresh rollouts each E-step from the same policy, so this is that warm-up with
 the sampling done once for every recipe. Prints `auroc_within_question` and the pooled AUROC of
 V_last after 1/4, 1/2 and all of the E-steps, and the process CPU seconds of each recipe.
@@ -29,7 +30,7 @@ from absl import logging as absl_logging
 from tempo_jax import train
 from tempo_jax.rewards.math import grade_batch
 from tempo_jax.sampling import SamplingParams
-from tempo_jax.tempo import eval_metrics, phases
+from tempo_jax.tempo import critic_negatives, eval_metrics, phases
 from tempo_jax.tempo.evaluation import _problems
 from tempo_jax.tempo.functions import RunFunctions
 from tempo_jax.tempo.loop import Trainer
@@ -44,17 +45,22 @@ def _journal() -> StepJournal:
     return StepJournal("", lambda: False)
 
 
-def parse_recipe(recipe: str, value_clip: float) -> tuple[int, int, float, float, bool]:
-    """`SxU@LR[/clipC][/filter]` -> (E-steps, updates per E-step, learning rate, value clip,
-    group filter)."""
-    spec, rate = recipe.split("@")
-    group_filter = rate.endswith("/filter")
-    rate = rate.removesuffix("/filter")
-    if "/clip" in rate:
-        rate, clip = rate.split("/clip")
-        value_clip = float(clip)
+def parse_recipe(recipe: str, value_clip: float) -> tuple[int, int, float, float, bool, int]:
+    """`SxU@LR[/clipC][/filter][/negK]` -> (E-steps, updates per E-step, learning rate, value
+    clip, group filter, corrupted rows per E-step)."""
+    spec, rate, *options = recipe.split("@")[0], *recipe.split("@")[1].split("/")
+    group_filter, negatives = False, 0
+    for option in options:
+        if option == "filter":
+            group_filter = True
+        elif option.startswith("clip"):
+            value_clip = float(option.removeprefix("clip"))
+        elif option.startswith("neg"):
+            negatives = int(option.removeprefix("neg"))
+        else:
+            raise ValueError(f"recipe {recipe!r}: unknown option {option!r}")
     steps, updates = (int(x) for x in spec.split("x"))
-    return steps, updates, float(rate), value_clip, group_filter
+    return steps, updates, float(rate), value_clip, group_filter, negatives
 
 
 def mixed_groups_only(rows, rewards: np.ndarray):
@@ -138,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     chunk = config.data.prompts_per_step * config.rollout.n
     for recipe in args.recipes.split(","):
-        steps, updates, rate, clip, group_filter = parse_recipe(recipe, config.train.value_clip)
+        steps, updates, rate, clip, group_filter, negatives = parse_recipe(
+            recipe, config.train.value_clip
+        )
         start = time.process_time()
         optimizer = dataclasses.replace(run.settings.critic_optimizer, learning_rate=rate)
         run.settings = dataclasses.replace(
@@ -155,6 +163,15 @@ def main(argv: list[str] | None = None) -> int:
             rows_e, rewards_e = pool[e % args.pool]
             if group_filter:
                 rows_e = mixed_groups_only(rows_e, rewards_e)
+            rows_e, rewards_e, _ = critic_negatives.with_negatives(
+                rows_e,
+                rewards_e,
+                negatives,
+                seed=phases.step_seed(config.seed, e, "recalibrate", 1_000),
+                tokenizer=run.data.tokenizer,
+                eos_ids=run.eos_ids,
+                pad_id=run.pad_id,
+            )
             critic, _ = phases.critic_update(
                 run, _journal(), critic, rows_e, rewards_e, phases.Timer(), updates=updates
             )

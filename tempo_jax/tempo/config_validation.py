@@ -152,6 +152,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "tempo.estep_group_filter",
         f"must be a bool, got {config.tempo.estep_group_filter!r}",
     )
+    _positive_int(config, "tempo.critic_negatives", 0)
+    negatives = config.tempo.critic_negatives
+    _require(
+        negatives == 0 or method.uses_critic,
+        "tempo.critic_negatives",
+        f"adds rows to critic updates; method {method.name!r} has no critic (got {negatives})",
+    )
+    critic_rows = config.data.prompts_per_step * config.rollout.n + negatives
+    micro_rows = config.train.get("micro_batch_rows", 0)
+    _require(
+        negatives == 0 or not micro_rows or critic_rows % micro_rows == 0,
+        "tempo.critic_negatives",
+        f"= {negatives} makes a critic batch of {critic_rows} rows, which "
+        f"train.micro_batch_rows = {micro_rows} does not divide",
+    )
     flip = config.tempo.oracle_flip_prob
     _require(
         isinstance(flip, (int, float)) and 0.0 <= flip <= 1.0,

@@ -47,7 +47,7 @@ import ml_collections
 import numpy as np
 
 from tempo_jax import parallel, train
-from tempo_jax.tempo import methods, phases, report
+from tempo_jax.tempo import critic_negatives, methods, phases, report
 from tempo_jax.tempo.build import build_run, init_critic
 from tempo_jax.tempo.evaluation import evaluate
 from tempo_jax.tempo.export import model_config_to_dict
@@ -293,12 +293,24 @@ class Trainer:
             phase="recalibrate",
             timer=timer,
         )
+        # tempo.critic_negatives: corrupted copies of graded-right D_L rows (target -1) join the
+        # critic's batch only; the rows returned (M-step extras, whitening) stay the graded ones.
+        fit_rows, fit_rewards, m = critic_negatives.with_negatives(
+            rows,
+            rewards,
+            self.config.tempo.critic_negatives,
+            seed=phases.step_seed(self.config.seed, step, "recalibrate", 1_000),
+            tokenizer=self.run.data.tokenizer,
+            eos_ids=self.run.eos_ids,
+            pad_id=self.run.pad_id,
+        )
+        metrics.update(m)
         state.critic, m = phases.critic_update(
             self.run,
             self._journal,
             state.critic,
-            rows,
-            rewards,
+            fit_rows,
+            fit_rewards,
             timer,
             updates=self.config.tempo.critic_updates,
             prefix=prefix,
