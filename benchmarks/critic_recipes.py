@@ -9,7 +9,8 @@ A recipe `SxU@LR[/clipC]` is S warm-up E-steps (one pool batch each, in order, a
 draws them: `data.prompts_per_step` x `rollout.n` rows) of U critic updates at critic learning
 rate LR (value clip C, else the config's `train.value_clip`); `/filter` fits only the rows of
 groups with both right and wrong answers (the authors' E-step group filter); `/negK` adds K
-corrupted copies of graded-right rows, target -1 (`tempo.critic_negatives`). The warm-up of a
+corrupted copies of graded-right rows, target -1 (`tempo.critic_negatives`; `/negaK`: their
+value loss only after the broken token). The warm-up of a
 real run samples fresh rollouts each E-step from the same policy, so this is that warm-up with
 the sampling done once for every recipe. Prints `auroc_within_question` and the pooled AUROC of
 V_last after 1/4, 1/2 and all of the E-steps, and the process CPU seconds of each recipe.
@@ -45,22 +46,24 @@ def _journal() -> StepJournal:
     return StepJournal("", lambda: False)
 
 
-def parse_recipe(recipe: str, value_clip: float) -> tuple[int, int, float, float, bool, int]:
-    """`SxU@LR[/clipC][/filter][/negK]` -> (E-steps, updates per E-step, learning rate, value
-    clip, group filter, corrupted rows per E-step)."""
+def parse_recipe(recipe: str, value_clip: float) -> tuple[int, int, float, float, bool, int, bool]:
+    """`SxU@LR[/clipC][/filter][/negK|/negaK]` -> (E-steps, updates per E-step, learning rate,
+    value clip, group filter, corrupted rows per E-step, their loss only after the break)."""
     spec, rate, *options = recipe.split("@")[0], *recipe.split("@")[1].split("/")
-    group_filter, negatives = False, 0
+    group_filter, negatives, after_break = False, 0, False
     for option in options:
         if option == "filter":
             group_filter = True
         elif option.startswith("clip"):
             value_clip = float(option.removeprefix("clip"))
+        elif option.startswith("nega"):  # the loss only after the broken token
+            negatives, after_break = int(option.removeprefix("nega")), True
         elif option.startswith("neg"):
             negatives = int(option.removeprefix("neg"))
         else:
             raise ValueError(f"recipe {recipe!r}: unknown option {option!r}")
     steps, updates = (int(x) for x in spec.split("x"))
-    return steps, updates, float(rate), value_clip, group_filter, negatives
+    return steps, updates, float(rate), value_clip, group_filter, negatives, after_break
 
 
 def mixed_groups_only(rows, rewards: np.ndarray):
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     chunk = config.data.prompts_per_step * config.rollout.n
     for recipe in args.recipes.split(","):
-        steps, updates, rate, clip, group_filter, negatives = parse_recipe(
+        steps, updates, rate, clip, group_filter, negatives, after_break = parse_recipe(
             recipe, config.train.value_clip
         )
         start = time.process_time()
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 tokenizer=run.data.tokenizer,
                 eos_ids=run.eos_ids,
                 pad_id=run.pad_id,
+                after_break=after_break,
             )
             critic, _ = phases.critic_update(
                 run, _journal(), critic, rows_e, rewards_e, phases.Timer(), updates=updates

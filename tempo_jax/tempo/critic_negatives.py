@@ -10,10 +10,14 @@ the same prompt, near-identical text, opposite label.
 
 Two corruptions, alternating (row j: "result" for even j, "copy" for odd j):
 
-- `result`: one step's result `c` gets one digit changed, so `a<op>b != c`;
+- `result`: one step's result `c` is written wrong, so `a<op>b != c`;
 - `copy`: one step's right operand `b` (copied from the question), or for a later step its left
-  operand `a` (copied from the previous result), gets one digit changed, with the step's
-  arithmetic right for the wrong operand.
+  operand `a` (copied from the previous result), is written wrong, with the step's arithmetic
+  right for the wrong operand.
+
+The wrong values are near misses, the errors the SFT policy makes itself (seed 0's step-0 D_U
+samples: `14+6=19`, `12+1=12`, `4+8=21`, `10+9=28`): off by 1 or 2, the tens digit off by one,
+the digits swapped, or (for a result) an operand written as the result.
 
 Every later step is recomputed from the changed value and the boxed answer is the new final
 value, so the response is consistent except at the one broken step (as the policy's own errors
@@ -78,14 +82,15 @@ def parse_steps(text: str) -> Steps | None:
     return Steps(tuple(steps), tuple(results))
 
 
-def _other_digit(value: int, rng: np.random.Generator) -> int:
-    """`value` with one decimal digit replaced by a different digit (no leading zero)."""
-    digits = list(str(value))
-    i = int(rng.integers(len(digits)))
-    lead = i == 0 and len(digits) > 1
-    choices = [d for d in "0123456789" if d != digits[i] and not (lead and d == "0")]
-    digits[i] = choices[int(rng.integers(len(choices)))]
-    return int("".join(digits))
+def _near_miss(value: int, rng: np.random.Generator, also: tuple[int, ...] = ()) -> int | None:
+    """A wrong value of the kind the policy itself writes: off by 1 or 2, the tens digit off by
+    one, the digits swapped, or one of `also` (e.g. the step's left operand written as its
+    result); never negative, never `value`. None when there is none."""
+    swapped = int(str(value)[::-1]) if value >= 10 else value
+    candidates = {value + 1, value - 1, value + 2, value - 2, value + 10, value - 10, swapped}
+    candidates |= set(also)
+    options = sorted(c for c in candidates if c >= 0 and c != value)
+    return options[int(rng.integers(len(options)))] if options else None
 
 
 def _propagate(steps: list[tuple[int, str, int]], results: list[int], start: int) -> bool:
@@ -109,13 +114,17 @@ def corrupt(parsed: Steps, kind: str, rng: np.random.Generator, tries: int = 8) 
         k = int(rng.integers(len(steps)))
         a, op, b = steps[k]
         if kind == "result":
-            results[k] = _other_digit(results[k], rng)
-        elif k > 0 and rng.integers(2):  # the previous result copied wrongly
-            a = _other_digit(a, rng)
-            steps[k], results[k] = (a, op, b), _OPS[op](a, b)
-        else:  # the question's operand copied wrongly
-            b = _other_digit(b, rng)
-            if b == 0:
+            wrong = _near_miss(results[k], rng, also=(a, b))
+            if wrong is None:
+                continue
+            results[k] = wrong
+        else:
+            if k > 0 and rng.integers(2):  # the previous result copied wrongly
+                a = _near_miss(a, rng)
+            else:  # the question's operand copied wrongly (operands are >= 1)
+                b = _near_miss(b, rng)
+                b = None if b == 0 else b
+            if a is None or b is None:
                 continue
             steps[k], results[k] = (a, op, b), _OPS[op](a, b)
         if results[k] < 0 or not _propagate(steps, results, k):
@@ -126,10 +135,17 @@ def corrupt(parsed: Steps, kind: str, rng: np.random.Generator, tries: int = 8) 
 
 
 def _encoded_row(
-    source: RolloutRows, text: str, tokenizer: Tokenizer, eos_id: int, pad_id: int
+    source: RolloutRows,
+    text: str,
+    tokenizer: Tokenizer,
+    eos_id: int,
+    pad_id: int,
+    after_break: bool,
 ) -> RolloutRows | None:
     """One row with `source`'s prompt (a one-row RolloutRows) and response `text` + EOS, or None
-    when it does not fit the response slots."""
+    when it does not fit the response slots. With `after_break` its response mask (the value
+    loss's mask; attention still covers the whole response) starts at the first value that has
+    seen the broken token: the prefix it shares with `source` keeps its one target."""
     ids = [*tokenizer.encode(text), eos_id]
     width = source.response_mask.shape[1]
     if len(ids) > width:
@@ -137,13 +153,18 @@ def _encoded_row(
     prompt_width = source.tokens.shape[1] - width
     response = np.full(width, pad_id, np.int32)
     response[: len(ids)] = ids
-    mask = np.zeros(width, bool)
-    mask[: len(ids)] = True
+    attend = np.zeros(width, bool)
+    attend[: len(ids)] = True
+    loss = attend.copy()
+    if after_break:
+        differs = np.flatnonzero(response != source.tokens[0, prompt_width:])
+        # V[t] = V(x, y_<t): the first value that sees broken token d is V[d + 1].
+        loss[: int(differs[0]) + 1] = False
     return dataclasses.replace(
         source,
         tokens=np.concatenate([source.tokens[0, :prompt_width], response])[None].astype(np.int32),
-        attention_mask=np.concatenate([source.attention_mask[0, :prompt_width], mask])[None],
-        response_mask=mask[None],
+        attention_mask=np.concatenate([source.attention_mask[0, :prompt_width], attend])[None],
+        response_mask=loss[None],
         lengths=np.array([len(ids)], np.int32),
         texts=[text],
         answers=[extract_boxed(text)],
@@ -159,6 +180,7 @@ def with_negatives(
     tokenizer: Tokenizer,
     eos_ids: Sequence[int],
     pad_id: int,
+    after_break: bool = False,
 ) -> tuple[RolloutRows, np.ndarray, dict[str, float]]:
     """`rows` [N] and their rewards plus `count` corrupted rows (target -1), for the critic.
 
@@ -170,6 +192,8 @@ def with_negatives(
       tokenizer: encodes the corrupted responses.
       eos_ids: the first ends every corrupted response.
       pad_id: fills the response slots after it.
+      after_break: the value loss of a corrupted row covers only the tokens after its broken
+        token (`_encoded_row`), not the prefix it shares with its source row.
 
     Returns:
       (rows [N + K], rewards [N + K], metrics): the appended rows keep their source's group id
@@ -191,7 +215,8 @@ def with_negatives(
             bad = corrupt(parsed[i], KINDS[j % len(KINDS)], rng)
             row = None
             if bad is not None:
-                row = _encoded_row(rows.take_rows([i]), bad.text(), tokenizer, eos_ids[0], pad_id)
+                source = rows.take_rows([i])
+                row = _encoded_row(source, bad.text(), tokenizer, eos_ids[0], pad_id, after_break)
             if row is not None:
                 extra.append(row)
                 made += 1

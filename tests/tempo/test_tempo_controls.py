@@ -204,6 +204,26 @@ def test_critic_negatives_break_exactly_one_step_and_carry_target_minus_one():
         n = out.lengths[j]
         assert out.tokens[j, 3 + n - 1] == 1 and out.response_mask[j].sum() == n
     assert kinds == {"result": 4, "copy": 4}
+    # after_break: the same rows, their loss mask from the first value that saw the broken token.
+    late, _, _ = critic_negatives.with_negatives(
+        rows,
+        rewards,
+        8,
+        seed=3,
+        tokenizer=_CharTokenizer(),
+        eos_ids=(1,),
+        pad_id=0,
+        after_break=True,
+    )
+    np.testing.assert_array_equal(late.tokens, out.tokens)
+    np.testing.assert_array_equal(late.attention_mask, out.attention_mask)
+    for j in range(3, 11):
+        src = int(out.group_ids[j])
+        d = int(np.flatnonzero(out.tokens[j, 3:] != rows.tokens[src, 3:])[0])
+        # One token per character: token d is the first character that differs.
+        assert out.texts[j][:d] == rows.texts[src][:d] and out.texts[j][d] != rows.texts[src][d]
+        np.testing.assert_array_equal(late.response_mask[j, : d + 1], False)
+        np.testing.assert_array_equal(late.response_mask[j, d + 1 :], out.response_mask[j, d + 1 :])
     # Off: the batch is unchanged; no right row: placeholder rows without loss keep the shape.
     same, _, _ = critic_negatives.with_negatives(
         rows, rewards, 0, seed=3, tokenizer=_CharTokenizer(), eos_ids=(1,), pad_id=0
