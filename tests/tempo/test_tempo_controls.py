@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from tempo_micro import micro_config
 
-from tempo_jax.tempo import critic_negatives, eval_metrics, oracle_curve, oracle_reward, phases
+from tempo_jax.tempo import (
+    critic_negatives,
+    eval_metrics,
+    functions,
+    oracle_curve,
+    oracle_reward,
+    phases,
+)
 from tempo_jax.tempo.config_validation import ConfigError
 from tempo_jax.tempo.default_config import get_config
 from tempo_jax.tempo.loop import Trainer
@@ -284,6 +291,10 @@ def test_critic_batches_hold_the_negatives(tmp_path, monkeypatch):
     trainer = Trainer(config, str(tmp_path / "run"))
     try:
         trainer.train()
+        # `tempo-jax compile` plans the critic's N + K-row shapes the run compiled.
+        planned = functions.planned_calls(config, trainer.run.sampler.row_shards)
+        assert set(trainer.run.functions.compiled) <= {c.key for c in planned}
+        assert ("critic_step", 16) in {(c.function, c.rows) for c in planned}
     finally:
         trainer.close()
     assert seen  # the warm-up step (and any E-step of step 1)
