@@ -13,7 +13,10 @@ corrupted copies of graded-right rows, target -1 (`tempo.critic_negatives`; `/ne
 value loss only after the broken token). The warm-up of a
 real run samples fresh rollouts each E-step from the same policy, so this is that warm-up with
 the sampling done once for every recipe. Prints `auroc_within_question` and the pooled AUROC of
-V_last after 1/4, 1/2 and all of the E-steps, and the process CPU seconds of each recipe.
+V_last after 1/4, 1/2 and all of the E-steps, and the process CPU seconds of each recipe; with
+`--pool` above a recipe's E-steps, also the within-question AUROC on an unused pool batch plus
+64 corrupted copies of its right rows (does the critic tell a right D_L answer from its broken
+copy on questions it did not fit?).
 """
 
 from __future__ import annotations
@@ -185,6 +188,19 @@ def main(argv: list[str] | None = None) -> int:
                     f"after {e + 1}: within {q['auroc_within_question']:.3f} "
                     f"pooled {q['auroc']:.3f}"
                 )
+        if args.pool > steps:
+            # Pool batches the recipe did not fit, with 64 corrupted rows each: does the critic
+            # rank a right D_L answer above its one-step-broken copy on held-out questions?
+            held_rows, held_rewards, _ = critic_negatives.with_negatives(
+                *pool[steps],
+                64,
+                seed=phases.step_seed(config.seed, steps, "recalibrate", 1_000),
+                tokenizer=run.data.tokenizer,
+                eos_ids=run.eos_ids,
+                pad_id=run.pad_id,
+            )
+            q = v_last_quality(run, critic.params, held_rows, held_rewards > 0, chunk)
+            report.append(f"held-out D_L + negatives: within {q['auroc_within_question']:.3f}")
         cpu = time.process_time() - start
         print(f"seed {args.seed} {recipe}: {'; '.join(report)} ({cpu:.0f} CPU s)", flush=True)
     trainer.close()
