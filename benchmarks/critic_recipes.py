@@ -3,15 +3,20 @@ D_L rollouts and the step-0 D_U evaluation samples once, then a fresh critic (fr
 `tempo` builds it) is fitted with each recipe and scored on those D_U samples.
 
     python benchmarks/critic_recipes.py --config=configs/tiny_repro.py --seed=0 \\
-        --sft=/tmp/sweep/sft-s0 --pool=32 --recipes=8x2@1e-4,32x4@3e-4,32x8@1e-3/clip1.0
+        --sft=/tmp/sweep/sft-s0 --pool=32 --recipes=8x2@1e-4,32x4@3e-4/neg64,32x8@1e-3/clip1.0
 
 A recipe `SxU@LR[/clipC]` is S warm-up E-steps (one pool batch each, in order, as the warm-up
 draws them: `data.prompts_per_step` x `rollout.n` rows) of U critic updates at critic learning
 rate LR (value clip C, else the config's `train.value_clip`); `/filter` fits only the rows of
-groups with both right and wrong answers (the authors' E-step group filter). The warm-up of a
+groups with both right and wrong answers (the authors' E-step group filter); `/negK` adds K
+corrupted copies of graded-right rows, target -1 (`tempo.critic_negatives`; `/negaK`: their
+value loss only after the broken token). The warm-up of a
 real run samples fresh rollouts each E-step from the same policy, so this is that warm-up with
 the sampling done once for every recipe. Prints `auroc_within_question` and the pooled AUROC of
-V_last after 1/4, 1/2 and all of the E-steps, and the process CPU seconds of each recipe.
+V_last after 1/4, 1/2 and all of the E-steps, and the process CPU seconds of each recipe; with
+`--pool` above a recipe's E-steps, also the within-question AUROC on an unused pool batch plus
+64 corrupted copies of its right rows (does the critic tell a right D_L answer from its broken
+copy on questions it did not fit?).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from tempo_jax import train
 from tempo_jax.rewards import eval_metrics
 from tempo_jax.rewards.math import grade_batch
 from tempo_jax.sampling import SamplingParams
-from tempo_jax.tempo import phases
+from tempo_jax.tempo import critic_negatives, phases
 from tempo_jax.tempo.evaluation import _problems
 from tempo_jax.tempo.functions import RunFunctions
 from tempo_jax.tempo.loop import Trainer
@@ -45,17 +50,24 @@ def _journal() -> StepJournal:
     return StepJournal("", lambda: False)
 
 
-def parse_recipe(recipe: str, value_clip: float) -> tuple[int, int, float, float, bool]:
-    """`SxU@LR[/clipC][/filter]` -> (E-steps, updates per E-step, learning rate, value clip,
-    group filter)."""
-    spec, rate = recipe.split("@")
-    group_filter = rate.endswith("/filter")
-    rate = rate.removesuffix("/filter")
-    if "/clip" in rate:
-        rate, clip = rate.split("/clip")
-        value_clip = float(clip)
+def parse_recipe(recipe: str, value_clip: float) -> tuple[int, int, float, float, bool, int, bool]:
+    """`SxU@LR[/clipC][/filter][/negK|/negaK]` -> (E-steps, updates per E-step, learning rate,
+    value clip, group filter, corrupted rows per E-step, their loss only after the break)."""
+    spec, rate, *options = recipe.split("@")[0], *recipe.split("@")[1].split("/")
+    group_filter, negatives, after_break = False, 0, False
+    for option in options:
+        if option == "filter":
+            group_filter = True
+        elif option.startswith("clip"):
+            value_clip = float(option.removeprefix("clip"))
+        elif option.startswith("nega"):  # the loss only after the broken token
+            negatives, after_break = int(option.removeprefix("nega")), True
+        elif option.startswith("neg"):
+            negatives = int(option.removeprefix("neg"))
+        else:
+            raise ValueError(f"recipe {recipe!r}: unknown option {option!r}")
     steps, updates = (int(x) for x in spec.split("x"))
-    return steps, updates, float(rate), value_clip, group_filter
+    return steps, updates, float(rate), value_clip, group_filter, negatives, after_break
 
 
 def mixed_groups_only(rows, rewards: np.ndarray):
@@ -139,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     chunk = config.data.prompts_per_step * config.rollout.n
     for recipe in args.recipes.split(","):
-        steps, updates, rate, clip, group_filter = parse_recipe(recipe, config.train.value_clip)
+        steps, updates, rate, clip, group_filter, negatives, after_break = parse_recipe(
+            recipe, config.train.value_clip
+        )
         start = time.process_time()
         optimizer = dataclasses.replace(run.settings.train.critic_optimizer, learning_rate=rate)
         trained = dataclasses.replace(
@@ -161,6 +175,16 @@ def main(argv: list[str] | None = None) -> int:
             rows_e, rewards_e = pool[e % args.pool]
             if group_filter:
                 rows_e = mixed_groups_only(rows_e, rewards_e)
+            rows_e, rewards_e, _ = critic_negatives.with_negatives(
+                rows_e,
+                rewards_e,
+                negatives,
+                seed=phases.step_seed(config.seed, e, "recalibrate", 1_000),
+                tokenizer=run.data.tokenizer,
+                eos_ids=run.eos_ids,
+                pad_id=run.pad_id,
+                after_break=after_break,
+            )
             critic, _ = phases.critic_update(
                 run, _journal(), critic, rows_e, rewards_e, phases.Timer(), updates=updates
             )
@@ -170,6 +194,19 @@ def main(argv: list[str] | None = None) -> int:
                     f"after {e + 1}: within {q['auroc_within_question']:.3f} "
                     f"pooled {q['auroc']:.3f}"
                 )
+        if args.pool > steps:
+            # Pool batches the recipe did not fit, with 64 corrupted rows each: does the critic
+            # rank a right D_L answer above its one-step-broken copy on held-out questions?
+            held_rows, held_rewards, _ = critic_negatives.with_negatives(
+                *pool[steps],
+                64,
+                seed=phases.step_seed(config.seed, steps, "recalibrate", 1_000),
+                tokenizer=run.data.tokenizer,
+                eos_ids=run.eos_ids,
+                pad_id=run.pad_id,
+            )
+            q = v_last_quality(run, critic.params, held_rows, held_rewards > 0, chunk)
+            report.append(f"held-out D_L + negatives: within {q['auroc_within_question']:.3f}")
         cpu = time.process_time() - start
         print(f"seed {args.seed} {recipe}: {'; '.join(report)} ({cpu:.0f} CPU s)", flush=True)
     trainer.close()

@@ -23,7 +23,9 @@ tempo_frozen, ttrl, empo, intuitor and tempo with recalibrate_every 1, 2, 4, 8 o
 The warmed-up critic ranks questions, not the answers to one question: its step-0 D_U AUROC
 within a question is 0.542 ± 0.024 over seeds 0-4 with this warm-up (8 E-steps x 2 updates at
 lr 1e-4; pooled 0.666) and 0.543 ± 0.046 with 32 x 4 at 3e-4 (pooled 0.793), measured by
-benchmarks/critic_auroc.py (README, "What moved the critic's AUROC").
+benchmarks/critic_auroc.py (README, "What moved the critic's AUROC"). Counterfactual hard
+negatives from D_L (`tempo.critic_negatives`, 64 a step, with 16 x 4 at 1e-3) did not move it
+either: 0.527 ± 0.031 over seeds 0-4, so this config leaves them off.
 """
 
 import importlib.util

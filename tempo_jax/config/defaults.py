@@ -129,6 +129,11 @@ def get_config() -> ml_collections.ConfigDict:
     # graded D_L batch's tokens, as in the authors' mixed batch) | question (per prompt group).
     c.tempo.whiten_scope = "batch"
     c.tempo.estep_group_filter = False  # E-steps / warm-up drop all-right and all-wrong groups
+    # Critic warm-up / E-steps: K corrupted copies of graded-right D_L rollouts (one step's
+    # arithmetic or copied operand broken, target -1) join each critic batch (0 = none;
+    # tempo_jax/tempo/critic_negatives.py). prompts_per_step x n + K must divide over the mesh's
+    # row shards, as every batch does.
+    c.tempo.critic_negatives = 0
     # tempo_oracle / tempo_mixed_oracle: each D_U row's hidden-answer reward flips with this
     # probability (seeded per run seed, step and row): a reward of within-question AUROC 1 - p.
     c.tempo.oracle_flip_prob = 0.0

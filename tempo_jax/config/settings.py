@@ -139,6 +139,7 @@ class TempoSettings:
     policy_trains_on_labeled: bool
     whiten_scope: str
     estep_group_filter: bool
+    critic_negatives: int
     oracle_flip_prob: float
 
     def __post_init__(self):
@@ -152,6 +153,7 @@ class TempoSettings:
             "tempo.estep_group_filter",
             f"must be a bool, got {self.estep_group_filter!r}",
         )
+        require_int(self.critic_negatives, "tempo.critic_negatives", 0)
         flip = self.oracle_flip_prob
         require(
             isinstance(flip, int | float) and 0.0 <= flip <= 1.0,
@@ -294,6 +296,27 @@ class RunSettings:
         if self.checkpoint.keep_best:
             require(self.eval_every > 0, "checkpoint.keep_best", "needs eval_every > 0")
         self._check_updates()
+        self._check_critic_negatives()
+
+    def _check_critic_negatives(self) -> None:
+        """Corrupted rows join critic batches only, which micro-batches must still divide."""
+        negatives = self.tempo.critic_negatives
+        if not negatives:
+            return
+        require(
+            self.method.uses_critic,
+            "tempo.critic_negatives",
+            f"adds rows to critic updates; method {self.method.name!r} has no critic "
+            f"(got {negatives})",
+        )
+        critic_rows = self.prompts_per_step * self.rollout.n + negatives
+        micro_rows = self.train.micro_batch_rows
+        require(
+            not micro_rows or critic_rows % micro_rows == 0,
+            "tempo.critic_negatives",
+            f"= {negatives} makes a critic batch of {critic_rows} rows, which "
+            f"train.micro_batch_rows = {micro_rows} does not divide",
+        )
 
     def _check_updates(self) -> None:
         """Mini-batches of whole prompt groups, and micro-batches that divide them."""

@@ -133,8 +133,12 @@ def planned_calls(
         calls.append(Call(SFT_STEP, settings.sft.batch_size, purpose="supervised fine-tuning"))
     calls += sampler(prompts, n, "rollout")
     if method.uses_critic:
-        calls += trained(VALUES, step_rows, "critic targets")
-        calls += trained(CRITIC_STEP, step_rows, "E-step")
+        # tempo.critic_negatives appends corrupted rows to warm-up / E-step critic batches.
+        estep_rows = step_rows + settings.tempo.critic_negatives
+        calls += trained(VALUES, estep_rows, "critic targets")
+        calls += trained(CRITIC_STEP, estep_rows, "E-step")
+        if estep_rows != step_rows and settings.tempo.whiten_scope == "with_labeled":
+            calls += trained(VALUES, step_rows, "labeled whitening")
         calls += trained(VALUES, refine_rows, "M-step baseline")
     calls += trained(TOKEN_STATS, refine_rows, "old log-probs")
     calls += trained(POLICY_STEP, update_rows, "M-step")

@@ -51,7 +51,7 @@ import numpy as np
 from tempo_jax import parallel, train
 from tempo_jax.config import methods
 from tempo_jax.config.settings import RunSettings
-from tempo_jax.tempo import phases
+from tempo_jax.tempo import critic_negatives, phases
 from tempo_jax.tempo.build import build_run, init_critic
 from tempo_jax.tempo.evaluation import evaluate
 from tempo_jax.tempo.loop_checkpoints import (
@@ -333,7 +333,19 @@ class Trainer:
         Returns (rows, rewards, metrics)."""
         journal, metrics = step.journal, {}
         rows, rewards = self._collect(state, step, "labeled", "recalibrate", timer, metrics)
-        metrics.update(self._update_critic(state, journal, rows, rewards, timer, prefix))
+        # tempo.critic_negatives: corrupted copies of graded-right D_L rows (target -1) join the
+        # critic's batch only; the rows returned (M-step extras, whitening) stay the graded ones.
+        fit_rows, fit_rewards, m = critic_negatives.with_negatives(
+            rows,
+            rewards,
+            self.settings.tempo.critic_negatives,
+            seed=phases.step_seed(self.settings.seed, step.index, "recalibrate", 1_000),
+            tokenizer=self.run.data.tokenizer,
+            eos_ids=self.run.eos_ids,
+            pad_id=self.run.pad_id,
+        )
+        metrics.update(m)
+        metrics.update(self._update_critic(state, journal, fit_rows, fit_rewards, timer, prefix))
         with_labeled = self.settings.tempo.whiten_scope == "with_labeled"
         if with_labeled and self.method.stream != methods.MIXED:
             # The phased M-steps until the next E-step whiten together with this graded batch,

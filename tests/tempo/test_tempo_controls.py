@@ -9,10 +9,12 @@ import pytest
 from tempo_micro import micro_config
 
 from tempo_jax.config.defaults import get_config
+from tempo_jax.config.settings import ConfigError
 from tempo_jax.experiments import oracle_curve
 from tempo_jax.rewards import eval_metrics
-from tempo_jax.tempo import oracle_reward, phases
+from tempo_jax.tempo import critic_negatives, functions, oracle_reward, phases
 from tempo_jax.tempo.loop import Trainer
+from tempo_jax.tempo.rollout_data import RolloutRows
 from tempo_jax.train.metric_writers import read_jsonl
 
 
@@ -99,6 +101,7 @@ def test_faithfulness_defaults():
     assert tempo.whiten_scope == "batch"
     assert tempo.estep_group_filter is False
     assert tempo.oracle_flip_prob == 0.0
+    assert tempo.critic_negatives == 0
     assert get_config().method == "tempo"  # an upper bound is never the default
 
 
@@ -135,3 +138,169 @@ def test_oracle_curve_pairs_each_run_with_its_own_step_zero(tmp_path):
     refs = oracle_curve.references(str(tmp_path / "runs.json"), ["ttrl", "oracle"])
     assert list(refs) == ["ttrl"] and refs["ttrl"]["delta_mean"] == pytest.approx(0.0)
     assert refs["ttrl"]["delta_pass"] == pytest.approx(-0.1)
+
+
+class _CharTokenizer:
+    """One id per character (ids 2..), EOS 1, pad 0: enough for `with_negatives`."""
+
+    def encode(self, text):
+        return [ord(ch) for ch in text]
+
+
+def _rows(texts, prompt_width=3, width=32):
+    n = len(texts)
+    tokens = np.zeros((n, prompt_width + width), np.int32)
+    tokens[:, :prompt_width] = np.arange(n)[:, None] + 100  # a distinct prompt per row
+    mask = np.zeros((n, width), bool)
+    for i, text in enumerate(texts):
+        ids = [ord(ch) for ch in text] + [1]
+        tokens[i, prompt_width : prompt_width + len(ids)] = ids
+        mask[i, : len(ids)] = True
+    return RolloutRows(
+        tokens=tokens,
+        attention_mask=np.concatenate([np.ones((n, prompt_width), bool), mask], axis=1),
+        response_mask=mask,
+        group_ids=np.arange(n, dtype=np.int32),
+        is_labeled=np.ones(n, bool),
+        lengths=mask.sum(1).astype(np.int32),
+        finish_reason=np.ones(n, np.int32),
+        texts=list(texts),
+        answers=[None] * n,
+        ground_truths=[(t.rsplit("{", 1)[1].rstrip("}"),) for t in texts],
+    )
+
+
+def test_critic_negatives_break_exactly_one_step_and_carry_target_minus_one():
+    right = ["3+4=7\n7-2=5\n5+9=14\n\\boxed{14}", "8-5=3\n3+6=9\n\\boxed{9}"]
+    rows = _rows([*right, "1+1=3\n3+1=4\n\\boxed{4}"])  # the last is graded wrong
+    rewards = np.array([1.0, 1.0, -1.0], np.float32)
+    out, targets, metrics = critic_negatives.with_negatives(
+        rows, rewards, 8, seed=3, tokenizer=_CharTokenizer(), eos_ids=(1,), pad_id=0
+    )
+    assert out.num_rows == 11 and metrics["critic_negatives/rows"] == 8
+    np.testing.assert_array_equal(targets[:3], rewards)
+    np.testing.assert_array_equal(targets[3:], -1.0)
+    kinds = {"result": 0, "copy": 0}
+    for j in range(3, 11):
+        src = int(out.group_ids[j])  # the source row's prompt group (row src here)
+        assert src in (0, 1)
+        np.testing.assert_array_equal(out.tokens[j, :3], rows.tokens[src, :3])  # same prompt
+        orig = rows.texts[src].split("\n")[:-1]
+        bad = out.texts[j].split("\n")[:-1]
+        assert len(bad) == len(orig)
+        # Exactly one step is inconsistent: wrong arithmetic, or an operand that is not the
+        # previous result / the question's operand; every other step checks.
+        broken = []
+        for k, line in enumerate(bad):
+            a, op, b, c = critic_negatives._STEP.match(line).groups()
+            oa, oop, ob, _ = critic_negatives._STEP.match(orig[k]).groups()
+            arithmetic = critic_negatives._OPS[op](int(a), int(b)) == int(c)
+            prev = bad[k - 1].split("=")[1] if k else oa
+            copied = a == prev and b == ob and op == oop
+            if not (arithmetic and copied):
+                broken.append("result" if copied else "copy")
+        assert len(broken) == 1, (rows.texts[src], out.texts[j])
+        kinds[broken[0]] += 1
+        last = bad[-1].split("=")[1]
+        assert out.texts[j].endswith(f"\\boxed{{{last}}}") and last != rows.ground_truths[src][0]
+        n = out.lengths[j]
+        assert out.tokens[j, 3 + n - 1] == 1 and out.response_mask[j].sum() == n
+    assert kinds == {"result": 4, "copy": 4}
+    # after_break: the same rows, their loss mask from the first value that saw the broken token.
+    late, _, _ = critic_negatives.with_negatives(
+        rows,
+        rewards,
+        8,
+        seed=3,
+        tokenizer=_CharTokenizer(),
+        eos_ids=(1,),
+        pad_id=0,
+        after_break=True,
+    )
+    np.testing.assert_array_equal(late.tokens, out.tokens)
+    np.testing.assert_array_equal(late.attention_mask, out.attention_mask)
+    for j in range(3, 11):
+        src = int(out.group_ids[j])
+        d = int(np.flatnonzero(out.tokens[j, 3:] != rows.tokens[src, 3:])[0])
+        # One token per character: token d is the first character that differs.
+        assert out.texts[j][:d] == rows.texts[src][:d] and out.texts[j][d] != rows.texts[src][d]
+        np.testing.assert_array_equal(late.response_mask[j, : d + 1], False)
+        np.testing.assert_array_equal(late.response_mask[j, d + 1 :], out.response_mask[j, d + 1 :])
+    # Off: the batch is unchanged; no right row: placeholder rows without loss keep the shape.
+    same, _, _ = critic_negatives.with_negatives(
+        rows, rewards, 0, seed=3, tokenizer=_CharTokenizer(), eos_ids=(1,), pad_id=0
+    )
+    assert same is rows
+    none, targets, metrics = critic_negatives.with_negatives(
+        rows, -np.ones(3, np.float32), 2, seed=3, tokenizer=_CharTokenizer(), eos_ids=(1,), pad_id=0
+    )
+    assert (
+        none.num_rows == 5
+        and not none.is_labeled[3:].any()
+        and metrics["critic_negatives/rows"] == 0
+    )
+
+
+def test_critic_batches_hold_the_negatives(tmp_path, monkeypatch):
+    # Every labeled rollout of the micro run writes and is graded as a right 2-step solution, so
+    # each critic warm-up / E-step batch of 8 rows gains 8 corrupted rows with target -1 (16 rows
+    # divide over the 8 fake devices).
+    solution = "1+2=3\n3+4=7\n\\boxed{7}"
+    original_sample = phases.sample
+
+    def scripted(run, *args, **kwargs):
+        rows = original_sample(run, *args, **kwargs)
+        ids = [*run.data.tokenizer.encode(solution), run.eos_ids[0]]
+        p = rows.tokens.shape[1] - rows.response_mask.shape[1]
+        for i in np.flatnonzero(rows.is_labeled):
+            rows.tokens[i, p:] = run.pad_id
+            rows.tokens[i, p : p + len(ids)] = ids
+            rows.response_mask[i] = np.arange(rows.response_mask.shape[1]) < len(ids)
+            rows.attention_mask[i, p:] = rows.response_mask[i]
+            rows.lengths[i], rows.texts[i] = len(ids), solution
+        return rows
+
+    def all_right(texts, truths, **kwargs):
+        grades = original_grade(texts, truths, **kwargs)
+        return dataclasses.replace(
+            grades, rewards=np.ones(len(texts)), correct=np.ones(len(texts), bool)
+        )
+
+    original_grade = phases.grade_batch
+    monkeypatch.setattr(phases, "sample", scripted)
+    monkeypatch.setattr(phases, "grade_batch", all_right)
+    seen = []
+    original_update = phases.critic_update
+
+    def record(run, journal, critic, rows, rewards, timer, **kwargs):
+        seen.append((rows.num_rows, rewards.copy(), list(rows.texts)))
+        return original_update(run, journal, critic, rows, rewards, timer, **kwargs)
+
+    monkeypatch.setattr(phases, "critic_update", record)
+    config = micro_config(
+        str(tmp_path / "data"),
+        "tempo",
+        total_steps=1,
+        **{"tempo.critic_negatives": 8, "rollout.max_new_tokens": 24},
+    )
+    trainer = Trainer(config, str(tmp_path / "run"))
+    try:
+        trainer.train()
+        # `tempo-jax compile` plans the critic's N + K-row shapes the run compiled.
+        planned = functions.planned_calls(config, trainer.run.sampler.row_shards)
+        assert set(trainer.run.functions.compiled) <= {c.key for c in planned}
+        assert ("critic_step", 16) in {(c.function, c.rows) for c in planned}
+    finally:
+        trainer.close()
+    assert seen  # the warm-up step (and any E-step of step 1)
+    for num_rows, rewards, texts in seen:
+        assert num_rows == 16
+        np.testing.assert_array_equal(rewards[8:], -1.0)
+        assert all(t != solution and t.count("\n") == 2 for t in texts[8:])
+    (warmup,) = read_jsonl(str(tmp_path / "run" / "warmup_metrics.jsonl"))
+    assert warmup["critic_negatives/rows"] == 8
+    assert warmup["warmup/labeled_rows"] == 16  # the value loss saw all of them
+    with pytest.raises(ConfigError, match=r"config\.tempo\.critic_negatives"):
+        micro_config("", "ttrl", **{"tempo.critic_negatives": 4})
+    with pytest.raises(ConfigError, match=r"config\.tempo\.critic_negatives must be an int"):
+        micro_config("", "tempo", **{"tempo.critic_negatives": -1})
