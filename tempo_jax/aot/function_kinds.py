@@ -151,6 +151,11 @@ def _engine_pool_bytes(plan: Plan, call: fns.Call) -> int:
     )
 
 
+def _engine_weights_bytes(plan: Plan) -> int:
+    # The engine's decode weights: a copy in compute dtype, in the decode layout.
+    return plan.sampler.decode_weight_bytes(plan.policy.params)
+
+
 def _engine_cost(plan: Plan, call: fns.Call, chip: ChipSpec) -> tuple[float, float]:
     return engine_compile.engine_flops_and_roofline(
         plan.sampler,
@@ -159,7 +164,7 @@ def _engine_cost(plan: Plan, call: fns.Call, chip: ChipSpec) -> tuple[float, flo
         plan.prompt_width,
         plan.response_length,
         chip,
-        plan.sampler.decode_weight_bytes(plan.policy.params),
+        _engine_weights_bytes(plan),
     )
 
 
@@ -185,11 +190,6 @@ def _sampler_lower(plan: Plan, call: fns.Call):
 
 def _policy_params_bytes(plan: Plan) -> int:
     return tree_bytes_per_chip(plan.policy.params)
-
-
-def _decode_weights_bytes(plan: Plan) -> int:
-    # The engine's decode weights: a copy in compute dtype, in the decode layout.
-    return plan.sampler.decode_weight_bytes(plan.policy.params)
 
 
 _SAMPLER = Kind(
@@ -219,6 +219,6 @@ KINDS: dict[str, Kind] = {
     fns.SAMPLER: _SAMPLER,
     fns.ENGINE_PREFILL: _ENGINE_PREFILL,
     fns.ENGINE_DECODE: dataclasses.replace(
-        _ENGINE_PREFILL, state_bytes=_decode_weights_bytes, resident=ALL_STATES
+        _ENGINE_PREFILL, state_bytes=_engine_weights_bytes, resident=ALL_STATES
     ),
 }

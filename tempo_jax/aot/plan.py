@@ -106,11 +106,6 @@ def tree_bytes_per_chip(tree: Any) -> int:
     return total
 
 
-def whole_bytes(tree: Any) -> int:
-    """Bytes of a whole tree (on one device)."""
-    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
 def compute_dtype_bytes(params: Any, model: models.ModelConfig) -> int:
     """Bytes of all of `params` in the model's compute dtype (the decode weights, whole)."""
     itemsize = np.dtype(model.compute_dtype).itemsize
