@@ -73,14 +73,13 @@ _SOURCE = flags.DEFINE_string(
 _REVISION = flags.DEFINE_string("revision", None, "data: a Hub revision (default: recorded).")
 _MODEL = flags.DEFINE_string("model", None, "data: a Hub model repo to download.")
 _LIST = flags.DEFINE_bool("list", False, "data: print the known datasets.")
-_QUESTION_FIELD = flags.DEFINE_string(
-    "question_field", None, "data (jsonl / parquet passthrough): the question column."
-)
-_ANSWER_FIELD = flags.DEFINE_string(
-    "answer_field", None, "data (jsonl / parquet passthrough): the answer column."
-)
-_NAME = flags.DEFINE_string(
-    "name", None, "data (jsonl / parquet passthrough): the output file's base name."
+_QUESTION_FIELD, _ANSWER_FIELD, _NAME = (
+    flags.DEFINE_string(name, None, f"data (jsonl / parquet passthrough): the {what}.")
+    for name, what in (
+        ("question_field", "question column"),
+        ("answer_field", "answer column"),
+        ("name", "output file's base name"),
+    )
 )
 
 COMMANDS = ("train", "sft", "export", "compile", "eval", "data")

@@ -14,7 +14,7 @@ reads them (`Qwen3Config`, `Olmo3Config`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 import jax.numpy as jnp
 
@@ -275,64 +275,51 @@ _TINY = ModelConfig(
     max_position_embeddings=2048,
 )
 
+
+def _olmo3_attention(layers: int, yarn_original: int, window: int) -> dict[str, Any]:
+    # OLMo3's attention fields (allenai/Olmo-3-1025-7B config.json): layer_types 3 sliding + 1
+    # full repeated, rope_theta 5e5 for both kinds, and rope_scaling {rope_type: yarn, factor 8,
+    # attention_factor 1.2079441541679836, beta_fast 32, beta_slow 1 (RopeConfig's defaults)},
+    # which transformers 5 applies to the full-attention layers only
+    # (Olmo3Config.convert_rope_params_to_dict).
+    full = RopeConfig(
+        theta=500_000.0,
+        kind="yarn",
+        factor=8.0,
+        original_max_position_embeddings=yarn_original,
+        attention_factor=1.2079441541679836,
+    )
+    return dict(
+        arch="olmo3",
+        num_layers=layers,
+        rope=full,
+        sliding_rope=RopeConfig(theta=500_000.0),
+        layer_types=tuple(
+            "full_attention" if (i + 1) % 4 == 0 else "sliding_attention" for i in range(layers)
+        ),
+        sliding_window=window,
+    )
+
+
+# allenai/Olmo-3-1025-7B config.json (the Think / Instruct 7B variants share it): vocab 100278,
+# hidden 4096, intermediate 11008, 32 layers, 32 heads and 32 kv heads (no GQA), head_dim 128
+# (= 4096 / 32), rms_norm_eps 1e-6, untied, sliding_window 4096, YaRN
+# original_max_position_embeddings 8192, max_position_embeddings 65536; eos 100257, pad 100277.
+_OLMO3_7B = ModelConfig(
+    vocab_size=100278, hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32,
+    head_dim=128, rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=65536,
+    eos_token_id=100257, pad_token_id=100277,
+    **_olmo3_attention(32, yarn_original=8192, window=4096),
+)  # fmt: skip
+
 PRESETS: dict[str, ModelConfig] = {
     # Test model: 2 layers, D=64, V=512; compiles in about a second on CPU.
     "tiny": _TINY,
     # OLMo3-shaped test model: tiny's sizes in 4 layers of OLMo3's 3 sliding + 1 full pattern,
     # window 8, YaRN on the full layer as in OLMo3 7B.
-    "tiny_olmo3": dataclasses.replace(
-        _TINY,
-        arch="olmo3",
-        num_layers=4,
-        rope=RopeConfig(
-            theta=500_000.0,
-            kind="yarn",
-            factor=8.0,
-            original_max_position_embeddings=256,
-            attention_factor=1.2079441541679836,
-        ),
-        sliding_rope=RopeConfig(theta=500_000.0),
-        layer_types=("sliding_attention",) * 3 + ("full_attention",),
-        sliding_window=8,
-    ),
+    "tiny_olmo3": dataclasses.replace(_TINY, **_olmo3_attention(4, yarn_original=256, window=8)),
     **{name: _qwen3(*sizes) for name, sizes in _QWEN3_SIZES.items()},
-    # allenai/Olmo-3-1025-7B config.json (the Think / Instruct 7B variants share it):
-    # vocab 100278, hidden 4096, intermediate 11008, 32 layers, 32 heads and 32 kv heads (no
-    # GQA), head_dim 128 (= 4096 / 32), rms_norm_eps 1e-6, untied, layer_types 3 sliding + 1
-    # full repeated, sliding_window 4096, rope_theta 5e5 for both kinds, and rope_scaling
-    # {rope_type: yarn, factor 8, original_max_position_embeddings 8192, attention_factor
-    # 1.2079441541679836, beta_fast 32, beta_slow 1}, which transformers 5 applies to the
-    # full-attention layers only (Olmo3Config.convert_rope_params_to_dict);
-    # max_position_embeddings 65536; eos 100257, pad 100277.
-    "olmo3_7b": ModelConfig(
-        arch="olmo3",
-        vocab_size=100278,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_layers=32,
-        num_heads=32,
-        num_kv_heads=32,
-        head_dim=128,
-        rope=RopeConfig(
-            theta=500_000.0,
-            kind="yarn",
-            factor=8.0,
-            original_max_position_embeddings=8192,
-            attention_factor=1.2079441541679836,
-            beta_fast=32.0,
-            beta_slow=1.0,
-        ),
-        sliding_rope=RopeConfig(theta=500_000.0),
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        layer_types=tuple(
-            "full_attention" if (i + 1) % 4 == 0 else "sliding_attention" for i in range(32)
-        ),
-        sliding_window=4096,
-        max_position_embeddings=65536,
-        eos_token_id=100257,
-        pad_token_id=100277,
-    ),
+    "olmo3_7b": _OLMO3_7B,
 }
 
 

@@ -22,29 +22,21 @@ from tempo_jax.models.roles import Critic, Policy
 # "heads_out" (ours [H, Dh, D] <-> hf [D, H*Dh]), "transpose" (ours [A, B] <-> hf [B, A]),
 # "flat" (ours [N, Dh] <-> hf [N*Dh]), "reshape" (unstacked, same values, e.g. score [1, D]).
 def layer_layout(config: ModelConfig) -> list[tuple[str, str, str]]:
-    layout = []
-    if config.arch == "qwen3":
-        layout.append(("input_layernorm", "input_layernorm.weight", "same"))
-    layout += [
-        ("q_proj", "self_attn.q_proj.weight", "heads_in"),
-        ("k_proj", "self_attn.k_proj.weight", "heads_in"),
-        ("v_proj", "self_attn.v_proj.weight", "heads_in"),
-        ("o_proj", "self_attn.o_proj.weight", "heads_out"),
-    ]
-    norm_kind = "same" if config.arch == "qwen3" else "flat"
-    layout += [
-        ("q_norm", "self_attn.q_norm.weight", norm_kind),
-        ("k_norm", "self_attn.k_norm.weight", norm_kind),
-        ("post_attention_layernorm", "post_attention_layernorm.weight", "same"),
-    ]
-    if config.arch == "olmo3":
-        layout.append(("post_feedforward_layernorm", "post_feedforward_layernorm.weight", "same"))
-    layout += [
-        ("gate_proj", "mlp.gate_proj.weight", "transpose"),
-        ("up_proj", "mlp.up_proj.weight", "transpose"),
-        ("down_proj", "mlp.down_proj.weight", "transpose"),
-    ]
+    qwen3 = config.arch == "qwen3"  # pre-norm blocks; OLMo3 norms the attention and MLP outputs
+    layout = _weights("", ("input_layernorm",), "same") if qwen3 else []
+    layout += _weights("self_attn.", ("q_proj", "k_proj", "v_proj"), "heads_in")
+    layout += _weights("self_attn.", ("o_proj",), "heads_out")
+    layout += _weights("self_attn.", ("q_norm", "k_norm"), "same" if qwen3 else "flat")
+    layout += _weights("", ("post_attention_layernorm",), "same")
+    if not qwen3:
+        layout += _weights("", ("post_feedforward_layernorm",), "same")
+    layout += _weights("mlp.", ("gate_proj", "up_proj", "down_proj"), "transpose")
     return layout
+
+
+def _weights(module: str, names: tuple[str, ...], kind: str) -> list[tuple[str, str, str]]:
+    """Layout rows of parameters `names` of one transformers module (`{module}{name}.weight`)."""
+    return [(name, f"{module}{name}.weight", kind) for name in names]
 
 
 def hf_shape(kind: str, ours: tuple[int, ...]) -> tuple[int, ...]:

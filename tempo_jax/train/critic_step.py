@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -17,7 +15,7 @@ from tempo_jax.rl.value_loss import value_loss
 from tempo_jax.train.batch import RLBatch
 from tempo_jax.train.config import TrainSettings
 from tempo_jax.train.forward import response_values
-from tempo_jax.train.update import Step, accumulate_weighted, make_update_step
+from tempo_jax.train.update import Gradients, Step, make_update_step, weighted_gradients
 
 CriticStep = Step
 
@@ -26,9 +24,7 @@ def _labeled_mask(batch: RLBatch) -> jax.Array:
     return effective_mask(batch.response_mask, batch.keep & batch.is_labeled.astype(bool))
 
 
-def make_critic_gradients(
-    graphdef: nnx.GraphDef, settings: TrainSettings
-) -> Callable[[nnx.State, RLBatch], tuple[nnx.State, dict[str, jax.Array]]]:
+def make_critic_gradients(graphdef: nnx.GraphDef, settings: TrainSettings) -> Gradients:
     """Builds `critic_gradients(params, batch) -> (grads, metrics)` on the labeled, kept rows.
 
     The value loss (`tempo_jax.rl.value_loss`, clip `settings.value_clip`) is a mean over labeled
@@ -38,35 +34,31 @@ def make_critic_gradients(
     labeled tokens), `labeled_rows`, `labeled_tokens`.
     """
 
-    def critic_gradients(params: nnx.State, batch: RLBatch):
-        def micro_loss(params, mb: RLBatch, row_norm, token_norm):
-            critic = nnx.merge(graphdef, params)
-            values = response_values(critic, mb.sequences())
-            loss, loss_metrics = value_loss(
-                values,
-                mb.old_values,
-                mb.returns,
-                mb.response_mask,
-                mb.is_labeled,
-                clip=settings.value_clip,
-                keep=mb.keep,
-            )
-            mb_mask = _labeled_mask(mb)
-            token_share = jnp.sum(mb_mask, dtype=jnp.float32) / token_norm
-            loss = loss * loss_metrics["labeled_rows"] / row_norm
-            metrics = {
-                "loss": loss,
-                "clipfrac": loss_metrics["clipfrac"] * token_share,
-                "value_mean": masked_mean(values, mb_mask) * token_share,
-            }
-            return loss, metrics
-
-        totals = ("labeled_rows", "labeled_tokens")
-        return accumulate_weighted(
-            micro_loss, params, batch, settings.micro_batches, _labeled_mask, totals
+    def micro_loss(params, mb: RLBatch, row_norm, token_norm):
+        critic = nnx.merge(graphdef, params)
+        values = response_values(critic, mb.sequences())
+        loss, loss_metrics = value_loss(
+            values,
+            mb.old_values,
+            mb.returns,
+            mb.response_mask,
+            mb.is_labeled,
+            clip=settings.value_clip,
+            keep=mb.keep,
         )
+        mb_mask = _labeled_mask(mb)
+        token_share = jnp.sum(mb_mask, dtype=jnp.float32) / token_norm
+        loss = loss * loss_metrics["labeled_rows"] / row_norm
+        metrics = {
+            "loss": loss,
+            "clipfrac": loss_metrics["clipfrac"] * token_share,
+            "value_mean": masked_mean(values, mb_mask) * token_share,
+        }
+        return loss, metrics
 
-    return critic_gradients
+    return weighted_gradients(
+        micro_loss, settings.micro_batches, _labeled_mask, ("labeled_rows", "labeled_tokens")
+    )
 
 
 def make_critic_step(graphdef: nnx.GraphDef, settings: TrainSettings) -> CriticStep:

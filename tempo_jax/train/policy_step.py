@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 from flax import nnx
 
@@ -16,7 +14,13 @@ from tempo_jax.rl.registry import POLICY_LOSSES
 from tempo_jax.train.batch import RLBatch
 from tempo_jax.train.config import TrainSettings
 from tempo_jax.train.forward import response_token_stats
-from tempo_jax.train.update import Step, accumulate_weighted, make_update_step, mask_weights
+from tempo_jax.train.update import (
+    Gradients,
+    Step,
+    make_update_step,
+    mask_weights,
+    weighted_gradients,
+)
 
 PolicyStep = Step
 
@@ -25,9 +29,7 @@ def _kept_mask(batch: RLBatch) -> jax.Array:
     return effective_mask(batch.response_mask, batch.keep)
 
 
-def make_policy_gradients(
-    graphdef: nnx.GraphDef, settings: TrainSettings
-) -> Callable[[nnx.State, RLBatch], tuple[nnx.State, dict[str, jax.Array]]]:
+def make_policy_gradients(graphdef: nnx.GraphDef, settings: TrainSettings) -> Gradients:
     """Builds `policy_gradients(params, batch) -> (grads, metrics)`, the step before the update.
 
     Recomputes the response log-probs under `params` (vocabulary-chunked), takes
@@ -43,34 +45,28 @@ def make_policy_gradients(
     options = settings.policy_loss.options()
     per_row = settings.policy_loss.aggregation == "seq_mean_token_mean"
 
-    def policy_gradients(params: nnx.State, batch: RLBatch):
-        def micro_loss(params, mb: RLBatch, row_norm, token_norm):
-            policy = nnx.merge(graphdef, params)
-            stats = response_token_stats(policy, mb.sequences(), settings.vocab_chunk_size)
-            loss, loss_metrics = loss_fn(
-                stats.logprobs,
-                mb.old_logprobs,
-                mb.advantages,
-                mb.response_mask,
-                keep=mb.keep,
-                **options,
-            )
-            mask = _kept_mask(mb)
-            rows, tokens = mask_weights(mask)
-            token_share = tokens / token_norm
-            loss = loss * (rows / row_norm if per_row else token_share)
-            metrics = {name: value * token_share for name, value in loss_metrics.items()}
-            metrics["loss"] = loss
-            metrics["entropy"] = masked_mean(stats.entropy, mask) * token_share
-            metrics["self_certainty"] = masked_mean(stats.self_certainty, mask) * token_share
-            return loss, metrics
-
-        totals = ("rows", "tokens")
-        return accumulate_weighted(
-            micro_loss, params, batch, settings.micro_batches, _kept_mask, totals
+    def micro_loss(params, mb: RLBatch, row_norm, token_norm):
+        policy = nnx.merge(graphdef, params)
+        stats = response_token_stats(policy, mb.sequences(), settings.vocab_chunk_size)
+        loss, loss_metrics = loss_fn(
+            stats.logprobs,
+            mb.old_logprobs,
+            mb.advantages,
+            mb.response_mask,
+            keep=mb.keep,
+            **options,
         )
+        mask = _kept_mask(mb)
+        rows, tokens = mask_weights(mask)
+        token_share = tokens / token_norm
+        loss = loss * (rows / row_norm if per_row else token_share)
+        metrics = {name: value * token_share for name, value in loss_metrics.items()}
+        metrics["loss"] = loss
+        metrics["entropy"] = masked_mean(stats.entropy, mask) * token_share
+        metrics["self_certainty"] = masked_mean(stats.self_certainty, mask) * token_share
+        return loss, metrics
 
-    return policy_gradients
+    return weighted_gradients(micro_loss, settings.micro_batches, _kept_mask, ("rows", "tokens"))
 
 
 def make_policy_step(graphdef: nnx.GraphDef, settings: TrainSettings) -> PolicyStep:

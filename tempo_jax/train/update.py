@@ -73,35 +73,38 @@ def mask_weights(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     return rows, tokens
 
 
-def accumulate_weighted(
+def weighted_gradients(
     micro_loss: Callable[[nnx.State, Any, jax.Array, jax.Array], Any],
-    params: nnx.State,
-    batch: Any,
     micro_batches: int,
     mask_of: Callable[[Any], jax.Array],
     totals: tuple[str, str],
-) -> tuple[Any, dict[str, jax.Array]]:
-    """`accumulate_gradients` of a loss weighted by the batch's totals W (module docstring).
+) -> Gradients:
+    """`gradients(params, batch)`: `accumulate_gradients` of a loss weighted by the batch's
+    totals W (module docstring).
 
     Args:
       micro_loss: `(params, micro_batch, row_norm, token_norm) -> (loss, metrics)`, scaling its
         micro-batch's loss and metrics by its rows / row_norm or tokens / token_norm.
-      params, batch, micro_batches: as in `accumulate_gradients`.
+      micro_batches: k, as in `accumulate_gradients`.
       mask_of: a batch's (or micro-batch's) effective [n, L] mask of the tokens that count.
       totals: the metric names of the whole batch's (rows, tokens) of that mask.
 
     Returns:
-      (gradients, summed metrics and the two totals).
+      `gradients(params, batch) -> (gradients, summed metrics and the two totals)`.
     """
-    rows, tokens = mask_weights(mask_of(batch))
-    row_norm, token_norm = jnp.maximum(rows, 1.0), jnp.maximum(tokens, 1.0)
 
-    def scaled(params: nnx.State, mb: Any):
-        return micro_loss(params, mb, row_norm, token_norm)
+    def gradients(params: nnx.State, batch: Any) -> tuple[Any, dict[str, jax.Array]]:
+        rows, tokens = mask_weights(mask_of(batch))
+        row_norm, token_norm = jnp.maximum(rows, 1.0), jnp.maximum(tokens, 1.0)
 
-    grads, metrics = accumulate_gradients(scaled, params, batch, micro_batches)
-    metrics.update(zip(totals, (rows, tokens), strict=True))
-    return grads, metrics
+        def scaled(params: nnx.State, mb: Any):
+            return micro_loss(params, mb, row_norm, token_norm)
+
+        grads, metrics = accumulate_gradients(scaled, params, batch, micro_batches)
+        metrics.update(zip(totals, (rows, tokens), strict=True))
+        return grads, metrics
+
+    return gradients
 
 
 def apply_gradients(
