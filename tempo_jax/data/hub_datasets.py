@@ -111,11 +111,23 @@ class DatasetSpec:
     note: str = ""
 
 
-_AIME_SCHEMAS = (
-    Schema("Problem", "Answer"),  # ID / Problem / Solution / Answer
-    Schema("problem", "answer"),
-    Schema("question", "answer"),
-)
+def _aime(name: str, repo_id: str, files: tuple[str, ...], note: str) -> DatasetSpec:
+    """An AIME problem set: problem / answer columns in any of their spellings, to JSONL."""
+    schemas = (
+        Schema("Problem", "Answer"),  # ID / Problem / Solution / Answer
+        Schema("problem", "answer"),
+        Schema("question", "answer"),
+    )
+    revision, output = "main", f"{name}.jsonl"
+    return DatasetSpec(name, repo_id, revision, files, schemas, output, note=note)
+
+
+def _passthrough(extension: str, label: str) -> DatasetSpec:
+    """Any local file (--source) to problem / answer columns in `extension` format."""
+    note = f"any file (--source) -> problem / answer {label}; --question_field, --answer_field"
+    hub = dict(repo_id="", revision="", files=(), schemas=())  # none: a local file
+    return DatasetSpec(name=extension, output=f"{{name}}.{extension}", note=note, **hub)
+
 
 SPECS: dict[str, DatasetSpec] = {
     s.name: s
@@ -135,23 +147,17 @@ SPECS: dict[str, DatasetSpec] = {
             clean_question=strip_answer_instruction,
             note="D_L of the AIME recipes; deduplicated by question, `Answer:` instruction removed",
         ),
-        DatasetSpec(
-            name="aime-2024",
-            repo_id="Maxwell-Jia/AIME_2024",
-            revision="main",
-            files=("aime_2024_problems.parquet",),
-            schemas=_AIME_SCHEMAS,
-            output="aime-2024.jsonl",
-            note="D_U of the AIME recipes (30 problems)",
+        _aime(
+            "aime-2024",
+            "Maxwell-Jia/AIME_2024",
+            ("aime_2024_problems.parquet",),
+            "D_U of the AIME recipes (30 problems)",
         ),
-        DatasetSpec(
-            name="aime-2025",
-            repo_id="opencompass/AIME2025",
-            revision="main",
-            files=("aime2025-I.jsonl", "aime2025-II.jsonl"),
-            schemas=_AIME_SCHEMAS,
-            output="aime-2025.jsonl",
-            note="holdout of the AIME recipes (30 problems: parts I and II)",
+        _aime(
+            "aime-2025",
+            "opencompass/AIME2025",
+            ("aime2025-I.jsonl", "aime2025-II.jsonl"),
+            "holdout of the AIME recipes (30 problems: parts I and II)",
         ),
         DatasetSpec(
             name="math-500",
@@ -163,25 +169,8 @@ SPECS: dict[str, DatasetSpec] = {
             solution_out="solution",
             note="MATH-500 (problem / answer / solution)",
         ),
-        DatasetSpec(
-            name="jsonl",
-            repo_id="",
-            revision="",
-            files=(),
-            schemas=(),
-            output="{name}.jsonl",
-            note="any file (--source) -> problem / answer JSONL; --question_field, --answer_field",
-        ),
-        DatasetSpec(
-            name="parquet",
-            repo_id="",
-            revision="",
-            files=(),
-            schemas=(),
-            output="{name}.parquet",
-            note="any file (--source) -> problem / answer Parquet; --question_field, "
-            "--answer_field",
-        ),
+        _passthrough("jsonl", "JSONL"),
+        _passthrough("parquet", "Parquet"),
     )
 }
 
