@@ -22,7 +22,6 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1,<3",
     "tqdm>=4.66,<5",
     "matplotlib>=3.9,<4",
-    "tensorboardX>=2.6,<3",
     "pyarrow>=16",
     # `tempo-jax data`: Hub datasets and model snapshots (tested with 2.4.0).
     "huggingface_hub>=2.4,<3",

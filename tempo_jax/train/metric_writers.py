@@ -11,9 +11,7 @@ Non-finite values are written as such (NaN / inf in JSON and in TensorBoard), ne
 from __future__ import annotations
 
 import json
-import logging
 import os
-import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -48,7 +46,7 @@ class JsonlWriter:
 
     def write(self, record: Mapping[str, Any]) -> None:
         line = json.dumps({k: _to_jsonable(v) for k, v in record.items()}, sort_keys=True)
-        storage.append_text(self.path, line + "\n")
+        storage.append(self.path, line + "\n")
 
     def truncate_after(self, step: int, key: str = "step") -> int:
         """Drops records whose `key` is past `step` (and a torn last line); returns how many were
@@ -75,13 +73,14 @@ def read_jsonl(path: storage.PathLike) -> list[dict[str, Any]]:
 
 
 class TensorBoardWriter:
-    """Scalars to TensorBoard event files under `logdir` (tensorboardX, no TensorFlow needed);
-    NaN and inf are written as such. The event file is opened at the first write, so that
-    `truncate_after` on resume rewrites only the files of earlier runs."""
+    """Scalars to TensorBoard event files under `logdir` (`event_files`); NaN and inf are written
+    as such, and each step's scalars are durable once `write` returns. The event file is opened
+    at the first write, so that `truncate_after` on resume rewrites only the files of earlier
+    runs."""
 
     def __init__(self, logdir: storage.PathLike):
         self.logdir = storage.absolute(logdir)
-        self._writer = None
+        self._writer: event_files.EventFileWriter | None = None
 
     def truncate_after(self, step: int) -> int:
         """Drops the events of steps after `step` from earlier runs' event files (a resumed run
@@ -91,29 +90,17 @@ class TensorBoardWriter:
         return event_files.purge_after(self.logdir, step)
 
     def write(self, step: int, record: Mapping[str, Any]) -> None:
-        if self._writer is None:
-            from tensorboardX import SummaryWriter  # imported lazily: heavy
-
-            event_files.register_remote_writer()
-            # Non-finite values are recorded on purpose; tensorboardX warns about each one.
-            logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
-            # A unique suffix: a resumed run must never reopen (and truncate) an earlier file
-            # whose name has the same second and host.
-            suffix = f".{os.getpid()}.{uuid.uuid4().hex[:8]}"
-            self._writer = SummaryWriter(logdir=self.logdir, flush_secs=30, filename_suffix=suffix)
+        scalars = {}
         for key, value in record.items():
             if key == "step" or isinstance(value, str):
                 continue
             try:
-                scalar = float(np.asarray(value))
+                scalars[key] = float(np.asarray(value))
             except (TypeError, ValueError):
                 continue
-            self._writer.add_scalar(key, scalar, global_step=step)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-            self._writer.close()
+        if self._writer is None:
+            self._writer = event_files.EventFileWriter(self.logdir)
+        self._writer.add_scalars(step, scalars)
 
 
 class ProgressBar:
@@ -174,6 +161,4 @@ class MetricWriters:
         self._bar.update(record)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
         self._bar.close()

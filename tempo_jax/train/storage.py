@@ -7,8 +7,9 @@ serves through fsspec (`gcsfs` for gs://, installed by the `.[gcs]` extra) or th
 TensorFlow's gfile when TensorFlow is installed. Object stores differ from a local disk in two
 ways that matter to a run, and the functions here hide both:
 
-  - An object cannot be appended to; `append_text` on a remote path rewrites the object with the
-    text added (metrics files grow by a few KB per step, and a step takes minutes on a pod).
+  - An object cannot be appended to; `append` on a remote path rewrites the object with the
+    data added (metrics and event files grow by a few KB per step, and a step takes minutes on
+    a pod).
   - Writing an object replaces it atomically (a reader sees the old or the new object, never a
     part), so `write_atomic` writes remote paths in place, and local ones through a temporary
     file, fsync and rename.
@@ -77,18 +78,19 @@ def write_atomic(p: PathLike, data: str | bytes) -> None:
             os.remove(tmp)
 
 
-def append_text(p: PathLike, text: str) -> None:
-    """Appends `text` to file `p` (created if missing) and makes it durable before returning:
-    fsync on a local disk, a whole-object rewrite on an object store."""
+def append(p: PathLike, data: str | bytes) -> None:
+    """Appends `data` (str as UTF-8) to file `p` (created if missing) and makes it durable before
+    returning: fsync on a local disk, a whole-object rewrite on an object store."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
     if is_remote(p):
         target = path(p)
         old = target.read_bytes() if target.exists() else b""
-        target.write_bytes(old + text.encode("utf-8"))
+        target.write_bytes(old + raw)
         return
     target = absolute(p)
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    with open(target, "a", encoding="utf-8") as f:
-        f.write(text)
+    with open(target, "ab") as f:
+        f.write(raw)
         f.flush()
         os.fsync(f.fileno())
 

@@ -25,8 +25,8 @@ def test_absolute_keeps_uris_and_anchors_local_paths(tmp_path, monkeypatch):
 def test_write_append_read_and_copy_tree(root, tmp_path):
     path = f"{root}/sub/a.txt"
     storage.write_atomic(path, "one\n")
-    storage.append_text(path, "two\n")
-    storage.append_text(f"{root}/new.txt", "x")
+    storage.append(path, "two\n")
+    storage.append(f"{root}/new.txt", "x")
     assert storage.read_text(path) == "one\ntwo\n"
     assert storage.read_text(f"{root}/new.txt") == "x"
     storage.write_atomic(path, b"replaced")
