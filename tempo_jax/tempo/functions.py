@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from tempo_jax import train
-from tempo_jax.config.settings import RunSettings, run_settings
+from tempo_jax.config.settings import ConfigError, RunSettings, run_settings
 from tempo_jax.sampling.sampler import chunk_prompts
 from tempo_jax.train.batch import RLBatch
 
@@ -156,6 +156,30 @@ def planned_calls(
     return list(unique.values())
 
 
+def check_critic_rows(settings: RunSettings, mesh: jax.sharding.Mesh, rules: Any) -> None:
+    """The critic batches that `tempo.critic_negatives` = K lengthens (N + K rows, N =
+    data.prompts_per_step x rollout.n) split into micro-batches over the mesh's row shards, as
+    every batch must; checked before anything compiles.
+
+    Raises:
+      ConfigError: naming tempo.critic_negatives, the row counts and the shards.
+    """
+    negatives = settings.tempo.critic_negatives
+    if not negatives:
+        return
+    step_rows = settings.prompts_per_step * settings.rollout.n
+    rows = step_rows + negatives
+    try:
+        micro_batches = train.micro_batches_for(settings.train, rows)
+        train.compiled.check_micro_batches(rows, micro_batches, mesh, rules)
+    except ValueError as e:
+        raise ConfigError(
+            f"config.tempo.critic_negatives = {negatives} makes critic batches of {rows} rows "
+            f"(N = data.prompts_per_step x rollout.n = {step_rows}, plus K), which do not "
+            f"divide over the mesh: {e}"
+        ) from e
+
+
 def abstract_batch(rows: int, prompt_width: int, response_length: int) -> RLBatch:
     """An RLBatch of `jax.ShapeDtypeStruct`s in the canonical dtypes: [rows, P + L] sequences."""
     width = prompt_width + response_length
@@ -210,6 +234,7 @@ class RunFunctions:
         """The functions of a run of `config` (its config or settings: P and L from its data and
         rollout sections)."""
         shape = run_settings(config)
+        check_critic_rows(shape, mesh, rules)
         return cls(
             mesh=mesh,
             rules=rules,

@@ -111,6 +111,27 @@ def test_the_plan_names_each_phase_once():
     assert "critic_step/8x8" in keys
 
 
+def test_critic_negatives_the_row_shards_do_not_divide_fail_naming_the_field():
+    from tempo_micro import micro_config
+
+    from tempo_jax import parallel
+    from tempo_jax.config.settings import ConfigError, run_settings
+
+    def for_run(**changes):
+        config = micro_config(**changes)
+        mesh = parallel.make_mesh(config.parallel.mesh)  # the 8 fake devices: 8 row shards
+        rules = parallel.make_rules(config.parallel.rules)
+        train_settings = run_settings(config).train
+        return functions.RunFunctions.for_run(config, mesh, rules, train_settings, None)
+
+    assert for_run(**{"tempo.critic_negatives": 8}).mesh.size == 8  # 8 + 8 rows
+    with pytest.raises(ConfigError, match=r"config\.tempo\.critic_negatives = 4 .* 12 rows"):
+        for_run(**{"tempo.critic_negatives": 4})
+    # 16 rows in 4 micro-batches: 4 rows each cannot split over 8 shards (N = 8 rows could).
+    with pytest.raises(ConfigError, match=r"critic_negatives = 8 .* over the 8 batch shards"):
+        for_run(**{"tempo.critic_negatives": 8, "train.micro_batches": 4})
+
+
 def test_the_kinds_table_has_a_row_for_every_planned_function_and_no_other():
     from tempo_micro import micro_config
 
