@@ -159,7 +159,7 @@ def _run_logged(
         code = process.wait()
         if remote:
             log.seek(0)
-            storage.append_text(log_path, log.read().decode("utf-8", errors="replace"))
+            storage.append(log_path, log.read().decode("utf-8", errors="replace"))
     return code, cpu
 
 

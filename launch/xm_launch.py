@@ -225,7 +225,7 @@ def _pid_alive(pid: int) -> bool:
 def _record(args: argparse.Namespace, entry: dict) -> None:
     from tempo_jax.train import storage
 
-    storage.append_text(os.path.join(args.root, RECORD), json.dumps(entry, sort_keys=True) + "\n")
+    storage.append(os.path.join(args.root, RECORD), json.dumps(entry, sort_keys=True) + "\n")
 
 
 class _Experiment:
