@@ -75,7 +75,17 @@ def plot_eval_curves(records: list[dict[str, Any]], path: str, title: str = "") 
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # Fixed margins in inches instead of tight_layout, which draws the whole figure once more
+    # (it doubled the ~2 s of CPU every finished run spends here).
+    width, height = 4.2 * cols, 3.0 * rows
+    fig.subplots_adjust(
+        left=0.5 / width,
+        right=1 - 0.15 / width,
+        bottom=0.45 / height,
+        top=1 - (0.75 if title else 0.35) / height,
+        wspace=0.6 / (4.2 - 0.65 / cols),
+        hspace=1.0 / (3.0 - 1.35 / rows),
+    )
     save_png(fig, path)
     return [k for keys in panels.values() for k in keys]
 
