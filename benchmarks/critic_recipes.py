@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     chunk = config.data.prompts_per_step * config.rollout.n
+    # The policy, or its longer SFT with `--set tempo.critic_sft_steps=N` (run once, here).
+    critic_source = trainer._critic_source(policy_module)
     for recipe in args.recipes.split(","):
         steps, updates, rate, clip, group_filter, negatives, after_break = parse_recipe(
             recipe, config.train.value_clip
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         critic = train.create_train_state(
-            trainer._critic_params(policy_module), optimizer, run.mesh, run.rules
+            trainer._critic_params(critic_source), optimizer, run.mesh, run.rules
         )
         report = []
         for e in range(steps):
