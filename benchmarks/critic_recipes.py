@@ -15,8 +15,10 @@ value loss only after the broken token); `/rankW` adds W x a within-question pai
 `--set tempo.critic_sft_steps=N` the critic starts from the policy's N-step further SFT
 (WORKDIR/critic_sft), as a run's does. The warm-up of a
 real run samples fresh rollouts each E-step from the same policy, so this is that warm-up with
-the sampling done once for every recipe. Prints `auroc_within_question` and the pooled AUROC of
-V_last after 1/4, 1/2 and all of the E-steps, and the process CPU seconds of each recipe; with
+the sampling done once for every recipe. Prints the within-question and pooled AUROC of the
+policy's own min and summed log-prob of each D_U sample (no critic), then
+`auroc_within_question` and the pooled AUROC of V_last after 1/4, 1/2 and all of the E-steps,
+and the process CPU seconds of each recipe; with
 `--pool` above a recipe's E-steps, also the within-question AUROC on an unused pool batch plus
 64 corrupted copies of its right rows (does the critic tell a right D_L answer from its broken
 copy on questions it did not fit?).
@@ -145,6 +147,24 @@ def v_last_quality(run, critic_params, rows, correct, chunk: int) -> dict[str, f
     return eval_metrics.critic_quality(v_last, correct, rows.group_ids)
 
 
+def policy_likelihood(run, policy_params, rows, correct, chunk: int) -> str:
+    """The AUROCs of the policy's own min and summed log-prob of each response (no critic)."""
+    logprobs = []
+    for start in range(0, rows.num_rows, chunk):
+        part = rows.take_rows(slice(start, start + chunk))
+        part = part.pad_rows(chunk) if part.num_rows < chunk else part
+        stats = run.token_stats(policy_params, phases.sequences(part))
+        logprobs.append(np.asarray(stats.logprobs))
+    logprobs = np.concatenate(logprobs)[: rows.num_rows]
+    logprobs = np.where(np.asarray(rows.response_mask, bool), logprobs, 0.0)
+    out = []
+    for name, score in (("min", logprobs.min(1)), ("sum", logprobs.sum(1))):
+        q = eval_metrics.critic_quality(score, correct, rows.group_ids)
+        within, pooled = q["auroc_within_question"], q["auroc"]
+        out.append(f"policy {name} log-prob within {within:.3f} pooled {pooled:.3f}")
+    return "; ".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="path[:variant], as tempo-jax's")
@@ -202,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     chunk = config.data.prompts_per_step * config.rollout.n
+    print(f"seed {args.seed}: {policy_likelihood(run, policy_params, rows, correct, chunk)}")
     # The policy, or its longer SFT with `--set tempo.critic_sft_steps=N` (run once, here).
     critic_source = trainer._critic_source(policy_module)
     for recipe in args.recipes.split(","):
