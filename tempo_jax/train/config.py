@@ -50,9 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.policy_loss.dual_clip = config_dict.placeholder(float)  # ppo only: dual-clip c > 1
     cfg.value_clip = 0.1  # critic: bound on each row's mean value change per update
     # critic: V(x, y_<t) = value head + w x the lowest log-prob the critic's own language model
-    # (its tied embedding as output projection) gives a response token before t (0 = the value
-    # head alone, the authors' critic). tempo_jax.train.forward.response_values.
-    cfg.critic_likelihood_weight = 0.0
+    # (its tied embedding as output projection) gives a response token before t
+    # (tempo_jax.train.forward.response_values).
+    cfg.critic_likelihood_weight = 0.0  # w (0 = the value head alone, the authors' critic)
     cfg.micro_batches = 1  # gradient accumulation: rows are split into this many micro-batches
     # Memory per device then stays the same for the policy update, the critic's whole step batch
     # and the log-prob / value forwards; a multiple of the batch's mesh shards.
