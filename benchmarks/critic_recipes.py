@@ -10,10 +10,15 @@ draws them: `data.prompts_per_step` x `rollout.n` rows) of U critic updates at c
 rate LR (value clip C, else the config's `train.value_clip`); `/filter` fits only the rows of
 groups with both right and wrong answers (the authors' E-step group filter); `/negK` adds K
 corrupted copies of graded-right rows, target -1 (`tempo.critic_negatives`; `/negaK`: their
-value loss only after the broken token). The warm-up of a
+value loss only after the broken token); `/rankW` adds W x a within-question pairwise
+(Bradley-Terry) loss on V_last over the (right, wrong) pairs of each labeled group. With
+`--set tempo.critic_sft_steps=N` the critic starts from the policy's N-step further SFT
+(WORKDIR/critic_sft), as a run's does. The warm-up of a
 real run samples fresh rollouts each E-step from the same policy, so this is that warm-up with
-the sampling done once for every recipe. Prints `auroc_within_question` and the pooled AUROC of
-V_last after 1/4, 1/2 and all of the E-steps, and the process CPU seconds of each recipe; with
+the sampling done once for every recipe. Prints the within-question and pooled AUROC of the
+policy's own min and summed log-prob of each D_U sample (no critic), then
+`auroc_within_question` and the pooled AUROC of V_last after 1/4, 1/2 and all of the E-steps,
+and the process CPU seconds of each recipe; with
 `--pool` above a recipe's E-steps, also the within-question AUROC on an unused pool batch plus
 64 corrupted copies of its right rows (does the critic tell a right D_L answer from its broken
 copy on questions it did not fit?).
@@ -28,8 +33,11 @@ import shutil
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging as absl_logging
+from flax import nnx
 
 from tempo_jax import train
 from tempo_jax.rewards import eval_metrics
@@ -40,7 +48,9 @@ from tempo_jax.tempo.evaluation import _problems
 from tempo_jax.tempo.functions import RunFunctions
 from tempo_jax.tempo.loop import Trainer
 from tempo_jax.tempo.step_journal import StepJournal
+from tempo_jax.train.forward import response_values
 from tempo_jax.train.sft import run_sft
+from tempo_jax.train.update import make_update_step
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from critic_auroc import load_config  # noqa: E402
@@ -50,13 +60,18 @@ def _journal() -> StepJournal:
     return StepJournal("", lambda: False)
 
 
-def parse_recipe(recipe: str, value_clip: float) -> tuple[int, int, float, float, bool, int, bool]:
-    """`SxU@LR[/clipC][/filter][/negK|/negaK]` -> (E-steps, updates per E-step, learning rate,
-    value clip, group filter, corrupted rows per E-step, their loss only after the break)."""
+def parse_recipe(
+    recipe: str, value_clip: float
+) -> tuple[int, int, float, float, bool, int, bool, float]:
+    """`SxU@LR[/clipC][/filter][/negK|/negaK][/rankW]` -> (E-steps, updates per E-step, learning
+    rate, value clip, group filter, corrupted rows per E-step, their loss only after the break,
+    pairwise ranking weight)."""
     spec, rate, *options = recipe.split("@")[0], *recipe.split("@")[1].split("/")
-    group_filter, negatives, after_break = False, 0, False
+    group_filter, negatives, after_break, rank = False, 0, False, 0.0
     for option in options:
-        if option == "filter":
+        if option.startswith("rank"):
+            rank = float(option.removeprefix("rank"))
+        elif option == "filter":
             group_filter = True
         elif option.startswith("clip"):
             value_clip = float(option.removeprefix("clip"))
@@ -67,7 +82,46 @@ def parse_recipe(recipe: str, value_clip: float) -> tuple[int, int, float, float
         else:
             raise ValueError(f"recipe {recipe!r}: unknown option {option!r}")
     steps, updates = (int(x) for x in spec.split("x"))
-    return steps, updates, float(rate), value_clip, group_filter, negatives, after_break
+    return steps, updates, float(rate), value_clip, group_filter, negatives, after_break, rank
+
+
+def ranked_critic_step(run, weight: float):
+    """A jitted critic step whose loss is the value loss plus `weight` x the within-question
+    Bradley-Terry loss `mean softplus(V_last(wrong) - V_last(right))` over the (right, wrong)
+    pairs of labeled rows of one prompt group. The group id of each row rides in
+    `advantages[:, 0]`, a field the critic step does not read."""
+    graphdef, settings = run.critic_graphdef, run.settings.train
+    base = train.make_critic_gradients(graphdef, settings)
+
+    def rank_loss(params, batch):
+        values = response_values(nnx.merge(graphdef, params), batch.sequences())
+        last = jnp.maximum(batch.response_mask.sum(-1) - 1, 0)
+        v_last = jnp.take_along_axis(values, last[:, None], axis=-1)[:, 0]
+        right = (batch.returns[:, 0] > 0) & batch.is_labeled
+        wrong = (batch.returns[:, 0] < 0) & batch.is_labeled
+        same = batch.advantages[:, :1] == batch.advantages[:, 0][None, :]
+        pairs = (same & right[:, None] & wrong[None, :]).astype(jnp.float32)
+        margin = v_last[:, None] - v_last[None, :]
+        return jnp.sum(pairs * jax.nn.softplus(-margin)) / jnp.maximum(pairs.sum(), 1.0)
+
+    def gradients(params, batch):
+        grads, metrics = base(params, batch)
+        rank, rank_grads = jax.value_and_grad(rank_loss)(params, batch)
+        metrics["rank_loss"] = rank
+        return jax.tree.map(lambda g, r: g + weight * r, grads, rank_grads), metrics
+
+    return jax.jit(make_update_step(gradients, settings.critic_optimizer, "labeled_rows"))
+
+
+def ranked_update(run, step, critic, rows, rewards, updates: int):
+    """`phases.critic_update` with `ranked_critic_step`'s loss (group ids in `advantages`)."""
+    old_values = run.values(critic.params, phases.sequences(rows))
+    returns = (rewards[:, None] * rows.response_mask).astype(np.float32)
+    groups = np.broadcast_to(rows.group_ids[:, None], returns.shape).astype(np.float32)
+    batch = phases.rl_batch(rows, returns=returns, old_values=old_values, advantages=groups)
+    for _ in range(updates):
+        critic, _ = step(critic, train.canonical_batch(batch))
+    return critic
 
 
 def mixed_groups_only(rows, rewards: np.ndarray):
@@ -91,6 +145,24 @@ def v_last_quality(run, critic_params, rows, correct, chunk: int) -> dict[str, f
     values = np.concatenate(values)[: rows.num_rows]
     v_last = values[np.arange(rows.num_rows), np.maximum(rows.lengths - 1, 0)]
     return eval_metrics.critic_quality(v_last, correct, rows.group_ids)
+
+
+def policy_likelihood(run, policy_params, rows, correct, chunk: int) -> str:
+    """The AUROCs of the policy's own min and summed log-prob of each response (no critic)."""
+    logprobs = []
+    for start in range(0, rows.num_rows, chunk):
+        part = rows.take_rows(slice(start, start + chunk))
+        part = part.pad_rows(chunk) if part.num_rows < chunk else part
+        stats = run.token_stats(policy_params, phases.sequences(part))
+        logprobs.append(np.asarray(stats.logprobs))
+    logprobs = np.concatenate(logprobs)[: rows.num_rows]
+    logprobs = np.where(np.asarray(rows.response_mask, bool), logprobs, 0.0)
+    out = []
+    for name, score in (("min", logprobs.min(1)), ("sum", logprobs.sum(1))):
+        q = eval_metrics.critic_quality(score, correct, rows.group_ids)
+        within, pooled = q["auroc_within_question"], q["auroc"]
+        out.append(f"policy {name} log-prob within {within:.3f} pooled {pooled:.3f}")
+    return "; ".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,8 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     chunk = config.data.prompts_per_step * config.rollout.n
+    print(f"seed {args.seed}: {policy_likelihood(run, policy_params, rows, correct, chunk)}")
+    # The policy, or its longer SFT with `--set tempo.critic_sft_steps=N` (run once, here).
+    critic_source = trainer._critic_source(policy_module)
     for recipe in args.recipes.split(","):
-        steps, updates, rate, clip, group_filter, negatives, after_break = parse_recipe(
+        steps, updates, rate, clip, group_filter, negatives, after_break, rank = parse_recipe(
             recipe, config.train.value_clip
         )
         start = time.process_time()
@@ -168,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         critic = train.create_train_state(
-            trainer._critic_params(policy_module), optimizer, run.mesh, run.rules
+            trainer._critic_params(critic_source), optimizer, run.mesh, run.rules
         )
+        step = ranked_critic_step(run, rank) if rank else None
         report = []
         for e in range(steps):
             rows_e, rewards_e = pool[e % args.pool]
@@ -185,9 +261,12 @@ def main(argv: list[str] | None = None) -> int:
                 pad_id=run.pad_id,
                 after_break=after_break,
             )
-            critic, _ = phases.critic_update(
-                run, _journal(), critic, rows_e, rewards_e, phases.Timer(), updates=updates
-            )
+            if step is not None:
+                critic = ranked_update(run, step, critic, rows_e, rewards_e, updates)
+            else:
+                critic, _ = phases.critic_update(
+                    run, _journal(), critic, rows_e, rewards_e, phases.Timer(), updates=updates
+                )
             if e + 1 in (steps // 4, steps // 2, steps):
                 q = v_last_quality(run, critic.params, rows, correct, chunk)
                 report.append(

@@ -134,6 +134,10 @@ def get_config() -> ml_collections.ConfigDict:
     # tempo_jax/tempo/critic_negatives.py). prompts_per_step x n + K must divide over the mesh's
     # row shards, as every batch does.
     c.tempo.critic_negatives = 0
+    # The critic's initial decoder: 0 = a copy of the (SFT) policy, the authors' choice; N > 0 = a
+    # copy of that policy fine-tuned on D_L's solutions for N more steps (the `sft` recipe, saved
+    # under WORKDIR/critic_sft): a critic that computes the task better than the policy it checks.
+    c.tempo.critic_sft_steps = 0
     # tempo_oracle / tempo_mixed_oracle: each D_U row's hidden-answer reward flips with this
     # probability (seeded per run seed, step and row): a reward of within-question AUROC 1 - p.
     c.tempo.oracle_flip_prob = 0.0

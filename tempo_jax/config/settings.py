@@ -140,6 +140,7 @@ class TempoSettings:
     whiten_scope: str
     estep_group_filter: bool
     critic_negatives: int
+    critic_sft_steps: int
     oracle_flip_prob: float
 
     def __post_init__(self):
@@ -154,6 +155,7 @@ class TempoSettings:
             f"must be a bool, got {self.estep_group_filter!r}",
         )
         require_int(self.critic_negatives, "tempo.critic_negatives", 0)
+        require_int(self.critic_sft_steps, "tempo.critic_sft_steps", 0)
         flip = self.oracle_flip_prob
         require(
             isinstance(flip, int | float) and 0.0 <= flip <= 1.0,

@@ -147,6 +147,16 @@ class Trainer:
         self.run.functions.set_critic(graphdef)
         return critic_params
 
+    def _critic_source(self, policy_module):
+        """The module the critic copies: `policy_module` (the SFT policy), or with
+        `tempo.critic_sft_steps` N > 0 that policy fine-tuned on D_L's solutions for N more steps
+        (`sft`'s recipe over N steps, saved under WORKDIR/critic_sft; the policy is unchanged)."""
+        steps = self.settings.tempo.critic_sft_steps
+        if steps == 0:
+            return policy_module
+        sft_dir = os.path.join(self.workdir, "critic_sft")
+        return run_sft(self.run, policy_module, sft_dir, steps=steps)
+
     def _fresh_state(self) -> LoopState:
         policy_module = self._initial_policy
         if self.settings.sft.steps > 0:
@@ -159,7 +169,7 @@ class Trainer:
         critic = None
         if self.method.uses_critic:
             critic = train.create_train_state(
-                self._critic_params(policy_module),
+                self._critic_params(self._critic_source(policy_module)),
                 trained.critic_optimizer,
                 self.run.mesh,
                 self.run.rules,

@@ -49,6 +49,10 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.policy_loss.clip_high = config_dict.placeholder(float)  # clip above 1 (1 + clip_high)
     cfg.policy_loss.dual_clip = config_dict.placeholder(float)  # ppo only: dual-clip c > 1
     cfg.value_clip = 0.1  # critic: bound on each row's mean value change per update
+    # critic: V(x, y_<t) = value head + w x the lowest log-prob the critic's own language model
+    # (its tied embedding as output projection) gives a response token before t
+    # (tempo_jax.train.forward.response_values).
+    cfg.critic_likelihood_weight = 0.0  # w (0 = the value head alone, the authors' critic)
     cfg.micro_batches = 1  # gradient accumulation: rows are split into this many micro-batches
     # Memory per device then stays the same for the policy update, the critic's whole step batch
     # and the log-prob / value forwards; a multiple of the batch's mesh shards.
@@ -162,6 +166,7 @@ class TrainSettings:
     )
     policy_loss: PolicyLossSettings = PolicyLossSettings()
     value_clip: float = 0.1
+    critic_likelihood_weight: float = 0.0
     micro_batches: int = 1
     micro_batch_rows: int = 0
     vocab_chunk_size: int = 8192
@@ -172,6 +177,8 @@ class TrainSettings:
     def __post_init__(self):
         if not _number("value_clip", self.value_clip) > 0:
             _fail("value_clip", f"must be > 0, got {self.value_clip}")
+        if not _number("critic_likelihood_weight", self.critic_likelihood_weight) >= 0:
+            _fail("critic_likelihood_weight", f"must be >= 0, got {self.critic_likelihood_weight}")
         if _integer("micro_batches", self.micro_batches) < 1:
             _fail("micro_batches", f"must be >= 1, got {self.micro_batches}")
         if _integer("micro_batch_rows", self.micro_batch_rows) < 0:

@@ -36,7 +36,12 @@ def make_critic_gradients(graphdef: nnx.GraphDef, settings: TrainSettings) -> Gr
 
     def micro_loss(params, mb: RLBatch, row_norm, token_norm):
         critic = nnx.merge(graphdef, params)
-        values = response_values(critic, mb.sequences())
+        values = response_values(
+            critic,
+            mb.sequences(),
+            settings.critic_likelihood_weight,
+            settings.vocab_chunk_size,
+        )
         loss, loss_metrics = value_loss(
             values,
             mb.old_values,

@@ -40,10 +40,40 @@ def response_token_stats(policy: nnx.Module, seqs: Sequences, vocab_chunk_size: 
     )
 
 
-def response_values(critic: nnx.Module, seqs: Sequences) -> jax.Array:
-    """Critic values `V[i, t] = V(x, y_<t)` [N, L] float32: its outputs at slots P - 1 + t."""
+def response_values(
+    critic: nnx.Module,
+    seqs: Sequences,
+    likelihood_weight: float = 0.0,
+    vocab_chunk_size: int = 8192,
+) -> jax.Array:
+    """Critic values `V[i, t] = V(x, y_<t)` [N, L] float32: its outputs at slots P - 1 + t.
+
+    With `likelihood_weight` w > 0 (`train.critic_likelihood_weight`), plus w x
+    `min_{s < t} log p(y_s | x, y_<s)` under the critic's own language model (its decoder with
+    the tied embedding as output projection; 0 at t = 0): a response holding a token the model
+    would not have written is valued lower from that token on. Causal: V[i, t] reads y_<t only.
+    """
     length = seqs.response_mask.shape[-1]
-    return response_slots(critic(seqs.tokens, seqs.attention_mask), length)
+    hidden = critic.hidden_states(seqs.tokens, seqs.attention_mask)
+    values = response_slots(critic.values_from_hidden(hidden), length)
+    if not likelihood_weight:
+        return values
+    if not critic.config.tie_word_embeddings:
+        raise ValueError(
+            "train.critic_likelihood_weight > 0 needs a model with tie_word_embeddings: the "
+            "critic keeps no output projection of its own"
+        )
+    stats = token_stats(
+        response_slots(hidden, length),
+        critic.model.embed_tokens[...],
+        response_tokens(seqs.tokens, length),
+        chunk_size=vocab_chunk_size,
+        compute_dtype=critic.config.compute_dtype,
+    )
+    logprobs = jnp.where(seqs.response_mask.astype(bool), stats.logprobs, 0.0)
+    lowest = jax.lax.cummin(logprobs, axis=1)  # over s <= t; log-probs are <= 0, padding 0
+    before = jnp.pad(lowest[:, :-1], ((0, 0), (1, 0)))  # over s < t: V at t has not seen y_t
+    return values + likelihood_weight * before
 
 
 def _map_micro_batches(fn: Callable, seqs: Sequences, micro_batches: int):
@@ -90,7 +120,10 @@ def make_critic_values_fn(
         critic = nnx.merge(graphdef, params)
 
         def one(mb: Sequences) -> jax.Array:
-            return jnp.where(mb.response_mask.astype(bool), response_values(critic, mb), 0.0)
+            values = response_values(
+                critic, mb, settings.critic_likelihood_weight, settings.vocab_chunk_size
+            )
+            return jnp.where(mb.response_mask.astype(bool), values, 0.0)
 
         return _map_micro_batches(one, seqs, settings.micro_batches)
 

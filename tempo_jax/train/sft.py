@@ -92,9 +92,11 @@ def make_optimizer(
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
 
 
-def sft_optimizer(sft_config) -> optax.GradientTransformation:
-    """`make_optimizer` from the `sft` config section."""
-    return make_optimizer(sft_config.learning_rate, sft_config.steps, sft_config.warmup_steps)
+def sft_optimizer(sft_config, steps: int | None = None) -> optax.GradientTransformation:
+    """`make_optimizer` from the `sft` config section (its schedule over `steps`, default
+    `sft.steps`)."""
+    steps = sft_config.steps if steps is None else steps
+    return make_optimizer(sft_config.learning_rate, steps, sft_config.warmup_steps)
 
 
 def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation):
@@ -124,9 +126,10 @@ def batches(rows: Iterator[Row], batch_size: int) -> Iterator[list[Row]]:
         yield [next(rows) for _ in range(batch_size)]
 
 
-def run_sft(run, policy, sft_dir: str):
-    """Fine-tunes `policy` on D_L solutions for `config.sft.steps` steps (or loads the result of
-    an earlier run from `sft_dir`); returns the fine-tuned policy module.
+def run_sft(run, policy, sft_dir: str, steps: int | None = None):
+    """Fine-tunes `policy` on D_L solutions for `steps` steps (default `config.sft.steps`; the
+    rest of the recipe is `config.sft`'s) or loads the result of an earlier run from `sft_dir`;
+    returns the fine-tuned policy module.
 
     SFT is not resumable mid-way (it is short); its final parameters are checkpointed, so a
     rerun of the same command skips it. Several processes each run the same (unsharded) SFT on
@@ -138,6 +141,7 @@ def run_sft(run, policy, sft_dir: str):
     from tempo_jax.train.metric_writers import JsonlWriter
 
     cfg = run.config.sft
+    steps = cfg.steps if steps is None else steps
     graphdef, params = nnx.split(policy, nnx.Param)
     # Several processes: each fine-tunes its own identical copy on one local device (the SFT
     # step is not sharded); Orbax needs global arrays, so the checkpoint holds them replicated.
@@ -145,31 +149,31 @@ def run_sft(run, policy, sft_dir: str):
     replicated = NamedSharding(run.mesh, PartitionSpec())
     main = parallel.is_main_process()
     with Checkpointer(sft_dir, keep=1, async_save=False) as ckpt:
-        if ckpt.latest_good_step() == cfg.steps:
+        if ckpt.latest_good_step() == steps:
             abstract = jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(
                     x.shape, x.dtype, sharding=replicated if multiprocess else x.sharding
                 ),
                 params,
             )
-            items, _ = ckpt.restore(cfg.steps, {"params": abstract})
+            items, _ = ckpt.restore(steps, {"params": abstract})
             if multiprocess:
                 return nnx.merge(graphdef, _uncommitted(items["params"]))
             return nnx.merge(graphdef, items["params"])
-        optimizer = sft_optimizer(cfg)
+        optimizer = sft_optimizer(cfg, steps)
         opt_state = optimizer.init(params)
         step = make_sft_step(graphdef, optimizer)
         rows = iter(run.data.rows("labeled", seed=run.config.seed))
         writer = JsonlWriter(f"{sft_dir}/metrics.jsonl")
         if main:
             writer.truncate_after(-1)
-        bar = tqdm(total=cfg.steps, desc="sft", disable=not (run.config.progress_bar and main))
-        for i, chunk in zip(range(cfg.steps), batches(rows, cfg.batch_size), strict=False):
+        bar = tqdm(total=steps, desc="sft", disable=not (run.config.progress_bar and main))
+        for i, chunk in zip(range(steps), batches(rows, cfg.batch_size), strict=False):
             b = sft_batch(chunk, run.data.formatter, run.prompt_width, run.response_length)
             params, opt_state, metrics = step(
                 params, opt_state, b.tokens, b.attention_mask, b.response_mask
             )
-            if main and ((i + 1) % 10 == 0 or i + 1 == cfg.steps):
+            if main and ((i + 1) % 10 == 0 or i + 1 == steps):
                 record = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 writer.write({"step": i + 1, **record, "sft/truncated": b.truncated})
                 bar.set_postfix(loss=f"{record['sft/loss']:.3f}", refresh=False)
@@ -178,10 +182,10 @@ def run_sft(run, policy, sft_dir: str):
         if multiprocess:
             host = jax.device_get(params)
             saved = parallel.global_from_host(host, replicated)
-            ckpt.save(cfg.steps, {"params": saved}, {"sft_steps": cfg.steps})
+            ckpt.save(steps, {"params": saved}, {"sft_steps": steps})
             ckpt.wait()
             return nnx.merge(graphdef, _uncommitted(host))
-        ckpt.save(cfg.steps, {"params": params}, {"sft_steps": cfg.steps})
+        ckpt.save(steps, {"params": params}, {"sft_steps": steps})
         ckpt.wait()
     return nnx.merge(graphdef, params)
 

@@ -28,6 +28,8 @@ def test_the_study_config_runs_and_reports_what_the_comparison_reads(tmp_path):
     assert config.eval.num_problems == config.data.num_unlabeled <= 64
     assert config.total_steps * config.data.prompts_per_step >= 4 * config.data.num_unlabeled
     assert tuple(config.eval.ks) == tuple(range(1, config.eval.n + 1))
+    # The critic reads its language model's likelihood (README, "What moved the critic's AUROC").
+    assert config.train.critic_likelihood_weight == 0.1
     config.sft.steps = 2
     config.eval.num_problems = 8  # one prompt batch: the run checks the wiring, not accuracy
     config.tempo.critic_warmup_steps = 1
