@@ -9,6 +9,7 @@ them) and written one tensor at a time.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import tempfile
@@ -115,6 +116,31 @@ def export_hf(
                 storage.copy_tree(staging, path)
         else:
             models.save_hf(module, path)
+        if role == "critic":
+            _write_critic_note(path, settings.critic_likelihood_weight)
         written[role] = path
         log.info("wrote %s of %s to %s", role, where, path)
     return written
+
+
+CRITIC_NOTE = "tempo_critic.json"
+
+
+def _write_critic_note(path: str, likelihood_weight: float) -> None:
+    """Records next to an exported critic what its token-classification head leaves out: with
+    `train.critic_likelihood_weight` w > 0 the trained critic's value is the head's output plus
+    w x the lowest log-prob its own language model gave an earlier response token."""
+    note = {
+        "critic_likelihood_weight": likelihood_weight,
+        "value": "logits[..., 0] + critic_likelihood_weight * min_{s<t} log p(y_s), the log-probs "
+        "from the same decoder with its tied input embedding as output projection",
+    }
+    storage.write_atomic(os.path.join(path, CRITIC_NOTE), json.dumps(note, indent=1) + "\n")
+    if likelihood_weight:
+        log.warning(
+            "%s: the critic was trained with train.critic_likelihood_weight = %g; the exported "
+            "head alone is not its value (see %s)",
+            path,
+            likelihood_weight,
+            CRITIC_NOTE,
+        )

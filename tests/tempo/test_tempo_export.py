@@ -1,6 +1,7 @@
 """`tempo-jax export`: a trained workdir's policy and critic load in transformers and reproduce
 the trained networks' logits and values."""
 
+import json
 import pathlib
 
 import numpy as np
@@ -78,6 +79,9 @@ def test_cli_export_reproduces_the_trained_logits_in_transformers(trained, tmp_p
             .numpy()
         )
     assert np.abs(values[real] - hf_values[real]).max() < 1e-4
+    # The head is the whole value here; a likelihood critic's export says what the head omits.
+    note = json.loads((out / "critic" / "tempo_critic.json").read_text())
+    assert note["critic_likelihood_weight"] == 0.0
 
 
 def test_export_of_an_earlier_step_and_clear_errors(trained, tmp_path):
