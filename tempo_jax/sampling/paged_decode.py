@@ -274,6 +274,82 @@ def prefill_into_pages(
     return PagedPools(k=tuple(new_k), v=tuple(new_v)), first
 
 
+def refill_pages(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    tokens: jax.Array,
+    mask: jax.Array,
+    pools: PagedPools,
+    full_table: jax.Array,
+    ring_table: jax.Array,
+    start: jax.Array,
+    copies: PageCopies,
+    *,
+    spec: PagedSpec,
+    layout: EngineLayout,
+    weight_shardings: Any,
+) -> PagedPools:
+    """Recomputes the keys and values of readmitted preempted rows (recompute preemption).
+
+    Row b's T_b = sum(mask[b]) tokens (its prompt and the response tokens it had fed before it
+    was preempted) run through `Policy.prefill` as one left-padded batch; positions
+    [start_b, T_b) are written into the row's pages (full layers: `full_table`, sliding layers:
+    the last R pages' worth into its ring), one entry each. Positions below start_b (the
+    prompt) stay what the prompt's prefill wrote: its full pages are shared, and `copies` (the
+    partial last prompt page and the prompt's ring, as at a first admission) are applied
+    first. Padding rows (start_b >= T_b) write nothing.
+
+    Args:
+      graphdef, state: the policy (cast and laid out as in `prefill_into_pages`).
+      tokens, mask: [B, W] left-padded rows, B divided over the row shards.
+      pools: the page pools (donated).
+      full_table: [B, Wt] the rows' full-layer pages (local numbers), Wt * ps >= T_b.
+      ring_table: [B, R] the rows' ring pages.
+      start: [B] int32 first position to write.
+      copies: PageCopies [B] applied before the writes.
+      spec, layout, weight_shardings: as in `prefill_into_pages`.
+
+    Returns:
+      the pools.
+    """
+    c = nnx.merge(graphdef, state).config
+    policy = nnx.merge(graphdef, _decode_state(state, c, weight_shardings))
+    sliding = _is_sliding(c)
+    pools = _apply_copies(pools, copies, sliding, layout)
+    batch, width = tokens.shape
+    with activation_sharding(layout.mesh, layout.rules):
+        _, cache = policy.model.prefill(tokens, mask, policy.init_cache(batch, width))
+    ps = spec.page_size
+    total = jnp.sum(mask.astype(jnp.int32), axis=1)[:, None]
+    position = total - width + jnp.arange(width, dtype=jnp.int32)[None, :]  # [B, W] per slot
+    wanted = (position >= start[:, None]) & (position >= 0)
+    newest_page = (total - 1) // ps
+    in_ring = position // ps > newest_page - ring_table.shape[1]
+    offset = jnp.where(position >= 0, position % ps, 0)
+
+    def entries(table, valid, ring):
+        index = jnp.maximum(position // ps, 0)
+        index = index % table.shape[1] if ring else jnp.minimum(index, table.shape[1] - 1)
+        return jnp.where(valid, jnp.take_along_axis(table, index, axis=1), 0)
+
+    full_page = entries(full_table, wanted, False)
+    ring_page = entries(ring_table, wanted & in_ring, True)
+
+    def write(pool, page, off, x):  # per shard: its rows' entries, local page numbers
+        heads, dim = x.shape[2:]
+        return _write_entries(pool, page.reshape(-1), off.reshape(-1), x.reshape(-1, heads, dim))
+
+    write = layout.local(write, (POOL_SPEC, ROW_SPEC, ROW_SPEC, HEADS_SPEC), POOL_SPEC)
+    new_k, new_v = list(pools.k), list(pools.v)
+    for i, is_sliding in enumerate(sliding):
+        page = ring_page if is_sliding else full_page
+        valid = (page > 0)[:, :, None, None]
+        for pool, cache_x in ((new_k, cache.k[i]), (new_v, cache.v[i])):
+            values = jnp.where(valid, cache_x, 0).astype(cache_x.dtype)  # no padding garbage
+            pool[i] = write(pool[i], page, offset, values)
+    return PagedPools(k=tuple(new_k), v=tuple(new_v))
+
+
 def _row_keys(seed: jax.Array, row_ids: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), row_ids)
 
