@@ -52,8 +52,6 @@ class Kind:
       cost: (plan, call, chip) -> (FLOPs of one call on all chips, roofline seconds).
       sampler: whether it is a sampler's call (its shape is prompts x samples, P + L tokens).
       shape_detail: (plan, call) -> what its shape in words adds to the rows and tokens.
-      extra_resident: plan -> bytes per chip live beside the train states (the engine's refill:
-        the decode weights).
     """
 
     lower: Callable[[Plan, fns.Call], Any]
@@ -63,13 +61,12 @@ class Kind:
     kv_cache_bytes: Callable[[Plan, fns.Call], int] = lambda plan, call: 0
     sampler: bool = False
     shape_detail: Callable[[Plan, fns.Call], str] = lambda plan, call: ""
-    extra_resident: Callable[[Plan], int] = lambda plan: 0
 
     def resident_bytes(self, plan: Plan, own: int) -> int:
         """The run's other live state per chip while the call runs."""
         if self.resident == NOTHING:
             return 0
-        states = plan.train_state_bytes() + self.extra_resident(plan)
+        states = plan.train_state_bytes()
         return states if self.resident == ALL_STATES else states - own
 
     def shape(self, plan: Plan, call: fns.Call) -> str:
@@ -207,6 +204,10 @@ _ENGINE_PREFILL = Kind(
     shape_detail=_engine_shape,
 )  # fmt: skip
 
+_ENGINE_DECODE = dataclasses.replace(
+    _ENGINE_PREFILL, state_bytes=_engine_weights_bytes, resident=ALL_STATES
+)
+
 KINDS: dict[str, Kind] = {
     fns.SFT_STEP: Kind(
         lower=_sft_lower,
@@ -221,9 +222,7 @@ KINDS: dict[str, Kind] = {
     fns.VALUES: _trained(fns.VALUES, "critic", head=False, backward=False),
     fns.SAMPLER: _SAMPLER,
     fns.ENGINE_PREFILL: _ENGINE_PREFILL,
-    # A refill (recompute preemption) runs between decode calls: the decode weights stay live.
-    fns.ENGINE_REFILL: dataclasses.replace(_ENGINE_PREFILL, extra_resident=_engine_weights_bytes),
-    fns.ENGINE_DECODE: dataclasses.replace(
-        _ENGINE_PREFILL, state_bytes=_engine_weights_bytes, resident=ALL_STATES
-    ),
+    fns.ENGINE_DECODE: _ENGINE_DECODE,
+    # A refill (recompute preemption) runs on the decode weights between decode calls.
+    fns.ENGINE_REFILL: _ENGINE_DECODE,
 }

@@ -271,10 +271,9 @@ class Engine(Sampler):
                 refill_in = back.batch(slots, prompts, out.tokens, n, self.pad_id, ps,
                                        bucket + max_new - 1)  # fmt: skip
                 self._shapes.add(("refill", refill_in[0].shape))
-                pools = self._jit("refill", spec, state)(
-                    state, *lay.put(refill_in[:2], lay.rows), pools,
-                    *lay.put(refill_in[2:], lay.rows),
-                )  # fmt: skip
+                pools = self._jit("refill", dataclasses.replace(spec, n=0), None)(
+                    weights, pools, *lay.put(refill_in, lay.rows)
+                )
                 lengths = [int(slots.lengths[s]) for x in back.slots for s in x]
                 stats["refills"] += len(lengths)
                 stats["refill_tokens"] += sum(lengths)
@@ -374,8 +373,8 @@ class Engine(Sampler):
         return admitted
 
     def _refill_rows(self, prompts_local: int, bucket: int) -> int:
-        """Readmissions a refill call takes per row shard: its [m, P + L - 1] cache at most the
-        chunk prefill's [B / d, P] (one at least)."""
+        """Readmissions a refill call takes per row shard: its [m, P + L - 1] activations at
+        most the chunk prefill's [B / d, P] (one at least)."""
         return max(prompts_local * bucket // (bucket + self.max_new_tokens - 1), 1)
 
     def refill_rows(self, num_prompts: int, bucket: int) -> int:
@@ -507,9 +506,8 @@ class Engine(Sampler):
             first = FirstTokens(*(lay.rows,) * 6)
             jitted = jax.jit(fn, donate_argnums=(7,), out_shardings=(self._pool_shardings(), first))
         elif kind == "refill":
-            fn = functools.partial(refill_pages, self._graphdef, spec=spec, layout=lay,
-                                   weight_shardings=weight_shardings)  # fmt: skip
-            jitted = jax.jit(fn, donate_argnums=(3,), out_shardings=self._pool_shardings())
+            fn = functools.partial(refill_pages, self.config, spec=spec, layout=lay)
+            jitted = jax.jit(fn, donate_argnums=(1,), out_shardings=self._pool_shardings())
         elif kind == "decode":
             fn = functools.partial(decode_steps, self.config, spec=spec, layout=lay)
             outs = (self._pool_shardings(), SlotState(*(lay.rows,) * 8),
@@ -563,6 +561,16 @@ class Engine(Sampler):
         )  # fmt: skip
         if kind == "weights":
             return (abstract,)
+        if kind == "prefill":
+            prompts = like((batch, bucket), np.int32, lay.rows)
+            return (abstract, prompts, prompts, rows(batch * n), scalar, scalar, stop, pools,
+                    like((batch, sizes.prompt_width), np.int32, lay.rows),
+                    like((batch, ring), np.int32, lay.rows))  # fmt: skip
+        weights, head = jax.tree.map(
+            lambda x, s: like(x.shape, x.dtype, s),
+            jax.eval_shape(self._jit("weights", None, state), abstract),
+            self._weight_shardings(),
+        )  # fmt: skip
         if kind == "refill":  # the widest: m rows a shard of P + L - 1 tokens
             rows_in = d * self.refill_rows(num_prompts, bucket)
             width = bucket + self.max_new_tokens - 1
@@ -570,19 +578,9 @@ class Engine(Sampler):
             table = like((rows_in, _cdiv(width, self.page_size)), np.int32, lay.rows)
             copies = page_copies([([], [], [], [])] * d, rows_in // d, ring)
             copies = jax.tree.map(lambda x: like(x.shape, x.dtype, lay.rows), copies)
-            return (abstract, seq, seq, pools, table, like((rows_in, ring), np.int32, lay.rows),
+            return (weights, pools, seq, seq, table, like((rows_in, ring), np.int32, lay.rows),
                     like((rows_in,), np.int32, lay.rows), copies)  # fmt: skip
-        if kind == "prefill":
-            prompts = like((batch, bucket), np.int32, lay.rows)
-            return (abstract, prompts, prompts, rows(batch * n), scalar, scalar, stop, pools,
-                    like((batch, sizes.prompt_width), np.int32, lay.rows),
-                    like((batch, ring), np.int32, lay.rows))  # fmt: skip
         slots = d * sizes.slots
-        weights, head = jax.tree.map(
-            lambda x, s: like(x.shape, x.dtype, s),
-            jax.eval_shape(self._jit("weights", None, state), abstract),
-            self._weight_shardings(),
-        )  # fmt: skip
         empty = Slots.empty(slots, sizes.per_slot, ring, stop_arrays.window)
         state_in, params = empty.state(np.arange(slots), sizes.per_slot)
         copies = page_copies([([], [], [], [])] * d, sizes.slots, ring)
@@ -595,7 +593,7 @@ class Engine(Sampler):
         arguments (`abstract_args`); nothing is allocated."""
         spec = PagedSpec(n, self.max_new_tokens, self.max_top_k, self.page_size,
                          self.steps_per_call, self.impl, self.ring)  # fmt: skip
-        if kind == "decode":
+        if kind in ("decode", "refill"):
             spec = dataclasses.replace(spec, n=0)
         args = self.abstract_args(kind, state, num_prompts, n, bucket, stop_arrays, full_pages)
         return self._jit(kind, spec, state).lower(*args)

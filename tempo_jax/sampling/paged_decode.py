@@ -5,6 +5,8 @@
                        *, spec, layout, weight_shardings) -> (pools, FirstTokens)
     decode_steps(weights, head, pools, slots: SlotState, params [S], seed, stop, copies,
                  *, spec, layout) -> (pools, SlotState, StepOutputs)
+    refill_pages(config, weights, pools, tokens [B, W], mask [B, W], full_table, ring_table,
+                 start [B], copies, *, spec, layout) -> pools      # recompute preemption
 
 On a mesh (`engine_layout.EngineLayout`) pages and slots are split over row shards: page
 numbers in tables and copies are local to the row's shard, and every access through them, as
@@ -275,11 +277,11 @@ def prefill_into_pages(
 
 
 def refill_pages(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
+    config: ModelConfig,
+    weights: DecodeWeights,
+    pools: PagedPools,
     tokens: jax.Array,
     mask: jax.Array,
-    pools: PagedPools,
     full_table: jax.Array,
     ring_table: jax.Array,
     start: jax.Array,
@@ -287,66 +289,82 @@ def refill_pages(
     *,
     spec: PagedSpec,
     layout: EngineLayout,
-    weight_shardings: Any,
 ) -> PagedPools:
     """Recomputes the keys and values of readmitted preempted rows (recompute preemption).
 
     Row b's T_b = sum(mask[b]) tokens (its prompt and the response tokens it had fed before it
-    was preempted) run through `Policy.prefill` as one left-padded batch; positions
-    [start_b, T_b) are written into the row's pages (full layers: `full_table`, sliding layers:
-    the last R pages' worth into its ring), one entry each. Positions below start_b (the
-    prompt) stay what the prompt's prefill wrote: its full pages are shared, and `copies` (the
-    partial last prompt page and the prompt's ring, as at a first admission) are applied
-    first. Padding rows (start_b >= T_b) write nothing.
+    was preempted) run as one left-padded prefill through the model's own blocks on the decode
+    weights (no copy of the parameters, no contiguous cache: each layer's keys and values go
+    straight into the pages); positions [start_b, T_b) are written into the row's pages (full
+    layers: `full_table`, sliding layers: the last R pages' worth into its ring), one entry
+    each. Positions below start_b (the prompt) stay what the prompt's prefill wrote: its full
+    pages are shared, and `copies` (the partial last prompt page and the prompt's ring, as at a
+    first admission) are applied first. Padding rows (start_b >= T_b) write nothing.
 
     Args:
-      graphdef, state: the policy (cast and laid out as in `prefill_into_pages`).
-      tokens, mask: [B, W] left-padded rows, B divided over the row shards.
+      config: the model config (static).
+      weights: from `prepare_weights`.
       pools: the page pools (donated).
+      tokens, mask: [B, W] left-padded rows, B divided over the row shards.
       full_table: [B, Wt] the rows' full-layer pages (local numbers), Wt * ps >= T_b.
       ring_table: [B, R] the rows' ring pages.
       start: [B] int32 first position to write.
       copies: PageCopies [B] applied before the writes.
-      spec, layout, weight_shardings: as in `prefill_into_pages`.
+      spec, layout: as in `decode_steps`.
 
     Returns:
       the pools.
     """
-    c = nnx.merge(graphdef, state).config
-    policy = nnx.merge(graphdef, _decode_state(state, c, weight_shardings))
+    c = config
     sliding = _is_sliding(c)
     pools = _apply_copies(pools, copies, sliding, layout)
-    batch, width = tokens.shape
-    with activation_sharding(layout.mesh, layout.rules):
-        _, cache = policy.model.prefill(tokens, mask, policy.init_cache(batch, width))
+    width = tokens.shape[1]
     ps = spec.page_size
+    valid = mask.astype(bool)
+    positions = model_decoder.positions_from_mask(valid)
+    slots = model_attention.Slots(jnp.arange(width, dtype=jnp.int32),
+                                  jnp.arange(width, dtype=jnp.int32), valid)  # fmt: skip
+    ctx = model_decoder._attend_context(c, positions, slots, None, False, layout.activations)
     total = jnp.sum(mask.astype(jnp.int32), axis=1)[:, None]
     position = total - width + jnp.arange(width, dtype=jnp.int32)[None, :]  # [B, W] per slot
     wanted = (position >= start[:, None]) & (position >= 0)
-    newest_page = (total - 1) // ps
-    in_ring = position // ps > newest_page - ring_table.shape[1]
+    in_ring = position // ps > (total - 1) // ps - ring_table.shape[1]
     offset = jnp.where(position >= 0, position % ps, 0)
 
-    def entries(table, valid, ring):
+    def entries(table, keep, ring):
         index = jnp.maximum(position // ps, 0)
         index = index % table.shape[1] if ring else jnp.minimum(index, table.shape[1] - 1)
-        return jnp.where(valid, jnp.take_along_axis(table, index, axis=1), 0)
+        return jnp.where(keep, jnp.take_along_axis(table, index, axis=1), 0)
 
-    full_page = entries(full_table, wanted, False)
-    ring_page = entries(ring_table, wanted & in_ring, True)
+    pages = {
+        False: entries(full_table, wanted, False),
+        True: entries(ring_table, wanted & in_ring, True),
+    }
 
-    def write(pool, page, off, x):  # per shard: its rows' entries, local page numbers
+    def write(pool, page, off, x):  # per shard: its rows' entries (page 0: none), local pages
+        x = jnp.where((page > 0)[:, :, None, None], x, 0)  # no padding garbage in scratch
         heads, dim = x.shape[2:]
         return _write_entries(pool, page.reshape(-1), off.reshape(-1), x.reshape(-1, heads, dim))
 
     write = layout.local(write, (POOL_SPEC, ROW_SPEC, ROW_SPEC, HEADS_SPEC), POOL_SPEC)
-    new_k, new_v = list(pools.k), list(pools.v)
+    x = jnp.take(weights.embed, tokens, axis=0).astype(c.compute_dtype)
+    new_k, new_v = [], []
     for i, is_sliding in enumerate(sliding):
-        page = ring_page if is_sliding else full_page
-        valid = (page > 0)[:, :, None, None]
-        for pool, cache_x in ((new_k, cache.k[i]), (new_v, cache.v[i])):
-            values = jnp.where(valid, cache_x, 0).astype(cache_x.dtype)  # no padding garbage
-            pool[i] = write(pool[i], page, offset, values)
+
+        def attend(q, k, v, k_pool, v_pool, is_sliding=is_sliding):
+            attn = model_attention.attention(
+                q, k, v, ctx.slots, window=c.sliding_window if c.has_sliding_layers else None,
+                sliding=is_sliding, implementation=c.attention, dtype=c.compute_dtype,
+                self_attention=True, block_size=c.attention_block_size, sharding=ctx.sharding,
+            )  # fmt: skip
+            page = pages[is_sliding]
+            return attn, write(k_pool, page, offset, k), write(v_pool, page, offset, v)
+
+        x, k_pool, v_pool = model_decoder._block(
+            c, weights.layers[i], x, is_sliding, ctx, pools.k[i], pools.v[i], attend=attend
+        )
+        new_k.append(k_pool)
+        new_v.append(v_pool)
     return PagedPools(k=tuple(new_k), v=tuple(new_v))
 
 
