@@ -29,7 +29,7 @@ from tempo_jax.sampling.engine import Engine
 from tempo_jax.sampling.engine_layout import page_bytes_per_chip
 from tempo_jax.tempo import functions as fns
 
-_KINDS = {fns.ENGINE_PREFILL: "prefill", fns.ENGINE_DECODE: "decode"}
+_KINDS = {fns.ENGINE_PREFILL: "prefill", fns.ENGINE_REFILL: "refill", fns.ENGINE_DECODE: "decode"}
 
 
 def engine_executable(
@@ -40,7 +40,8 @@ def engine_executable(
     pool_pages: int,
     stop_arrays: Any,
 ) -> jax.stages.Compiled:
-    """Compiles `call` (ENGINE_PREFILL or ENGINE_DECODE) for the engine's decode mesh.
+    """Compiles `call` (ENGINE_PREFILL, ENGINE_REFILL or ENGINE_DECODE) for the engine's decode
+    mesh.
 
     Args:
       engine: the run's Engine (its layout, page size, slots, steps per call, attention impl).
@@ -72,6 +73,9 @@ def engine_shape_detail(engine: Engine, call: fns.Call, width: int, pages: int) 
     decode its slots and pages over the row shards."""
     lay = engine.layout
     detail = f", decode mesh {lay.data} rows x {lay.tensor} tensor"
+    if call.function == fns.ENGINE_REFILL:
+        rows = lay.data * engine.refill_rows(call.prompts, width)
+        detail += f", {rows} readmitted rows of {width + engine.max_new_tokens - 1} tokens"
     if call.function == fns.ENGINE_DECODE:
         sizes = engine.chunk_sizes(call.prompts, call.samples, width)
         detail += (
@@ -99,6 +103,9 @@ def engine_flops_and_roofline(
     chips = lay.data * lay.tensor
     if call.function == fns.ENGINE_PREFILL:
         return roofline.prefill_call(model, chip, chips, rows=call.prompts, prompt=width)
+    if call.function == fns.ENGINE_REFILL:
+        rows = lay.data * engine.refill_rows(call.prompts, width)
+        return roofline.prefill_call(model, chip, chips, rows=rows, prompt=width + response - 1)
     sizes = engine.chunk_sizes(call.prompts, call.samples, width)
     table = math.ceil((width + response - 1) / engine.page_size)
     step_bytes = weight_bytes

@@ -204,6 +204,10 @@ _ENGINE_PREFILL = Kind(
     shape_detail=_engine_shape,
 )  # fmt: skip
 
+_ENGINE_DECODE = dataclasses.replace(
+    _ENGINE_PREFILL, state_bytes=_engine_weights_bytes, resident=ALL_STATES
+)
+
 KINDS: dict[str, Kind] = {
     fns.SFT_STEP: Kind(
         lower=_sft_lower,
@@ -218,7 +222,7 @@ KINDS: dict[str, Kind] = {
     fns.VALUES: _trained(fns.VALUES, "critic", head=False, backward=False),
     fns.SAMPLER: _SAMPLER,
     fns.ENGINE_PREFILL: _ENGINE_PREFILL,
-    fns.ENGINE_DECODE: dataclasses.replace(
-        _ENGINE_PREFILL, state_bytes=_engine_weights_bytes, resident=ALL_STATES
-    ),
+    fns.ENGINE_DECODE: _ENGINE_DECODE,
+    # A refill (recompute preemption) runs on the decode weights between decode calls.
+    fns.ENGINE_REFILL: _ENGINE_DECODE,
 }

@@ -112,6 +112,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.rollout.paged.num_slots = 0  # rows decoding at once (0 = every row of a chunk)
     c.rollout.paged.num_pages = 0  # pool pages a row shard (0 = from free HBM; CPU: full rows)
     c.rollout.paged.steps_per_call = 16  # decode steps per jitted call (host refills between)
+    # A preempted row, readmitted: recompute (keeps its tokens; a prefill recomputes its keys and
+    # values) | restart (decodes again from token 1). Same tokens either way.
+    c.rollout.paged.preemption = "recompute"
     # Decode weights: replicated | tensor (split over decode_tensor chips; 0 = parallel.mesh.tensor
     # when > 1, else 4) | auto (the faster by `tempo-jax compile`'s rollout estimate, reported).
     c.rollout.paged.decode_layout = "auto"

@@ -26,6 +26,7 @@ ADVANTAGES = ("em_token", "em_outcome")
 WHITEN_SCOPES = ("batch", "with_labeled", "question")
 ROLLOUT_ENGINES = ("static", "paged")
 DECODE_LAYOUTS = ("auto", "replicated", "tensor")  # aot.rollout_estimates.LAYOUTS
+PREEMPTIONS = ("recompute", "restart")  # sampling.engine.PREEMPTIONS
 KEEP_BEST_MODES = ("max", "min")
 MAX_TOP_K = 64  # the samplers' top-k bound; rollout.top_k = 0 (off) samples from it
 
@@ -77,6 +78,7 @@ class PagedSettings:
     steps_per_call: int
     decode_layout: str
     decode_tensor: int
+    preemption: str
 
     def __post_init__(self):
         require_int(self.page_size, "rollout.paged.page_size")
@@ -85,6 +87,7 @@ class PagedSettings:
         require_int(self.steps_per_call, "rollout.paged.steps_per_call")
         require_choice(self.decode_layout, "rollout.paged.decode_layout", DECODE_LAYOUTS)
         require_int(self.decode_tensor, "rollout.paged.decode_tensor", 0)
+        require_choice(self.preemption, "rollout.paged.preemption", PREEMPTIONS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,11 +23,12 @@ resident state (the train states), its weight shard and a workspace.
   `static_chunk_rows` rows, each decoded until its longest row ends, every step reading the chunk's
   whole [rows, prompt width + L - 1] cache and the chip's weights.
 - Engine (`engine_seconds`): slots over a page pool with vLLM-style admission and recompute
-  preemption, paced at the start; calls of `steps_per_call` steps in which a row that ends keeps
-  its slot until the call returns; the Pallas kernel reading whole compute blocks; prefills of
-  admitted prompts (the n samples of a prompt share its prompt pages); per-call host overhead;
-  per-layer all-reduces under tensor-parallel decode. Simulated call by call for one group of
-  chips (every group runs the same).
+  preemption (one readmitted row's prefill a call); calls of
+  `steps_per_call` steps of the active slots (`batch_slots` of them) in which a row that ends
+  keeps its slot until the call returns; the Pallas kernel reading whole compute blocks;
+  prefills of admitted prompts (the n samples of a prompt share its prompt pages); per-call
+  host overhead; per-layer all-reduces under tensor-parallel decode. Simulated call by call for
+  one group of chips (every group runs the same).
 
 Shapes and units: bytes and seconds; lengths in tokens.
 """
@@ -66,11 +67,29 @@ PROMPT_TOKENS = 256
 KERNEL_BLOCK_TOKENS = 512
 # The engine's admission policy (`engine_seconds`): the share of the pool kept free when
 # admitting; slots per row the budget holds at an average age of L / 2 (room for rows that end
-# early); the first admissions spread over this fraction of L. Chosen among 0.25 / 0.5 / 1 (pace)
-# and 1.25 / 1.5 / 2 (slots) by the estimates of the AIME recipes.
+# early). Chosen among 1.25 / 1.5 / 2 (slots) by the estimates of the AIME recipes. (Pacing the
+# first admissions over 0.25 L, which the restart engine needed, costs up to 0.06x of the floor
+# once preempted rows are readmitted one a call, and was dropped.)
 WATERMARK = 0.02
 SLOTS_PER_TARGET = 1.25
-PACE_FRACTION = 0.25
+# Preempted rows `sampling.Engine` readmits (and prefills) per call and row shard: the AIME
+# recipes' chunk prefill cache holds one full-length row.
+REFILL_ROWS = 1
+
+
+def batch_slots(busiest: int, slots: int) -> int:
+    """Slots a decode call steps (per row shard) when `busiest` are active, of `slots`: the
+    smallest power of two up to q = max(8, slots / 8), or multiple of q above it, that holds
+    them, at most `slots` (`sampling.Engine` passes only those; a few compiled batch sizes).
+    Powers of two alone left up to half the slots idle while the last rows drain (15.8% of the
+    CPU benchmark's slot-steps at 48 slots); multiples of q leave fewer than q idle."""
+    quantum = max(8, -(-slots // 8))
+    busiest = max(busiest, 1)
+    if busiest <= quantum:
+        size = 1 << (busiest - 1).bit_length()
+    else:
+        size = -(-busiest // quantum) * quantum
+    return min(size, slots)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,18 +349,18 @@ def engine_seconds(
     the coming call, holds every active row's pages with `WATERMARK` of it to spare; when the
     active rows would overflow it, the most recently admitted rows are preempted (their pages
     freed; they return to the head of the queue and, when readmitted, recompute their prompt and
-    generated tokens in a prefill). The first `target` admissions (target: the rows the budget
-    holds at an average age of L / 2) are paced one every `PACE_FRACTION` L / target steps, so
-    that rows end at staggered steps instead of growing together into preemptions, unless the
-    pool holds every row of the group at the cap. Slots: `num_slots`, else `SLOTS_PER_TARGET`
-    target (at most the group's rows).
+    generated tokens in a prefill, at most `REFILL_ROWS` a call, as `sampling.Engine` does for
+    the AIME recipes' chunks: readmissions are staggered). Slots: `num_slots`, else
+    `SLOTS_PER_TARGET` target (target: the rows the budget holds at an average age of L / 2;
+    at most the group's rows).
 
     `preempt=False`: a row is admitted only when the pool can still give it every page up to
-    the cap on top of what the active rows have reserved, so nothing is ever preempted (nor
-    paced), and rows that end early return their reservation (`sampling.Engine` before it
-    admitted by free pages). `restart=True` is `sampling.Engine`'s preemption: a preempted row
-    keeps no work and decodes its tokens again from token 1 (its prompt's pages stay held, so
-    nothing is prefilled again) instead of recomputing them in a prefill.
+    the cap on top of what the active rows have reserved, so nothing is ever preempted, and
+    rows that end early return their reservation (`sampling.Engine` before it admitted by free
+    pages). `restart=True` is `sampling.Engine(preemption="restart")`: a
+    preempted row keeps no work and decodes its tokens again from token 1 (its prompt's pages
+    stay held, so nothing is prefilled again) instead of recomputing them in a prefill. A call
+    steps `batch_slots` of the active slots: matmul FLOPs and all-reduce bytes follow it.
     """
     c, chip = recipe.model, recipe.chip
     groups = recipe.chips // tensor
@@ -358,26 +377,26 @@ def engine_seconds(
     target = int(budget // held(p + recipe.max_new_tokens / 2))
     if target < 1:
         raise ValueError(f"no row fits the KV budget with tensor={tensor}")
-    # More slots than rows would only cost FLOPs; when the pool holds every row at the cap, no
-    # admission needs pacing.
+    # More slots than rows would only cost FLOPs.
     slots = recipe.num_slots or min(math.ceil(SLOTS_PER_TARGET * target), len(queue))
-    everyone_fits = budget >= len(queue) * held(p + recipe.max_new_tokens)
-    gap = 0.0 if everyone_fits or not preempt else PACE_FRACTION * recipe.max_new_tokens / target
     capped = held(p + recipe.max_new_tokens)  # a row's worst case, reserved without preemption
     block = _kernel_block_tokens(recipe)
     weights = recipe.weight_bytes / tensor
-    # Every slot runs the matmuls (fixed shapes); attention FLOPs follow the filled keys.
-    matmul_flops = _step_flops(c, slots, np.zeros(1))[0] / tensor
-    comm = 0.0
-    if tensor > 1:  # attention output and MLP output all-reduced in every layer
-        moved = 2 * (tensor - 1) / tensor * slots * c.hidden_size * recipe.itemsize
-        ring_bw = ICI_RING_BYTES_PER_S.get(chip.name, HOST_RING_BYTES_PER_S)
-        comm = 2 * c.num_layers * (ALLREDUCE_LATENCY_S + moved / ring_bw)
+    # A call's batch runs the matmuls; attention FLOPs follow the filled keys.
+    row_flops = _step_flops(c, 1, np.zeros(1))[0] / tensor
+    ring_bw = ICI_RING_BYTES_PER_S.get(chip.name, HOST_RING_BYTES_PER_S)
+
+    def comm(batch: int) -> float:  # attention and MLP outputs all-reduced in every layer
+        if tensor == 1:
+            return 0.0
+        moved = 2 * (tensor - 1) / tensor * batch * c.hidden_size * recipe.itemsize
+        return 2 * c.num_layers * (ALLREDUCE_LATENCY_S + moved / ring_bw)
+
     context = np.zeros(slots, np.int64)  # keys of each slot's next step
     remaining = np.zeros(slots, np.int64)  # tokens still to decode (0 = idle)
     order = np.zeros(slots, np.int64)  # admission count of each slot's row (latest = preempted)
     queue = [(int(n), 0) for n in queue]  # (tokens to decode, tokens decoded before preemption)
-    seconds, steps, kept, admitted, preempted = 0.0, 0, 0, 0, 0
+    seconds, steps, kept, admitted, preempted, stepped = 0.0, 0, 0, 0, 0, 0
     offsets = np.arange(k)[None, :]
 
     def after_call():  # per-chip bytes of every active row once the coming call ran
@@ -392,11 +411,13 @@ def engine_seconds(
             )
             remaining[slot] = 0
             preempted += 1
-        recompute = 0  # tokens prefilled this call: new prompts and preempted rows
+        recompute, refills = 0, 0  # tokens prefilled this call: new prompts and preempted rows
         for slot in np.flatnonzero(remaining == 0):
-            if not queue or (admitted < target and admitted * gap > steps):
+            if not queue:
                 break
             left, done = queue[0]
+            if done and refills == REFILL_ROWS:
+                break
             if not preempt:
                 if ((remaining > 0).sum() + 1) * capped > budget:
                     break
@@ -406,6 +427,7 @@ def engine_seconds(
             context[slot], remaining[slot], order[slot] = p + 1 + done, left, admitted
             if done:
                 recompute += p + done
+                refills += 1
             elif admitted % recipe.samples == 0:  # a prompt's first sample prefills it
                 recompute += p
             admitted += 1
@@ -419,14 +441,16 @@ def engine_seconds(
         read_sliding = np.ceil(np.minimum(keys, w) / block) * block
         kv = (read_full * full + read_sliding * sliding) * active[:, None] / tensor
         attention = 4 * c.num_heads * c.head_dim * (keys * active[:, None]).sum(axis=0) / tensor
+        batch = batch_slots(int(active.sum()), slots)
         step_s = np.maximum(
             (weights + kv.sum(axis=0)) / chip.hbm_bandwidth,
-            (matmul_flops + attention) / chip.peak_flops,
+            (batch * row_flops + attention) / chip.peak_flops,
         )
-        seconds += float(step_s.sum()) + k * comm + CALL_OVERHEAD_S
+        seconds += float(step_s.sum()) + k * comm(batch) + CALL_OVERHEAD_S
         kept += int(np.minimum(remaining, k).sum())
+        stepped += batch * k
         steps += k
         context += k * active
         remaining = np.maximum(remaining - k, 0)
-    wasted = 1 - kept / (steps * slots)
+    wasted = 1 - kept / stepped
     return Estimate(seconds, tensor, slots, steps, budget, wasted, preempted)

@@ -12,7 +12,7 @@ Public API (B prompts, n samples each, N = B * n rows, P prompt bucket, L = max_
         .prompts_per_chunk(B, n): the prompts of each compiled call (B padded so its rows
         split over the mesh, at most max_rows_per_chunk rows)
   Engine(policy, page_size=16, num_slots=0, num_pages=0, steps_per_call=16, mesh=None,
-         rules=None, decode_tensor=1, **Sampler's):
+         rules=None, decode_tensor=1, preemption="recompute", **Sampler's):
       the same interface and tokens by continuous batching over a paged KV cache, sharded over
       the mesh (engine.py; engine_layout.py, engine_host.py, paged_decode.py,
       paged_attention.py, page_allocator.py); .last_stats, .layout

@@ -19,19 +19,25 @@ validation are the Sampler's; only how one chunk is sampled differs). Per chunk 
    has filled (plus one call's worth). Admission goes by free pages (vLLM's policy): a
    waiting row takes a free slot when the pool still holds every active row's next call and
    its own; when the active rows' next call does not fit, the most recently admitted row is
-   preempted (pages freed, back to the head of the queue) and later decodes again from token
-   1, to the same tokens (they depend only on its key).
+   preempted (pages freed, back to the head of the queue). Recompute preemption (vLLM's, the
+   default): the row keeps its tokens and log-probs, and when readmitted
+   `paged_decode.refill_pages` prefills its prompt and response tokens to recompute their
+   keys and values into fresh pages (its prompt's shared pages kept), then it decodes on at
+   its next step with its own key. `preemption="restart"`: it decodes again from token 1,
+   to the same tokens (they depend only on its key), its pages are all it loses.
 3. `paged_decode.decode_steps` runs `steps_per_call` steps of every slot in one jitted call;
    rows that finish inside stop writing and sampling (their slot-steps are the waste). The
    host then copies the call's tokens out, frees finished rows' pages and slots, and admits
    waiting rows. Tables are passed at the width of the longest active row rounded up to a
    power of two, so attention reads only (about) the pages that are filled, and only the
-   active slots are passed, in the smallest power of two that holds them: when no row waits
-   any more, the batch shrinks with the tail instead of stepping empty slots.
+   active slots are passed, in the smallest of a few batch sizes that holds them
+   (`models.rollout_time.batch_slots`): when no row waits any more, the batch shrinks with the tail
+   instead of stepping empty slots.
 
 Row i's key at step t is fold_in(fold_in(key(seed), first_row + i), t) wherever it decodes, so
 the tokens, log-probs and finish reasons are those of `Sampler` (the decode attention's
-reduction order differs, a float rounding; tests check token-for-token equality). Rows of a
+reduction order differs, and a refilled row's keys and values come from a prefill instead of
+its decode steps: float rounding; tests check token-for-token equality). Rows of a
 chunk are units of `chunk_log` as in the Sampler, so a preempted rollout resumes bitwise.
 
 Sharding (`engine_layout.EngineLayout`): the run mesh's devices as row shards x
@@ -39,7 +45,8 @@ Sharding (`engine_layout.EngineLayout`): the run mesh's devices as row shards x
 pools by KV heads over tensor and pages over row shards, prompts / rows / slots over row shards.
 Each row shard has its own allocator, queue and slots (a prompt's samples decode in its shard),
 and one jitted call steps every shard. One device (mesh None) is the 1 x 1 case.
-`last_stats` holds the last call's decode slot-steps, kept tokens, preemptions and peak pages.
+`last_stats` holds the last call's decode slot-steps, kept tokens, preemptions, refills and peak
+pages.
 """
 
 from __future__ import annotations
@@ -53,17 +60,18 @@ import jax
 import numpy as np
 
 from tempo_jax.models import Policy
-from tempo_jax.models.rollout_time import PACE_FRACTION
+from tempo_jax.models.rollout_time import batch_slots
 from tempo_jax.sampling import engine_layout as el
 from tempo_jax.sampling.engine_host import (
     Buffers,
     ChunkSizes,
+    Readmissions,
     Slots,
     first_active,
     pad_prompts,
     page_copies,
 )
-from tempo_jax.sampling.page_allocator import SCRATCH_PAGE, PageAllocator
+from tempo_jax.sampling.page_allocator import PageAllocator
 from tempo_jax.sampling.paged_attention import resolve_impl, ring_pages
 from tempo_jax.sampling.paged_decode import (
     FirstTokens,
@@ -75,10 +83,13 @@ from tempo_jax.sampling.paged_decode import (
     init_pools,
     prefill_into_pages,
     prepare_weights,
+    refill_pages,
 )
 from tempo_jax.sampling.params import RowSamplingParams
 from tempo_jax.sampling.sampler import Sampler
 from tempo_jax.sampling.stopping import StopArrays
+
+PREEMPTIONS = ("recompute", "restart")
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -108,6 +119,7 @@ class Engine(Sampler):
         mesh: jax.sharding.Mesh | None = None,
         rules: Any = None,
         decode_tensor: int = 1,
+        preemption: str = "recompute",
         **sampler_kwargs: Any,
     ):
         """Args: the Sampler's, plus
@@ -125,7 +137,12 @@ class Engine(Sampler):
         rules: the run's logical-axis rules (decode uses their `inference_rules`).
         decode_tensor: the decode weights' and KV heads' split (1 = every chip holds whole
           weights and decodes its own rows).
+        preemption: what a preempted row does when readmitted: "recompute" (it keeps its
+          tokens; a prefill recomputes its keys and values, then it decodes on) or "restart"
+          (it decodes again from token 1).
         """
+        if preemption not in PREEMPTIONS:
+            raise ValueError(f"Engine: preemption must be one of {PREEMPTIONS}, got {preemption!r}")
         for name, value, least in (
             ("page_size", page_size, 1),
             ("num_slots", num_slots, 0),
@@ -141,6 +158,7 @@ class Engine(Sampler):
         self.num_slots = int(num_slots)
         self.num_pages = int(num_pages)
         self.steps_per_call = int(steps_per_call)
+        self.preemption = preemption
         platform = self.layout.mesh.devices.flat[0].platform  # a topology's for AOT compiles
         self.impl = attention_impl or resolve_impl(self.config.attention, platform)
         c = self.config
@@ -232,28 +250,39 @@ class Engine(Sampler):
                       ("temperature", "top_k", "top_p", "greedy")}  # fmt: skip
         decode = self._jit("decode", dataclasses.replace(spec, n=0), None)
         kept = np.zeros(num_rows, np.int64)  # tokens each row has emitted in decode calls
-        stats = {"slot_steps": 0, "kept_tokens": 0, "calls": 0, "preemptions": 0}
+        stats = {"slot_steps": 0, "kept_tokens": 0, "calls": 0, "preemptions": 0,
+                 "refills": 0, "refill_tokens": 0, "longest_refill": 0}  # fmt: skip
+        back = Readmissions.create(self._refill_rows(per_prompt_shard, bucket), d)
+        prompts = [np.asarray(tokens[p])[np.asarray(mask[p]) > 0] for p in range(real)]
         admitted = np.zeros(d, np.int64)  # admissions per row shard (readmissions included)
-        prompt_shard = np.arange(real) // per_prompt_shard
-        paces = [
-            self._pace(allocators[i].num_free, plen[:real][prompt_shard == i], n) for i in range(d)
-        ]
         seed_placed = scalars[0]
 
         while any(waiting) or slots.active.any():
             copies = [([], [], [], []) for _ in range(d)]
+            back.clear()
             for i in range(d):
                 in_shard = np.arange(i * per_slot_shard, (i + 1) * per_slot_shard)
                 admitted[i] = self._schedule(
                     in_shard, slots, allocators[i], waiting[i], plen, n, first, held, first_row,
-                    row_params, copies[i], prompt_rings, kept, stats, int(admitted[i]), paces[i],
+                    row_params, copies[i], prompt_rings, kept, stats, int(admitted[i]), back, i,
                 )  # fmt: skip
             width = self._grow_tables(slots, plen, n, allocators, per_slot_shard, max_new)
-            # Each shard runs its active slots only, in the smallest power of two (at most its
-            # slots) that holds the busiest shard's: once no row waits, the batch shrinks.
+            if any(back.slots):
+                refill_in = back.batch(slots, prompts, out.tokens, n, self.pad_id, ps,
+                                       bucket + max_new - 1)  # fmt: skip
+                self._shapes.add(("refill", refill_in[0].shape))
+                pools = self._jit("refill", dataclasses.replace(spec, n=0), None)(
+                    weights, pools, *lay.put(refill_in, lay.rows)
+                )
+                lengths = [int(slots.lengths[s]) for x in back.slots for s in x]
+                stats["refills"] += len(lengths)
+                stats["refill_tokens"] += sum(lengths)
+                stats["longest_refill"] = max(stats["longest_refill"], *lengths)
+            # Each shard runs its active slots only, in the smallest batch (`batch_slots`) that
+            # holds the busiest shard's: once no row waits, the batch shrinks with the tail.
             busiest = max(int(slots.active[i * per_slot_shard:(i + 1) * per_slot_shard].sum())
                           for i in range(d))  # fmt: skip
-            size = min(per_slot_shard, 1 << (max(busiest, 1) - 1).bit_length())
+            size = batch_slots(busiest, per_slot_shard)
             chosen = np.concatenate([
                 first_active(slots.active, i * per_slot_shard, per_slot_shard, size)
                 for i in range(d)
@@ -277,7 +306,7 @@ class Engine(Sampler):
                 stats["kept_tokens"] += emitted
                 if not new_state.active[j]:
                     out.finish(row, int(new_state.steps[j]), int(step_out.finish_reason[j]))
-                    self._free_slot(slots, s, allocators[s // per_slot_shard])
+                    slots.release(s, allocators[s // per_slot_shard])
                     p = row // n
                     unfinished[p] -= 1
                     if unfinished[p] == 0:
@@ -290,14 +319,15 @@ class Engine(Sampler):
         return out.rollouts(tokens[:real], mask[:real], n)
 
     def _schedule(self, in_shard, slots, allocator, waiting, plen, n, first, held, first_row,
-                  row_params, copies, prompt_rings, kept, stats, admitted,
-                  pace) -> int:  # fmt: skip
+                  row_params, copies, prompt_rings, kept, stats, admitted, back,
+                  shard) -> int:  # fmt: skip
         """Admission by free pages in one row shard (vLLM's policy, on this shard's pool): while
         its active rows' pages for the coming call exceed the free pages, the most recently
-        admitted row is preempted (its pages freed; it restarts from token 1, so its tokens do
-        not change: they depend only on its key); otherwise free slots take waiting rows while
-        the free pages cover their first call too, the shard's first `pace[0]` admissions one
-        every `pace[1]` decode steps (`_pace`). Returns the shard's admission count."""
+        admitted row is preempted (its pages freed; under "recompute" it keeps its tokens and
+        `back` its state, readmission prefills them again, at most `back.cap` a call; under
+        "restart" it decodes again from token 1: its tokens depend only on its key);
+        otherwise free slots take waiting rows while the free pages cover their first call
+        too. Returns the shard's admission count."""
         need = {int(s): self._call_pages(slots, s, plen, n) for s in in_shard if slots.active[s]}
         preempted = False
         while sum(need.values()) > allocator.num_free:
@@ -305,87 +335,58 @@ class Engine(Sampler):
             if len(need) == 1:  # the pool check in `_call` makes this unreachable
                 raise RuntimeError("a row shard's pool cannot hold its oldest row")
             row = int(slots.row[s])
-            stats["kept_tokens"] -= int(kept[row])
             stats["preemptions"] += 1
-            kept[row] = 0
-            self._free_slot(slots, s, allocator)
+            if self.preemption == "restart":
+                stats["kept_tokens"] -= int(kept[row])
+                kept[row] = 0
+            else:
+                back.save(row, slots, s)
+            slots.release(s, allocator)
             waiting.appendleft(row)
             del need[s]
             preempted = True
         if preempted:  # no admission while the pool is short (it would be preempted again)
             return admitted
         ps, steps = self.page_size, self.steps_per_call
-        target, gap = pace
         for s in in_shard[slots.row[in_shard] < 0]:
-            if not waiting or (admitted < target and admitted * gap > stats["calls"] * steps):
+            if not waiting:
                 break
             row = waiting[0]
             p = row // n
+            saved = back.saved.get(row)
+            if saved is not None and len(back.slots[shard]) >= back.cap:
+                break  # this call's refill is full
             shared = int(plen[p]) // ps
-            last = min(int(plen[p]) + steps, int(plen[p]) + self.max_new_tokens - 1)
+            length = int(plen[p]) + (saved[0] - 1 if saved else 0)
+            last = min(length + steps, int(plen[p]) + self.max_new_tokens - 1)
             if sum(need.values()) + _cdiv(last, ps) - shared > allocator.num_free:
                 break  # the pool is full: wait for a row to finish
             waiting.popleft()
-            self._admit(slots, int(s), row, p, first, held, shared, plen, first_row, row_params,
-                        allocator, copies, prompt_rings)  # fmt: skip
+            slots.admit(int(s), row, int(plen[p]), first, held[p], self.page_size, first_row,
+                        row_params, allocator, back.copies[shard] if saved else copies,
+                        prompt_rings[p], back.saved.pop(row, None))  # fmt: skip
+            if saved:
+                back.slots[shard].append(int(s))
             slots.order[s] = admitted
             admitted += 1
             need[int(s)] = self._call_pages(slots, s, plen, n)
         return admitted
 
-    def _pace(self, free_pages: int, prompt_lengths: np.ndarray, n: int) -> tuple[int, float]:
-        """(target, gap) of a row shard's admission pacing (`models.rollout_time.engine_seconds`
-        models the same): unless its free pages hold all its rows at full length, its first
-        `target` admissions (the rows the pages hold at an average age of L / 2) go one every
-        `gap` = PACE_FRACTION L / target decode steps, so that rows end at staggered steps
-        instead of growing together into preemptions."""
-        rows = len(prompt_lengths) * n
-        if not rows:
-            return 0, 0.0
-        prompt, max_new = float(np.mean(prompt_lengths)), self.max_new_tokens
-        if free_pages >= rows * _cdiv(int(prompt) + max_new, self.page_size):
-            return 0, 0.0
-        target = max(int(free_pages // _cdiv(int(prompt + max_new / 2), self.page_size)), 1)
-        return target, PACE_FRACTION * max_new / target
+    def _refill_rows(self, prompts_local: int, bucket: int) -> int:
+        """Readmissions a refill call takes per row shard: its [m, P + L - 1] activations at
+        most the chunk prefill's [B / d, P] (one at least)."""
+        return max(prompts_local * bucket // (bucket + self.max_new_tokens - 1), 1)
+
+    def refill_rows(self, num_prompts: int, bucket: int) -> int:
+        """Readmissions per row shard a refill call of a chunk of `num_prompts` prompts takes."""
+        return self._refill_rows(self._sizes(num_prompts, 1, bucket).prompts // self.layout.data,
+                                 bucket)  # fmt: skip
 
     def _call_pages(self, slots: Slots, s: int, plen: np.ndarray, n: int) -> int:
         """Pages slot s's row must still get before the coming call."""
         row_plen = int(plen[int(slots.row[s]) // n])
         last = min(int(slots.lengths[s]) + self.steps_per_call, row_plen + self.max_new_tokens - 1)
         return max(_cdiv(last, self.page_size) - len(slots.shared[s]) - len(slots.private[s]), 0)
-
-    def _free_slot(self, slots: Slots, s: int, allocator: PageAllocator) -> None:
-        allocator.release(slots.shared[s] + slots.private[s])
-        slots.shared[s], slots.private[s] = [], []
-        slots.table[s] = SCRATCH_PAGE
-        slots.row[s] = -1
-        slots.active[s] = False
-
-    def _admit(self, slots, s, row, p, first, held, shared, plen, first_row, row_params,
-               allocator, copies, prompt_rings):  # fmt: skip
-        """Puts chunk row `row` (of prompt p) into free slot s (tables, state, page copies)."""
-        slots.shared[s] = held[p][:shared]
-        allocator.share(slots.shared[s])
-        slots.private[s] = []
-        slots.table[s] = SCRATCH_PAGE
-        slots.table[s, :shared] = slots.shared[s]
-        if int(plen[p]) % self.page_size:  # copy on write of the partly filled prompt page
-            (page,) = allocator.allocate(1)
-            slots.private[s].append(page)
-            slots.table[s, shared] = page
-            copies[0].append(held[p][shared])
-            copies[1].append(page)
-        copies[2].append(prompt_rings[p])
-        copies[3].append(slots.ring[s].copy())
-        slots.row[s] = row
-        slots.lengths[s] = plen[p]
-        slots.last_tokens[s] = first.tokens[row]
-        slots.steps[s] = 1
-        slots.active[s] = True
-        slots.row_ids[s] = first_row + row
-        slots.window[s] = first.window[row]
-        for name, values in row_params.items():
-            slots.params[name][s] = values[row]
 
     def _grow_tables(self, slots, plen, n, allocators, per_shard, max_new) -> int:
         """Allocates the pages of every active row's next call; returns the table width to pass
@@ -504,6 +505,9 @@ class Engine(Sampler):
                                    weight_shardings=weight_shardings)  # fmt: skip
             first = FirstTokens(*(lay.rows,) * 6)
             jitted = jax.jit(fn, donate_argnums=(7,), out_shardings=(self._pool_shardings(), first))
+        elif kind == "refill":
+            fn = functools.partial(refill_pages, self.config, spec=spec, layout=lay)
+            jitted = jax.jit(fn, donate_argnums=(1,), out_shardings=self._pool_shardings())
         elif kind == "decode":
             fn = functools.partial(decode_steps, self.config, spec=spec, layout=lay)
             outs = (self._pool_shardings(), SlotState(*(lay.rows,) * 8),
@@ -519,10 +523,11 @@ class Engine(Sampler):
 
     def abstract_args(self, kind: str, state: Any, num_prompts: int, n: int, bucket: int,
                       stop_arrays: StopArrays, full_pages: int = 0) -> tuple:  # fmt: skip
-        """Abstract arguments (with their shardings) of the "prefill", "weights" or "decode" call
-        of a chunk of `num_prompts` prompts of width `bucket` with n samples, the decode at its
-        widest table; `full_pages` per row shard (0: as `generate` would size it without device
-        memory). `state` may be abstract; its shardings are kept (none: laid out for decode)."""
+        """Abstract arguments (with their shardings) of the "prefill", "refill", "weights" or
+        "decode" call of a chunk of `num_prompts` prompts of width `bucket` with n samples, the
+        decode and the refill at their widest; `full_pages` per row shard (0: as `generate`
+        would size it without device memory). `state` may be abstract; its shardings are kept
+        (none: laid out for decode)."""
         lay = self.layout
         sizes = self._sizes(num_prompts, n, bucket)
         batch = sizes.prompts
@@ -561,12 +566,21 @@ class Engine(Sampler):
             return (abstract, prompts, prompts, rows(batch * n), scalar, scalar, stop, pools,
                     like((batch, sizes.prompt_width), np.int32, lay.rows),
                     like((batch, ring), np.int32, lay.rows))  # fmt: skip
-        slots = d * sizes.slots
         weights, head = jax.tree.map(
             lambda x, s: like(x.shape, x.dtype, s),
             jax.eval_shape(self._jit("weights", None, state), abstract),
             self._weight_shardings(),
         )  # fmt: skip
+        if kind == "refill":  # the widest: m rows a shard of P + L - 1 tokens
+            rows_in = d * self.refill_rows(num_prompts, bucket)
+            width = bucket + self.max_new_tokens - 1
+            seq = like((rows_in, width), np.int32, lay.rows)
+            table = like((rows_in, _cdiv(width, self.page_size)), np.int32, lay.rows)
+            copies = page_copies([([], [], [], [])] * d, rows_in // d, ring)
+            copies = jax.tree.map(lambda x: like(x.shape, x.dtype, lay.rows), copies)
+            return (weights, pools, seq, seq, table, like((rows_in, ring), np.int32, lay.rows),
+                    like((rows_in,), np.int32, lay.rows), copies)  # fmt: skip
+        slots = d * sizes.slots
         empty = Slots.empty(slots, sizes.per_slot, ring, stop_arrays.window)
         state_in, params = empty.state(np.arange(slots), sizes.per_slot)
         copies = page_copies([([], [], [], [])] * d, sizes.slots, ring)
@@ -575,11 +589,11 @@ class Engine(Sampler):
 
     def lower(self, kind: str, state: Any, num_prompts: int, n: int, bucket: int,
               stop_arrays: StopArrays, full_pages: int = 0) -> jax.stages.Lowered:  # fmt: skip
-        """The "prefill", "weights" or "decode" call of a chunk, lowered from abstract arguments
-        (`abstract_args`); nothing is allocated."""
+        """The "prefill", "refill", "weights" or "decode" call of a chunk, lowered from abstract
+        arguments (`abstract_args`); nothing is allocated."""
         spec = PagedSpec(n, self.max_new_tokens, self.max_top_k, self.page_size,
                          self.steps_per_call, self.impl, self.ring)  # fmt: skip
-        if kind == "decode":
+        if kind in ("decode", "refill"):
             spec = dataclasses.replace(spec, n=0)
         args = self.abstract_args(kind, state, num_prompts, n, bucket, stop_arrays, full_pages)
         return self._jit(kind, spec, state).lower(*args)

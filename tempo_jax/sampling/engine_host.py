@@ -10,6 +10,7 @@ import functools
 import jax
 import numpy as np
 
+from tempo_jax.sampling.page_allocator import SCRATCH_PAGE, PageAllocator
 from tempo_jax.sampling.paged_decode import PageCopies, SlotState
 from tempo_jax.sampling.params import RowSamplingParams
 from tempo_jax.sampling.rollouts import Rollouts
@@ -79,6 +80,48 @@ class Slots:
             private=[[] for _ in range(num_slots)],
         )
 
+    def release(self, s: int, allocator: PageAllocator) -> None:
+        """Frees slot s and drops its row's page references."""
+        allocator.release(self.shared[s] + self.private[s])
+        self.shared[s], self.private[s] = [], []
+        self.table[s] = SCRATCH_PAGE
+        self.row[s] = -1
+        self.active[s] = False
+
+    def admit(self, s, row, prompt_length, first, prompt_pages, page_size, first_row, row_params,
+              allocator, copies, prompt_ring, saved=None) -> None:  # fmt: skip
+        """Puts chunk row `row` into free slot s: tables (its prompt's full pages `prompt_pages`
+        shared, a private copy of a partly filled last one), state, and the admission's page
+        copies appended to `copies` (src, dst, ring_src, ring_dst). A preempted row (`saved`:
+        its steps, last token and stop window) resumes where it was."""
+        shared = prompt_length // page_size
+        self.shared[s] = prompt_pages[:shared]
+        allocator.share(self.shared[s])
+        self.private[s] = []
+        self.table[s] = SCRATCH_PAGE
+        self.table[s, :shared] = self.shared[s]
+        if prompt_length % page_size:  # copy on write of the partly filled prompt page
+            (page,) = allocator.allocate(1)
+            self.private[s].append(page)
+            self.table[s, shared] = page
+            copies[0].append(prompt_pages[shared])
+            copies[1].append(page)
+        copies[2].append(prompt_ring)
+        copies[3].append(self.ring[s].copy())
+        self.row[s] = row
+        self.active[s] = True
+        self.row_ids[s] = first_row + row
+        if saved is None:
+            self.lengths[s] = prompt_length
+            self.last_tokens[s] = first.tokens[row]
+            self.steps[s] = 1
+            self.window[s] = first.window[row]
+        else:
+            self.steps[s], self.last_tokens[s], self.window[s] = saved
+            self.lengths[s] = prompt_length + saved[0] - 1
+        for name, values in row_params.items():
+            self.params[name][s] = values[row]
+
     def state(self, chosen: np.ndarray, width: int) -> tuple[SlotState, RowSamplingParams]:
         """The device inputs of the slots `chosen` (tables `width` pages wide)."""
         return SlotState(
@@ -91,6 +134,71 @@ class Slots:
             row_ids=self.row_ids[chosen],
             window=self.window[chosen],
         ), RowSamplingParams(**{k: v[chosen] for k, v in self.params.items()})
+
+
+@dataclasses.dataclass
+class Readmissions:
+    """Recompute preemption's host state: what a preempted row keeps (its response tokens and
+    log-probs stay in `Buffers`) and the rows a call readmits, whose keys and values
+    `paged_decode.refill_pages` recomputes before the call.
+
+    Attributes:
+      cap: readmissions per row shard and call (their prefill's batch).
+      saved: row -> (steps, last token, stop window) at its preemption.
+      slots: per row shard, the slots readmitted for the coming call.
+      copies: per row shard, their admission page copies (src, dst, ring_src, ring_dst).
+    """
+
+    cap: int
+    saved: dict[int, tuple[int, int, np.ndarray]]
+    slots: list[list[int]]
+    copies: list[tuple[list, list, list, list]]
+
+    @classmethod
+    def create(cls, cap: int, shards: int) -> Readmissions:
+        return cls(cap, {}, [[] for _ in range(shards)], [([], [], [], []) for _ in range(shards)])
+
+    def save(self, row: int, slots: Slots, s: int) -> None:
+        self.saved[row] = (int(slots.steps[s]), int(slots.last_tokens[s]), slots.window[s].copy())
+
+    def clear(self) -> None:
+        for i in range(len(self.slots)):
+            self.slots[i] = []
+            self.copies[i] = ([], [], [], [])
+
+    def batch(self, slots: Slots, prompts: list[np.ndarray], responses: np.ndarray, n: int,
+              pad_id: int, page_size: int, max_width: int) -> tuple:  # fmt: skip
+        """The refill's inputs for the readmitted slots (`refill_pages`): tokens, mask [d m, W]
+        (W: a power of two, at most `max_width`; m: a power of two), full and ring tables,
+        start [d m] and the page copies; row shard i's rows at [i m, (i + 1) m).
+
+        Args:
+          slots: the host slots (tables already cover every position the refill writes).
+          prompts: each prompt's tokens, unpadded; responses: Buffers.tokens [rows, L].
+        """
+        shards = len(self.slots)
+        per = 1 << (max(len(x) for x in self.slots) - 1).bit_length()
+        rows = [(i, j, s) for i, chosen in enumerate(self.slots) for j, s in enumerate(chosen)]
+        longest = max(int(slots.lengths[s]) for _, _, s in rows)
+        width = min(1 << (longest - 1).bit_length(), max_width)
+        tokens = np.full((shards * per, width), pad_id, np.int32)
+        mask = np.zeros((shards * per, width), np.int32)
+        mask[:, -1] = 1  # padding rows: one token, nothing written (start 1)
+        start = np.ones(shards * per, np.int32)
+        pages = -(-width // page_size)
+        full = np.zeros((shards * per, pages), np.int32)
+        ring = np.zeros((shards * per, slots.ring.shape[1]), np.int32)
+        for i, j, s in rows:
+            b, row = i * per + j, int(slots.row[s])
+            prompt = prompts[row // n]
+            fed = int(slots.lengths[s]) - len(prompt)  # response tokens before the last one
+            seq = np.concatenate([prompt, responses[row, :fed]])
+            tokens[b, width - len(seq) :] = seq
+            mask[b, width - len(seq) :] = 1
+            start[b] = len(prompt)
+            full[b] = slots.table[s, :pages]
+            ring[b] = slots.ring[s]
+        return tokens, mask, full, ring, start, page_copies(self.copies, per, ring.shape[1])
 
 
 def pad_prompts(tokens, mask, rows, n: int, shards: int):

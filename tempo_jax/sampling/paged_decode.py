@@ -5,6 +5,8 @@
                        *, spec, layout, weight_shardings) -> (pools, FirstTokens)
     decode_steps(weights, head, pools, slots: SlotState, params [S], seed, stop, copies,
                  *, spec, layout) -> (pools, SlotState, StepOutputs)
+    refill_pages(config, weights, pools, tokens [B, W], mask [B, W], full_table, ring_table,
+                 start [B], copies, *, spec, layout) -> pools      # recompute preemption
 
 On a mesh (`engine_layout.EngineLayout`) pages and slots are split over row shards: page
 numbers in tables and copies are local to the row's shard, and every access through them, as
@@ -272,6 +274,98 @@ def prefill_into_pages(
         finish_reason=jnp.where(finishing, reason, 0).astype(jnp.int32),
     )
     return PagedPools(k=tuple(new_k), v=tuple(new_v)), first
+
+
+def refill_pages(
+    config: ModelConfig,
+    weights: DecodeWeights,
+    pools: PagedPools,
+    tokens: jax.Array,
+    mask: jax.Array,
+    full_table: jax.Array,
+    ring_table: jax.Array,
+    start: jax.Array,
+    copies: PageCopies,
+    *,
+    spec: PagedSpec,
+    layout: EngineLayout,
+) -> PagedPools:
+    """Recomputes the keys and values of readmitted preempted rows (recompute preemption).
+
+    Row b's T_b = sum(mask[b]) tokens (its prompt and the response tokens it had fed before it
+    was preempted) run as one left-padded prefill through the model's own blocks on the decode
+    weights (no copy of the parameters, no contiguous cache: each layer's keys and values go
+    straight into the pages); positions [start_b, T_b) are written into the row's pages (full
+    layers: `full_table`, sliding layers: the last R pages' worth into its ring), one entry
+    each. Positions below start_b (the prompt) stay what the prompt's prefill wrote: its full
+    pages are shared, and `copies` (the partial last prompt page and the prompt's ring, as at a
+    first admission) are applied first. Padding rows (start_b >= T_b) write nothing.
+
+    Args:
+      config: the model config (static).
+      weights: from `prepare_weights`.
+      pools: the page pools (donated).
+      tokens, mask: [B, W] left-padded rows, B divided over the row shards.
+      full_table: [B, Wt] the rows' full-layer pages (local numbers), Wt * ps >= T_b.
+      ring_table: [B, R] the rows' ring pages.
+      start: [B] int32 first position to write.
+      copies: PageCopies [B] applied before the writes.
+      spec, layout: as in `decode_steps`.
+
+    Returns:
+      the pools.
+    """
+    c = config
+    sliding = _is_sliding(c)
+    pools = _apply_copies(pools, copies, sliding, layout)
+    width = tokens.shape[1]
+    ps = spec.page_size
+    valid = mask.astype(bool)
+    positions = model_decoder.positions_from_mask(valid)
+    slots = model_attention.Slots(jnp.arange(width, dtype=jnp.int32),
+                                  jnp.arange(width, dtype=jnp.int32), valid)  # fmt: skip
+    ctx = model_decoder._attend_context(c, positions, slots, None, False, layout.activations)
+    total = jnp.sum(mask.astype(jnp.int32), axis=1)[:, None]
+    position = total - width + jnp.arange(width, dtype=jnp.int32)[None, :]  # [B, W] per slot
+    wanted = (position >= start[:, None]) & (position >= 0)
+    in_ring = position // ps > (total - 1) // ps - ring_table.shape[1]
+    offset = jnp.where(position >= 0, position % ps, 0)
+
+    def entries(table, keep, ring):
+        index = jnp.maximum(position // ps, 0)
+        index = index % table.shape[1] if ring else jnp.minimum(index, table.shape[1] - 1)
+        return jnp.where(keep, jnp.take_along_axis(table, index, axis=1), 0)
+
+    pages = {
+        False: entries(full_table, wanted, False),
+        True: entries(ring_table, wanted & in_ring, True),
+    }
+
+    def write(pool, page, off, x):  # per shard: its rows' entries (page 0: none), local pages
+        x = jnp.where((page > 0)[:, :, None, None], x, 0)  # no padding garbage in scratch
+        heads, dim = x.shape[2:]
+        return _write_entries(pool, page.reshape(-1), off.reshape(-1), x.reshape(-1, heads, dim))
+
+    write = layout.local(write, (POOL_SPEC, ROW_SPEC, ROW_SPEC, HEADS_SPEC), POOL_SPEC)
+    x = jnp.take(weights.embed, tokens, axis=0).astype(c.compute_dtype)
+    new_k, new_v = [], []
+    for i, is_sliding in enumerate(sliding):
+
+        def attend(q, k, v, k_pool, v_pool, is_sliding=is_sliding):
+            attn = model_attention.attention(
+                q, k, v, ctx.slots, window=c.sliding_window if c.has_sliding_layers else None,
+                sliding=is_sliding, implementation=c.attention, dtype=c.compute_dtype,
+                self_attention=True, block_size=c.attention_block_size, sharding=ctx.sharding,
+            )  # fmt: skip
+            page = pages[is_sliding]
+            return attn, write(k_pool, page, offset, k), write(v_pool, page, offset, v)
+
+        x, k_pool, v_pool = model_decoder._block(
+            c, weights.layers[i], x, is_sliding, ctx, pools.k[i], pools.v[i], attend=attend
+        )
+        new_k.append(k_pool)
+        new_v.append(v_pool)
+    return PagedPools(k=tuple(new_k), v=tuple(new_v))
 
 
 def _row_keys(seed: jax.Array, row_ids: jax.Array) -> jax.Array:

@@ -112,6 +112,7 @@ def make_sampler(
             num_slots=paged.num_slots,
             num_pages=paged.num_pages,
             steps_per_call=paged.steps_per_call,
+            preemption=paged.preemption,
             rules=rules,
             decode_tensor=tensor,
             **kwargs,

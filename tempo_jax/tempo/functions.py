@@ -49,7 +49,8 @@ SFT_STEP = "sft_step"
 # The paged engine's (rollout.engine = paged) per chunk shape: its prefill and multi-step decode.
 ENGINE_PREFILL = "engine_prefill"
 ENGINE_DECODE = "engine_decode"
-SAMPLERS = (SAMPLER, ENGINE_PREFILL, ENGINE_DECODE)
+ENGINE_REFILL = "engine_refill"  # recompute preemption's prefill of readmitted rows
+SAMPLERS = (SAMPLER, ENGINE_PREFILL, ENGINE_REFILL, ENGINE_DECODE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +119,10 @@ def planned_calls(
     buckets = length_buckets(settings.train, rollout.max_new_tokens)
 
     paged = rollout.engine == "paged"
-    kinds = (ENGINE_PREFILL, ENGINE_DECODE) if paged else (SAMPLER,)
+    kinds = (SAMPLER,)
+    if paged:
+        refill = (ENGINE_REFILL,) if rollout.paged.preemption == "recompute" else ()
+        kinds = (ENGINE_PREFILL, *refill, ENGINE_DECODE)
 
     def sampler(num_prompts: int, samples: int, purpose: str) -> list[Call]:
         chunk = chunk_prompts(num_prompts, samples, row_shards, rollout.rows_per_chunk)

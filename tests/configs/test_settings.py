@@ -41,6 +41,7 @@ def test_defaults_build_hashable_settings_with_the_conventions_resolved():
     [
         ({"rollout.paged.page_size": 0}, "config.rollout.paged.page_size must be an int >= 1"),
         ({"rollout.engine": "vllm"}, "config.rollout.engine must be one of"),
+        ({"rollout.paged.preemption": "swap"}, "config.rollout.paged.preemption must be one of"),
         ({"rollout.max_rows_per_chunk": -1}, "config.rollout.max_rows_per_chunk must be an int"),
         ({"rollout.max_rows_per_chunk": 4, "eval.n": 8}, r"hold one prompt's samples"),
         ({"tempo.oracle_flip_prob": 1.5}, "config.tempo.oracle_flip_prob must be in [0, 1]"),

@@ -176,7 +176,7 @@ def test_only_rollout_compiles_the_paged_engine_with_its_pool_sized_from_memory(
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     functions_ = {f["name"]: f for f in report["functions"]}
-    assert sorted(functions_) == ["engine_decode/4x2", "engine_prefill/4x2"]
+    assert sorted(functions_) == ["engine_decode/4x2", "engine_prefill/4x2", "engine_refill/4x2"]
     decode = functions_["engine_decode/4x2"]
     # micro's 2 KV heads: decode_tensor 4 does not divide them, so 8 row shards of 1 slot.
     assert decode["status"] == "ok" and "decode mesh 8 rows x 1 tensor" in decode["shape"]
