@@ -18,7 +18,7 @@ if not any("xla_force_host_platform_device_count" in f for f in _flags):
 # took 28% less CPU. Its numbers differ from the default level's by float rounding only (up to
 # 7.6e-6 on the tiny policy's logits); every bitwise comparison here is between runs under the
 # same flags (subprocesses inherit them). Its machine code is slower, which tiny shapes do not
-# notice. Benchmarks clear XLA_FLAGS and run optimised code, as users do.
+# notice.
 if not any("xla_backend_optimization_level" in f for f in _flags):
     _flags.append("--xla_backend_optimization_level=0")
 os.environ["XLA_FLAGS"] = " ".join(_flags)
