@@ -51,9 +51,10 @@ def test_extract_boxed_rejects_non_strings():
     ids=["100kB-prefix", "100k-nested", "100k-unbalanced", "20k-boxes"],
 )
 def test_extract_boxed_is_fast_on_huge_input(text):
-    start = time.perf_counter()
+    # This process's CPU time, not wall time: a loaded CI machine must not fail it.
+    start = time.process_time()
     extract_boxed(text)
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
 
 
 @pytest.mark.parametrize(

@@ -103,7 +103,8 @@ def test_parse_errors(text):
     ],
 )
 def test_too_large_refused_fast(text):
-    start = time.perf_counter()
+    # This process's CPU time, not wall time: a loaded CI machine must not fail it.
+    start = time.process_time()
     with pytest.raises(TooLargeError):
         parse_answer(text)
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5

@@ -59,9 +59,10 @@ def test_normalize_is_fast_on_huge_and_adversarial_input():
         "a " * 2000,
     ]
     for text in inputs:
-        start = time.perf_counter()
+        # This process's CPU time, not wall time: a loaded CI machine must not fail it.
+        start = time.process_time()
         normalize_answer(text)
-        assert time.perf_counter() - start < 0.5, text[:20]
+        assert time.process_time() - start < 0.5, text[:20]
 
 
 def test_after_last_equals():
