@@ -6,8 +6,9 @@
 
 Each run is `tempo-jax train --config=CONFIG --workdir=ROOT/<method>-s<seed> --config.method=...
 --config.seed=... [--config.KEY=VALUE ...]` in its own process (with `--recalibrate_every=2,4` the
-phased TEMPO methods run once per value too, as ROOT/<method>-r<k>-s<seed>; the grid is
-`tempo_jax.experiments.grid`, shared with launch/xm_launch.py), so one failing run does not stop
+TEMPO methods that recalibrate, phased or mixed, run once per value too, as
+ROOT/<method>-r<k>-s<seed>; the grid is `tempo_jax.experiments.grid`, shared with
+launch/xm_launch.py), so one failing run does not stop
 the others (its log is ROOT/<run>/sweep.log), and rerunning a killed sweep resumes it: every run
 restores its latest checkpoint (a finished one only rewrites its report). At the end (and with
 `--compare_only`) ROOT/comparison.{md,json,png} hold the per-method means over seeds, the

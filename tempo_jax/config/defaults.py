@@ -125,6 +125,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.tempo = ml_collections.ConfigDict()
     c.tempo.advantage = "em_token"  # em_token | em_outcome (TEMPO methods' estimator)
     c.tempo.recalibrate_every = 4  # phased tempo: an E-step before every k-th M-step
+    # tempo_mixed: the critic's value-loss update on the mixed batch's labeled rows runs on every
+    # k-th step (1 = every step, the authors' loop); the labeled rows stay in every step's batch
+    # (policy update and whitening), so k varies only how often the critic is recalibrated.
+    c.tempo.mixed_recalibrate_every = 1
     c.tempo.critic_updates = 2  # critic optimizer steps per E-step (and per mixed step)
     c.tempo.critic_warmup_steps = 4  # E-steps on the initial policy before TTT (0 = none)
     c.tempo.policy_trains_on_labeled = False  # phased tempo: M-step also on graded D_L rollouts

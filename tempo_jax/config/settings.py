@@ -20,7 +20,7 @@ from typing import Any
 
 from tempo_jax import train
 from tempo_jax.config.defaults import get_config as default_config
-from tempo_jax.config.methods import HIDDEN_TERMINAL, METHODS, Method, get_method
+from tempo_jax.config.methods import HIDDEN_TERMINAL, METHODS, MIXED, Method, get_method
 
 ADVANTAGES = ("em_token", "em_outcome")
 WHITEN_SCOPES = ("batch", "with_labeled", "question")
@@ -137,6 +137,7 @@ class TempoSettings:
 
     advantage: str
     recalibrate_every: int
+    mixed_recalibrate_every: int
     critic_updates: int
     critic_warmup_steps: int
     policy_trains_on_labeled: bool
@@ -149,6 +150,7 @@ class TempoSettings:
     def __post_init__(self):
         require_choice(self.advantage, "tempo.advantage", ADVANTAGES)
         require_int(self.recalibrate_every, "tempo.recalibrate_every")
+        require_int(self.mixed_recalibrate_every, "tempo.mixed_recalibrate_every")
         require_int(self.critic_updates, "tempo.critic_updates")
         require_int(self.critic_warmup_steps, "tempo.critic_warmup_steps", 0)
         require_choice(self.whiten_scope, "tempo.whiten_scope", WHITEN_SCOPES)
@@ -297,6 +299,14 @@ class RunSettings:
             "tempo.oracle_flip_prob",
             f"flips the hidden-answer reward of tempo_oracle / tempo_mixed_oracle only; "
             f"method {self.method.name!r} has none (got {flip})",
+        )
+        mixed_every = self.tempo.mixed_recalibrate_every
+        require(
+            mixed_every == 1 or self.method.stream == MIXED,
+            "tempo.mixed_recalibrate_every",
+            f"sets the critic cadence of the mixed loop (tempo_mixed, tempo_mixed_oracle) only; "
+            f"method {self.method.name!r} is phased: use tempo.recalibrate_every "
+            f"(got {mixed_every})",
         )
         if self.checkpoint.keep_best:
             require(self.eval_every > 0, "checkpoint.keep_best", "needs eval_every > 0")

@@ -1,5 +1,6 @@
-"""An experiment grid: methods x seeds x `tempo.recalibrate_every` (only for methods whose
-schedule depends on it) x `tempo.oracle_flip_prob` (only the tempo_oracle controls), one run
+"""An experiment grid: methods x seeds x the critic's recalibration cadence (only for methods
+that recalibrate: `tempo.recalibrate_every` of the phased ones, `tempo.mixed_recalibrate_every`
+of the mixed ones) x `tempo.oracle_flip_prob` (only the tempo_oracle controls), one run
 per point, named after its hyperparameters, in its own workdir under one root (a local
 directory or a bucket). Nothing in a name or workdir depends on when or by whom the grid was
 launched, so launching the same grid again resumes every run.
@@ -19,12 +20,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from tempo_jax.config.methods import HIDDEN_TERMINAL, METHODS, get_method
+from tempo_jax.config.methods import HIDDEN_TERMINAL, METHODS, MIXED, get_method
 from tempo_jax.experiments.compare import BASE, base_runs
 from tempo_jax.train import storage
 from tempo_jax.train.metric_writers import read_jsonl
 
 RECALIBRATE_EVERY = "tempo.recalibrate_every"
+MIXED_RECALIBRATE_EVERY = "tempo.mixed_recalibrate_every"
 ORACLE_FLIP_PROB = "tempo.oracle_flip_prob"
 
 
@@ -35,7 +37,9 @@ class GridPoint:
     Attributes:
       method: a registered method name.
       seed: config.seed.
-      recalibrate_every: config.tempo.recalibrate_every, or None to leave the config's value.
+      recalibrate_every: the critic's recalibration cadence k, or None to leave the config's
+        value: `tempo.recalibrate_every` of a phased method, `tempo.mixed_recalibrate_every` of
+        a mixed one (`recalibrate_field`).
       oracle_flip_prob: config.tempo.oracle_flip_prob (tempo_oracle controls), or None to leave
         the config's value.
     """
@@ -64,7 +68,8 @@ class GridPoint:
         """The `--config.*` arguments that select this point."""
         out = (f"--config.method={self.method}", f"--config.seed={self.seed}")
         if self.recalibrate_every is not None:
-            out += (f"--config.{RECALIBRATE_EVERY}={self.recalibrate_every}",)
+            field = recalibrate_field(self.method)
+            out += (f"--config.{field}={self.recalibrate_every}",)
         if self.oracle_flip_prob is not None:
             out += (f"--config.{ORACLE_FLIP_PROB}={self.oracle_flip_prob:g}",)
         return out
@@ -88,9 +93,14 @@ class GridRun:
 
 
 def varies_with_recalibrate_every(method: str) -> bool:
-    """Whether `tempo.recalibrate_every` changes what `method` does (phased E-steps)."""
-    m = get_method(method)
-    return m.recalibrates and m.stream != "mixed"
+    """Whether the recalibration cadence changes what `method` does: phased E-steps, or the
+    mixed loop's critic updates."""
+    return get_method(method).recalibrates
+
+
+def recalibrate_field(method: str) -> str:
+    """The config field that holds `method`'s recalibration cadence."""
+    return MIXED_RECALIBRATE_EVERY if get_method(method).stream == MIXED else RECALIBRATE_EVERY
 
 
 def flips_hidden_reward(method: str) -> bool:
@@ -105,8 +115,8 @@ def points(
     oracle_flip_probs: Sequence[float] = (),
 ) -> list[GridPoint]:
     """The grid in method-major order; `recalibrate_every` values multiply only the methods that
-    recalibrate in phases, `oracle_flip_probs` only the tempo_oracle controls (the others get one
-    point per seed); `base` gives no point.
+    recalibrate (phased or mixed), `oracle_flip_probs` only the tempo_oracle controls (the
+    others get one point per seed); `base` gives no point.
 
     Raises:
       ValueError: an unknown method, a repeated value, a recalibrate_every < 1, a flip
@@ -151,11 +161,12 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
         key, sep, value = item.partition("=")
         if not sep or not key or key.startswith("config."):
             raise ValueError(f"--set expects KEY=VALUE with KEY like rollout.n, got {item!r}")
-        if key in ("method", "seed", RECALIBRATE_EVERY, ORACLE_FLIP_PROB):
+        if key in ("method", "seed", RECALIBRATE_EVERY, MIXED_RECALIBRATE_EVERY, ORACLE_FLIP_PROB):
             flag = {
                 "method": "methods",
                 "seed": "seeds",
                 RECALIBRATE_EVERY: "recalibrate_every",
+                MIXED_RECALIBRATE_EVERY: "recalibrate_every",
                 ORACLE_FLIP_PROB: "oracle_flip_probs",
             }[key]
             raise ValueError(f"--set {key}=...: use --{flag} for the grid")
@@ -195,7 +206,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, help="directory (or gs://) of the workdirs")
     parser.add_argument("--methods", default="tempo,tempo_frozen,ttrl,empo,intuitor,rlvr")
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--recalibrate_every", default="", help="e.g. 2,4 (phased methods)")
+    parser.add_argument(
+        "--recalibrate_every", default="", help="e.g. 2,4 (methods that recalibrate)"
+    )
     parser.add_argument(
         "--oracle_flip_probs", default="", help="e.g. 0,0.1,0.2 (tempo_oracle controls)"
     )

@@ -404,7 +404,9 @@ class Trainer:
         metrics.update(m)
 
     def _mixed_update(self, state, step: StepInProgress, timer, metrics):
-        """tempo_mixed: critic and policy updated on one mixed D_L + D_U batch."""
+        """tempo_mixed: the policy updated on one mixed D_L + D_U batch, and the critic on its
+        labeled rows on every `tempo.mixed_recalibrate_every`-th step (every step by default,
+        the authors' loop)."""
         journal = step.journal
         rows, rewards = self._collect(state, step, "mixed", "mixed", timer, metrics)
         # Advantages use the critic before its update (the authors' order): its values are taken
@@ -412,7 +414,10 @@ class Trainer:
         values = phases.critic_values(
             self.run, journal, "policy/values", state.critic.params, rows, timer
         )
-        metrics.update(self._update_critic(state, journal, rows, rewards, timer))
+        recalibrates = step.index % self.settings.tempo.mixed_recalibrate_every == 0
+        metrics["mixed/critic_updated"] = float(recalibrates)
+        if recalibrates:
+            metrics.update(self._update_critic(state, journal, rows, rewards, timer))
         state.policy, m = phases.policy_update(
             self.run, journal, state.policy, rows, rewards, timer, values=values
         )

@@ -214,10 +214,14 @@ def test_base_recalibrate_every_and_shared_sft_commands(tmp_path, capsys):
         "ttrl-s0",
         "tempo_oracle-r4-p0-s0",
         "tempo_oracle-r4-p0.1-s0",
-        "tempo_mixed_oracle-p0-s0",
-        "tempo_mixed_oracle-p0.1-s0",
+        "tempo_mixed_oracle-r4-p0-s0",
+        "tempo_mixed_oracle-r4-p0.1-s0",
     ]
     assert flips[2].config_args()[-1] == "--config.tempo.oracle_flip_prob=0.1"
+    assert flips[4].config_args()[-2:] == (
+        "--config.tempo.mixed_recalibrate_every=4",
+        "--config.tempo.oracle_flip_prob=0.1",
+    )
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         grid.points(["tempo_oracle"], [0], [], [1.5])
     with pytest.raises(ValueError, match="--oracle_flip_probs"):

@@ -33,26 +33,30 @@ xm_launch = load("xm_launch")
 tpu_pod = load("tpu_pod")
 
 
-def test_grid_multiplies_only_the_phased_methods_by_recalibrate_every():
+def test_grid_multiplies_only_the_recalibrating_methods_by_recalibrate_every():
     points = grid.points(["tempo", "tempo_mixed", "tempo_frozen", "ttrl"], [0, 1], [2, 8])
     assert [p.name for p in points] == [
         "tempo-r2-s0",
         "tempo-r2-s1",
         "tempo-r8-s0",
         "tempo-r8-s1",
-        "tempo_mixed-s0",
-        "tempo_mixed-s1",
+        "tempo_mixed-r2-s0",
+        "tempo_mixed-r2-s1",
+        "tempo_mixed-r8-s0",
+        "tempo_mixed-r8-s1",
         "tempo_frozen-s0",
         "tempo_frozen-s1",
         "ttrl-s0",
         "ttrl-s1",
     ]
-    assert points[2].label == "tempo-r8" and points[9].label == "ttrl"
+    assert points[2].label == "tempo-r8" and points[11].label == "ttrl"
     assert points[2].config_args() == (
         "--config.method=tempo",
         "--config.seed=0",
         "--config.tempo.recalibrate_every=8",
     )
+    # The mixed loop's cadence is its own field (its default, 1, is the authors' loop).
+    assert points[6].config_args()[-1] == "--config.tempo.mixed_recalibrate_every=8"
     assert [p.name for p in grid.points(["tempo"], [3])] == ["tempo-s3"]
     for bad, message in [
         ((["tempo"], [0], [2, 2]), "--recalibrate_every must not repeat"),
@@ -61,8 +65,9 @@ def test_grid_multiplies_only_the_phased_methods_by_recalibrate_every():
     ]:
         with pytest.raises(ValueError, match=message):
             grid.points(*bad)
-    with pytest.raises(ValueError, match="use --recalibrate_every"):
-        grid.parse_overrides(["tempo.recalibrate_every=3"])
+    for key in ("tempo.recalibrate_every", "tempo.mixed_recalibrate_every"):
+        with pytest.raises(ValueError, match="use --recalibrate_every"):
+            grid.parse_overrides([f"{key}=3"])
 
 
 def test_local_units_and_their_workdirs_come_from_the_hyperparameters(capsys):

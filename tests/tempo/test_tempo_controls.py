@@ -304,3 +304,32 @@ def test_critic_batches_hold_the_negatives(tmp_path, monkeypatch):
         micro_config("", "ttrl", **{"tempo.critic_negatives": 4})
     with pytest.raises(ConfigError, match=r"config\.tempo\.critic_negatives must be an int"):
         micro_config("", "tempo", **{"tempo.critic_negatives": -1})
+
+
+def test_mixed_recalibrate_every_updates_the_critic_on_every_kth_step(tmp_path, monkeypatch):
+    # tempo_mixed with tempo.mixed_recalibrate_every = 2: after the 1-step warm-up, the critic's
+    # value-loss update runs on step 0 and not on step 1, where the policy still updates on the
+    # whole mixed batch (its labeled rows included).
+    updates = []
+    original_update = phases.critic_update
+
+    def record(run, journal, critic, rows, rewards, timer, **kwargs):
+        updates.append((kwargs.get("prefix"), int(rows.is_labeled.sum())))
+        return original_update(run, journal, critic, rows, rewards, timer, **kwargs)
+
+    monkeypatch.setattr(phases, "critic_update", record)
+    changes = {"tempo.mixed_recalibrate_every": 2, "data.labeled_fraction": 0.5}
+    config = micro_config(str(tmp_path / "data"), "tempo_mixed", **changes)
+    trainer = Trainer(config, str(tmp_path / "run"))
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    records = read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))
+    assert [r["mixed/critic_updated"] for r in records] == [1.0, 0.0]
+    assert ["critic/loss" in r for r in records] == [True, False]
+    assert [r["policy/rows"] for r in records] == [8, 8]  # labeled and unlabeled rows alike
+    # The warm-up's update (all 8 rows labeled), then step 0's only.
+    assert [prefix for prefix, _ in updates] == ["warmup", "critic"] and updates[0][1] == 8
+    with pytest.raises(ConfigError, match=r"tempo\.mixed_recalibrate_every"):
+        micro_config(str(tmp_path / "data"), "tempo", **{"tempo.mixed_recalibrate_every": 2})
