@@ -10,7 +10,7 @@ from tempo_micro import micro_config
 
 from tempo_jax.config.defaults import get_config
 from tempo_jax.config.settings import ConfigError
-from tempo_jax.experiments import oracle_curve
+from tempo_jax.experiments import cadence, oracle_curve
 from tempo_jax.rewards import eval_metrics
 from tempo_jax.tempo import critic_negatives, functions, oracle_reward, phases
 from tempo_jax.tempo.loop import Trainer
@@ -138,6 +138,46 @@ def test_oracle_curve_pairs_each_run_with_its_own_step_zero(tmp_path):
     refs = oracle_curve.references(str(tmp_path / "runs.json"), ["ttrl", "oracle"])
     assert list(refs) == ["ttrl"] and refs["ttrl"]["delta_mean"] == pytest.approx(0.0)
     assert refs["ttrl"]["delta_pass"] == pytest.approx(-0.1)
+
+
+def test_cadence_study_pairs_each_run_with_base_and_ttrl(tmp_path):
+    # Two seeds; base mean@8 0.5 / 0.7. Final mean@8: tempo-r1 0.6 / 0.7, tempo-r4 0.4 / 0.6,
+    # ttrl 0.5 / 0.8; one unfinished run (step 0 only) and the SFT workdir are left out.
+    finals = {"tempo-r1": (0.6, 0.7), "tempo-r4": (0.4, 0.6), "ttrl": (0.5, 0.8)}
+    for label, values in finals.items():
+        for seed, (base, final) in enumerate(zip((0.5, 0.7), values, strict=True)):
+            (tmp_path / f"{label}-s{seed}").mkdir()
+            records = _records(base, final, 1.0, 0.9, [])
+            path = tmp_path / f"{label}-s{seed}" / "metrics.jsonl"
+            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "tempo-r8-s0").mkdir()
+    (tmp_path / "tempo-r8-s0" / "metrics.jsonl").write_text(
+        json.dumps(_records(0.5, 0, 1, 0, [])[0])
+    )
+    (tmp_path / "sft-s0").mkdir()
+    runs = cadence.read_runs(str(tmp_path))
+    assert sorted(runs) == [
+        "base-s0",
+        "base-s1",
+        *sorted(f"{k}-s{s}" for k in finals for s in (0, 1)),
+    ]
+    result = cadence.study(runs)
+    assert result["cadence"] == {"tempo": [(1, "tempo-r1"), (4, "tempo-r4")]}
+    mean = "eval/unlabeled/mean@8"
+    r1, r4 = result["vs_base"]["tempo-r1"][mean], result["vs_base"]["tempo-r4"][mean]
+    assert r1["mean"] == pytest.approx(0.05) and r1["se"] == pytest.approx(0.05)  # +0.1, 0
+    assert r4["mean"] == pytest.approx(-0.1) and r4["se"] == pytest.approx(0.0)
+    vs_ttrl = result["vs_ttrl"]["tempo-r1"][mean]  # +0.1, -0.1
+    assert vs_ttrl["mean"] == pytest.approx(0.0) and vs_ttrl["n"] == 2
+    assert result["vs_base"]["tempo-r1"]["eval/unlabeled/pass@8"]["mean"] == pytest.approx(-0.1)
+    text = cadence.markdown("toy", result)
+    assert "| tempo-r1 | +0.050 ± 0.050 (+1.0) |" in text
+    assert cadence.main([f"--root=toy={tmp_path}", f"--out={tmp_path / 'out'}"]) == 0
+    assert (tmp_path / "out" / "cadence.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "out" / "cadence.json").read_text())
+    assert saved["toy"]["vs_base"]["tempo-r4"][mean]["mean"] == pytest.approx(-0.1)
+    with pytest.raises(SystemExit):
+        cadence.main([f"--root={tmp_path}", f"--out={tmp_path / 'out'}"])  # no NAME=
 
 
 class _CharTokenizer:
