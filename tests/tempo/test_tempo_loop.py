@@ -70,9 +70,9 @@ def check_method_run(method, trainer, state, workdir, steps):
         assert all("policy/self_reward" in r or "policy/self_certainty" in r for r in records)
 
 
-# These methods' runs are the tests below (the same micro config; checked by `check_method_run`
-# there too), so that each run is built once.
-CHECKED_BELOW = ("tempo", "tempo_frozen", "tempo_mixed")
+# These methods' runs are the tests below (the micro config, with the hidden answers replaced
+# for the oracles; checked by `check_method_run` there too), so that each run is built once.
+CHECKED_BELOW = ("tempo", "tempo_frozen", "tempo_mixed", "oracle", "tempo_oracle")
 
 
 @pytest.mark.parametrize("method", sorted(set(methods.METHODS) - set(CHECKED_BELOW)))
@@ -196,15 +196,18 @@ def test_only_the_oracle_reads_hidden_answers(method, data_dir, tmp_path, monkey
 
     monkeypatch.setattr(data_batch.HiddenAnswers, "__init__", corrupted)
     monkeypatch.setattr(phases, "grade_batch", recording_grade_batch)
-    config = micro_config(data_dir, method, total_steps=1)
-    run_steps(config, tmp_path)
+    config = micro_config(data_dir, method)
+    trainer, state = run_steps(config, tmp_path)
+    # Also this method's run for every method's checks (the replaced answers change rewards
+    # only, which those checks do not read).
+    check_method_run(method, trainer, state, tmp_path, 2)
     rows = config.data.prompts_per_step * config.rollout.n
     # tempo_oracle's critic warm-up grades D_L rollouts against D_L's own labels; only its
-    # M-step (one batch of rows) reads the hidden answers.
+    # M-steps (one batch of rows each, no E-step in 2 steps) read the hidden answers.
     hidden = [t for t in graded if t.startswith("corrupted-")]
-    assert len(hidden) == rows and len(graded) == rows * (1 + (method == "tempo_oracle"))
-    record = read_jsonl(str(tmp_path / "metrics.jsonl"))[0]
-    assert record["rollout/hidden_answer_accuracy"] == 0.0  # nothing equals "corrupted-i"
+    assert len(hidden) == 2 * rows and len(graded) == rows * (2 + (method == "tempo_oracle"))
+    for record in read_jsonl(str(tmp_path / "metrics.jsonl")):
+        assert record["rollout/hidden_answer_accuracy"] == 0.0  # nothing equals "corrupted-i"
 
 
 @pytest.mark.parametrize(
