@@ -1,4 +1,4 @@
-"""A smoke of the CPU study config (configs/tiny_repro.py): its full model and data for two steps
+"""A smoke of the CPU study config (configs/tiny_repro.py): its full model and data for one step
 of TEMPO with a token SFT, checking that it is the transductive regime it claims to be and that
 a run reports what the comparison reads; and the sweep command the README gives, dry."""
 
@@ -31,10 +31,16 @@ def test_the_study_config_runs_and_reports_what_the_comparison_reads(tmp_path):
     # The critic reads its language model's likelihood (README, "What moved the critic's AUROC").
     assert config.train.critic_likelihood_weight == 0.1
     config.sft.steps = 2
-    config.eval.num_problems = 8  # one prompt batch: the run checks the wiring, not accuracy
+    # Half a batch (4 prompts x 8 samples: 32 rows, still 4 per fake device), and evaluation on
+    # one such prompt batch: the run checks the wiring, not accuracy, and its full model's
+    # updates and rollouts take most of its time.
+    config.data.prompts_per_step = 4
+    config.eval.num_problems = 4
     config.tempo.critic_warmup_steps = 1
-    config.total_steps = 2
-    config.eval_every = 2
+    # One step (the micro runs cover many): this one checks the study config's wiring, and each
+    # step of its full model costs seconds.
+    config.total_steps = 1
+    config.eval_every = 1
     config.save_every = 0
     config.progress_bar = False
     config.grader.num_workers = 1
@@ -43,11 +49,11 @@ def test_the_study_config_runs_and_reports_what_the_comparison_reads(tmp_path):
         state = trainer.train()
     finally:
         trainer.close()
-    assert state.step == 2
+    assert state.step == 1
     records = read_jsonl(str(tmp_path / "metrics.jsonl"))
-    assert [r["step"] for r in records] == [0, 1, 2]
+    assert [r["step"] for r in records] == [0, 1]
     for record in (records[0], records[-1]):
-        assert record["eval/unlabeled/problems"] == 8
+        assert record["eval/unlabeled/problems"] == 4
         for key in ("mean@8", "maj@8", "answer_entropy", "critic/auroc", "pass@1", "pass@8"):
             assert f"eval/unlabeled/{key}" in record
         # (NaN, like the pooled AUROC, where no question has both right and wrong samples.)
