@@ -86,12 +86,13 @@ def _assert_same(got, want) -> None:
 @pytest.fixture(scope="module")
 def stop(policy, state) -> StopCriteria:
     """EOS plus the token greedy decoding of prompt 1 gives at step 4 (so greedy rows end at
-    different steps too), same counts as the engines' own criteria (no recompile)."""
+    different steps too), same counts as the engines' own criteria (no recompile). The probe
+    draws 3 greedy samples a prompt, the static rollouts' shape (one executable)."""
     tokens, mask = _prompts()
     probe = Sampler(policy, **_kwargs()).generate(
-        state, tokens, mask, sampling=SamplingParams(greedy=True)
+        state, tokens, mask, n=3, sampling=SamplingParams(greedy=True)
     )
-    extra = int(np.asarray(probe.tokens)[1, 4])
+    extra = int(np.asarray(probe.tokens)[3, 4])  # row 3: prompt 1's first sample
     return StopCriteria.create(EOS[:-1] + (extra,), STOP, vocab_size=VOCAB)
 
 
