@@ -11,7 +11,7 @@ from flax import nnx
 from sampling_helpers import PAD, VOCAB
 
 import tempo_jax.models as tm
-from tempo_jax.aot.engine_compile import engine_executable
+from tempo_jax.aot.engine_compile import engine_executable, engine_shape_detail
 from tempo_jax.models.attention import Slots, decode_attention
 from tempo_jax.sampling import (
     FINISH_EOS,
@@ -54,6 +54,17 @@ def _mixed(num_rows: int) -> SamplingParams:
     )
 
 
+def olmo3_policy() -> tm.Policy:
+    """OLMo3-shaped: 2 sliding layers of window 8 + 1 full (the preset's 4 layers cost a third
+    more compile for the same code), the same weights wherever it is built (one compile of each
+    function across the files that use it, through the persistent cache)."""
+    config = tm.get_preset("tiny_olmo3", vocab_size=VOCAB, initializer_range=0.2)
+    config = dataclasses.replace(
+        config, num_layers=3, layer_types=("sliding_attention",) * 2 + ("full_attention",)
+    )
+    return tm.Policy(config, rngs=nnx.Rngs(1))
+
+
 def _kwargs(max_new: int = MAX_NEW) -> dict:
     return dict(
         max_new_tokens=max_new,
@@ -75,12 +86,13 @@ def _assert_same(got, want) -> None:
 @pytest.fixture(scope="module")
 def stop(policy, state) -> StopCriteria:
     """EOS plus the token greedy decoding of prompt 1 gives at step 4 (so greedy rows end at
-    different steps too), same counts as the engines' own criteria (no recompile)."""
+    different steps too), same counts as the engines' own criteria (no recompile). The probe
+    draws 3 greedy samples a prompt, the static rollouts' shape (one executable)."""
     tokens, mask = _prompts()
     probe = Sampler(policy, **_kwargs()).generate(
-        state, tokens, mask, sampling=SamplingParams(greedy=True)
+        state, tokens, mask, n=3, sampling=SamplingParams(greedy=True)
     )
-    extra = int(np.asarray(probe.tokens)[1, 4])
+    extra = int(np.asarray(probe.tokens)[3, 4])  # row 3: prompt 1's first sample
     return StopCriteria.create(EOS[:-1] + (extra,), STOP, vocab_size=VOCAB)
 
 
@@ -136,25 +148,6 @@ def test_a_small_pool_makes_rows_wait_for_pages_and_still_gives_the_same_tokens(
     too_small = Engine(policy, page_size=4, num_slots=2, num_pages=4, **_kwargs())
     with pytest.raises(ValueError, match="rollout.paged.num_pages"):
         too_small.generate(state, tokens, mask, n=1, sampling=SamplingParams(greedy=True))
-
-
-def test_sliding_window_layers_use_a_ring_and_match_the_static_sampler():
-    """OLMo3-shaped (2 sliding layers of window 8 + 1 full; the preset's 4 layers cost a third
-    more compile for the same code): rows run past the window (prompt 12 + 20 tokens), the
-    sliding layers' rings hold ring_pages(8, 4) = 3 pages per slot."""
-    config = tm.get_preset("tiny_olmo3", vocab_size=VOCAB, initializer_range=0.2)
-    config = dataclasses.replace(
-        config, num_layers=3, layer_types=("sliding_attention",) * 2 + ("full_attention",)
-    )
-    policy = tm.Policy(config, rngs=nnx.Rngs(1))
-    state = nnx.state(policy)
-    tokens, mask = _prompts()
-    want = Sampler(policy, **_kwargs()).generate(state, tokens, mask, n=2, sampling=_mixed(6))
-    engine = Engine(policy, page_size=4, num_slots=4, steps_per_call=8, **_kwargs())
-    assert engine.ring == ring_pages(8, 4) == 3
-    got = engine.generate(state, tokens, mask, n=2, sampling=_mixed(6))
-    _assert_same(got, want)
-    assert np.asarray(want.lengths).max() + 12 > 2 * config.sliding_window
 
 
 def test_paged_attention_reference_equals_decode_attention_on_the_same_keys():
@@ -219,48 +212,53 @@ def test_page_allocator_shares_and_frees_by_reference_count():
 
 
 def test_engine_executables_compile_from_abstract_parameters(policy, state):
-    """`aot.engine_compile` builds prefill and decode ahead of time for 3 prompts x 3 samples: the
-    decode executable's arguments hold both page pools (2 layers x k and v x 1 + 3 x 4 + 9 x 7
-    pages)."""
+    """`aot.engine_compile` builds prefill, decode and the refill ahead of time for 3 prompts x 3
+    samples of width 16: every executable's arguments hold the page pools it takes (2 layers x
+    k and v x 1 + 3 x 4 + 9 x 9 pages); the refill, at its widest one readmitted row of
+    16 + 19 tokens (the chunk prefill's 3 x 16 cache holds one), gives the pools back
+    (donated)."""
     engine = Engine(policy, page_size=4, num_slots=0, steps_per_call=6, **_kwargs())
     abstract = jax.eval_shape(lambda: state)
-    pages = 1 + 3 * 4 + 9 * 7  # scratch + prompt pages + slots x ceil((16 + 19) / 4)
+    pages = 1 + 3 * 4 + 9 * 9  # scratch + prompt pages + slots x ceil((16 + 19) / 4)
+    calls = {
+        function: fns.Call(function, 9, prompts=3, samples=3)
+        for function in (fns.ENGINE_PREFILL, fns.ENGINE_DECODE, fns.ENGINE_REFILL)
+    }
     compiled = {
-        function: engine_executable(
-            engine,
-            abstract,
-            fns.Call(function, 9, prompts=3, samples=3),
-            16,
-            pages,
-            engine.stop.arrays(),
-        )
-        for function in (fns.ENGINE_PREFILL, fns.ENGINE_DECODE)
+        function: engine_executable(engine, abstract, call, 16, pages, engine.stop.arrays())
+        for function, call in calls.items()
     }
     c = policy.config
     pool_bytes = 2 * c.num_layers * c.num_kv_heads * pages * 4 * c.head_dim * 4
     for executable in compiled.values():
         assert executable.memory_analysis().argument_size_in_bytes >= pool_bytes
+    assert engine.refill_rows(3, 16) == 1
+    detail = engine_shape_detail(engine, calls[fns.ENGINE_REFILL], 16, pages)
+    assert "1 readmitted rows of 35 tokens" in detail
+    assert compiled[fns.ENGINE_REFILL].memory_analysis().output_size_in_bytes >= pool_bytes
 
 
 def test_the_engine_sharded_over_rows_and_tensor_gives_the_static_sampler_tokens(
     policy, state, stop, static_rollouts
 ):
-    """On 8 devices as 4 row shards x tensor 2: the 3 prompts padded to 4 (one per shard), 4
-    slots (one per shard, so rows queue), weights and KV heads split in 2, each shard's pool its
-    own pages. Greedy and mixed per-row sampling give the single-device static tokens."""
+    """On 8 devices as 4 row shards x tensor 2: the 3 prompts padded to 4 (one per shard), 8
+    slots (2 a shard, so rows queue), weights and KV heads split in 2, each shard's pool its own
+    10 pages of 4 (its prompt takes 3): each shard preempts and refills its own rows. Greedy and
+    mixed per-row sampling give the single-device static tokens."""
     from tempo_jax import parallel
 
     tokens, mask = _prompts()
     mesh = parallel.make_mesh((4, 1, 2))
-    engine = Engine(policy, page_size=4, num_slots=4, steps_per_call=6, mesh=mesh,
-                    decode_tensor=2, **_kwargs())  # fmt: skip
+    engine = Engine(policy, page_size=4, num_slots=8, num_pages=10, steps_per_call=6,
+                    mesh=mesh, decode_tensor=2, **_kwargs())  # fmt: skip
     assert (engine.layout.data, engine.layout.tensor) == (4, 2)
     for name, sampling in (("greedy", SamplingParams(greedy=True)), ("mixed", _mixed(9))):
         got = engine.generate(state, tokens, mask, n=3, sampling=sampling, seed=11, stop=stop)
         _assert_same(got, static_rollouts[name])
+        assert engine.last_stats["refills"] > 0, name
     (pools,) = engine._pools.values()
     c = policy.config
-    full_pages = 1 + 1 * 4 + 1 * 9  # per shard: scratch + its prompt's pages + 1 slot x 9
+    full_pages = 10  # per shard
     assert pools.k[0].shape == (c.num_kv_heads, 4 * full_pages, 4, c.head_dim)
     shard = pools.k[0].addressable_shards[0].data.shape
     assert shard == (c.num_kv_heads // 2, full_pages, 4, c.head_dim)

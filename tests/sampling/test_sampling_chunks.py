@@ -135,5 +135,7 @@ def test_chunk_size_validation_and_no_padding_for_a_short_batch(policy, state):
     assert chunk_prompts(31, 16, 8) == 31 and chunk_prompts(31, 1, 8) == 32
     with pytest.raises(ValueError, match="max_rows_per_chunk=6 rows hold 3 prompts"):
         chunk_prompts(30, 2, 8, 6)
-    out = sampler.generate(state, tokens[:1], mask[:1], n=2, sampling=SAMPLED, seed=1)
-    assert isinstance(out.tokens, jax.Array) and out.tokens.shape == (2, MAX_NEW)
+    # One prompt x 1 sample: the shape of the one-row chunks above (no new executable).
+    out = sampler.generate(state, tokens[:1], mask[:1], n=1, sampling=SAMPLED, seed=1)
+    assert sampler.compiled_shapes == ((1, 1, 16),)
+    assert isinstance(out.tokens, jax.Array) and out.tokens.shape == (1, MAX_NEW)
