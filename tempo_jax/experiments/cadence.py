@@ -139,7 +139,10 @@ def plot(results: Mapping[str, Mapping[str, Any]], path: str) -> None:
         ax.set_title(f"{name}: final - step 0, paired by seed", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.92, wspace=0.2)
+    width = fig.get_figwidth()  # fixed margins in inches: room for the y label and ticks
+    fig.subplots_adjust(
+        left=0.85 / width, right=1 - 0.15 / width, bottom=0.13, top=0.92, wspace=0.3
+    )
     save_png(fig, path)
 
 
