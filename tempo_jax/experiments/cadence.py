@@ -4,9 +4,11 @@ Reads one or more sweep roots (one per D_U distribution), each holding workdirs
 `<label>-s<seed>` with their `metrics.jsonl` (`launch/sweep.py` makes them; `tempo-r4-s0`,
 `tempo_mixed-r8-s3`, `ttrl-s1`, ...). For every label it takes the final value of each compared
 metric minus the seed's initial policy (`base`, the step-0 evaluation), paired by seed
-(`compare.paired_deltas`), and also the difference to `ttrl` paired the same way (the paper's
-claim that TEMPO beats TTRL). The methods with a cadence (`<method>-r<k>`) become curves over
-k, the others horizontal reference lines with their standard-error bands.
+(`compare.paired_deltas`), and also the difference to each reference run present, paired the
+same way: `ttrl` (the paper's claim that TEMPO beats TTRL) and `rlvr` (GRPO on D_L alone, which
+tells the mixed loop's labeled half from its critic-rewarded D_U half). The methods with a
+cadence (`<method>-r<k>`) become curves over k, the others horizontal reference lines with
+their standard-error bands.
 
     python -m tempo_jax.experiments.cadence --root=tiny_repro=runs/r5 \\
         --root=shifted=runs/s5 --out=docs/cadence
@@ -31,7 +33,7 @@ from tempo_jax.train.run_report import save_png
 
 _RUN = re.compile(r"^(?P<label>[a-z_]+(?:-[rp][0-9.]+)*)-s(?P<seed>\d+)$")
 _CADENCE = re.compile(r"^(?P<method>[a-z_]+)-r(?P<k>\d+)$")
-TTRL = "ttrl"
+REFERENCES = ("ttrl", "rlvr")
 
 
 def read_runs(root: str) -> dict[str, tuple[str, list[dict[str, Any]]]]:
@@ -50,20 +52,24 @@ def read_runs(root: str) -> dict[str, tuple[str, list[dict[str, Any]]]]:
 
 
 def study(runs: Mapping[str, tuple[str, Sequence[Mapping[str, Any]]]]) -> dict[str, Any]:
-    """The paired differences of one distribution's runs: `vs_base` and `vs_ttrl` as
-    `compare.paired_deltas` gives them (`{label: {metric: {mean, se, n, z}}}`), the compared
-    metrics, and `cadence`: `{method: [(k, label), ...]}` sorted by k."""
+    """The paired differences of one distribution's runs: `vs_base` and `vs_<reference>` (for
+    each of REFERENCES, empty when the reference did not run) as `compare.paired_deltas` gives
+    them (`{label: {metric: {mean, se, n, z}}}`), the compared metrics, and `cadence`:
+    `{method: [(k, label), ...]}` sorted by k."""
     keys = {k for _, records in runs.values() for r in records for k in r}
     metrics = headline_metrics(keys, DELTA)
     cadence: dict[str, list[tuple[int, str]]] = {}
     for label in sorted({label for label, _ in runs.values()}):
         if match := _CADENCE.match(label):
             cadence.setdefault(match["method"], []).append((int(match["k"]), label))
-    has_ttrl = any(label == TTRL for label, _ in runs.values())
+    labels = {label for label, _ in runs.values()}
     return {
         "metrics": metrics,
         "vs_base": paired_deltas(runs, metrics),
-        "vs_ttrl": paired_deltas(runs, metrics, reference=TTRL) if has_ttrl else {},
+        **{
+            f"vs_{ref}": paired_deltas(runs, metrics, reference=ref) if ref in labels else {}
+            for ref in REFERENCES
+        },
         "cadence": {m: sorted(points) for m, points in sorted(cadence.items())},
     }
 
@@ -77,15 +83,17 @@ def _cell(d: Mapping[str, float] | None) -> str:
 
 def markdown(name: str, result: Mapping[str, Any]) -> str:
     """One distribution's table: per label, Δ ± s.e. (z) of each metric against base, and of
-    the first metric (mean@k) against ttrl, with the number of paired seeds."""
+    the first metric (mean@k) against each reference that ran, with the number of paired
+    seeds."""
     metrics = result["metrics"]
+    refs = [ref for ref in REFERENCES if result[f"vs_{ref}"]]
     short = [m.removeprefix("eval/unlabeled/") for m in metrics]
-    head = [f"Δ {s} vs base" for s in short] + [f"Δ {short[0]} vs ttrl", "seeds"]
+    head = [f"Δ {s} vs base" for s in short] + [f"Δ {short[0]} vs {r}" for r in refs] + ["seeds"]
     lines = [f"### {name}\n", "| run | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for label, per in result["vs_base"].items():
-        vs_ttrl = result["vs_ttrl"].get(label, {}).get(metrics[0])
+        vs_refs = [result[f"vs_{r}"].get(label, {}).get(metrics[0]) for r in refs]
         n = max((d["n"] for d in per.values()), default=0)
-        cells = [_cell(per.get(m)) for m in metrics] + [_cell(vs_ttrl), str(n)]
+        cells = [_cell(per.get(m)) for m in metrics] + [_cell(d) for d in vs_refs] + [str(n)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

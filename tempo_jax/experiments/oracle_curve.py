@@ -8,7 +8,7 @@ averaged over the training steps). Points are means over seeds with their standa
 reference methods (e.g. ttrl and oracle, from a study's `runs.json`) are horizontal lines.
 
     python -m tempo_jax.experiments.oracle_curve --root=runs/ctl/oracle \\
-        --reference=docs/tiny_repro/runs.json --out=docs/tempo_oracle
+        --reference=docs/cadence/runs.json#tiny_repro --out=docs/tempo_oracle
 
 writes OUT/curve.{md,json,png}.
 """
@@ -98,12 +98,27 @@ def curves(points: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]
 
 
 def references(
-    path: str, labels: Sequence[str], seeds: Sequence[int] | None = None
+    path: str,
+    labels: Sequence[str],
+    seeds: Sequence[int] | None = None,
+    section: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Mean ± s.e. over seeds (all, or `seeds`) of the Δ mean@k / pass@k (step 0 -> last) of the
     runs labelled `labels` in a study's `runs.json` (`{"runs": {"<label>-s<seed>": {"step0",
-    "step<N>"}}}`)."""
-    runs = json.loads(storage.read_text(path))["runs"]
+    "step<N>"}}}`, or that under the key `section`, as docs/cadence/runs.json holds one per
+    distribution).
+
+    Raises:
+      ValueError: the file has no such section, or no "runs" in it.
+    """
+    payload = json.loads(storage.read_text(path))
+    if section is not None:
+        if section not in payload:
+            raise ValueError(f"{path}: no section {section!r} (has {sorted(payload)})")
+        payload = payload[section]
+    if "runs" not in payload:
+        raise ValueError(f"{path}{'#' + section if section else ''}: no \"runs\" mapping")
+    runs = payload["runs"]
     out = {}
     for label in labels:
         pts = [
@@ -191,7 +206,11 @@ def plot(table: Mapping[str, Sequence[Mapping[str, Any]]], refs: Mapping[str, An
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="the sweep root of the tempo_oracle runs")
-    parser.add_argument("--reference", default="", help="a study's runs.json for the lines")
+    parser.add_argument(
+        "--reference",
+        default="",
+        help="a study's runs.json for the lines; FILE#NAME reads its section NAME",
+    )
     parser.add_argument("--reference_labels", default="ttrl,oracle")
     parser.add_argument("--out", required=True, help="directory for curve.{md,json,png}")
     parser.add_argument("--seeds", default="", help="only these seeds, e.g. 0 (default: all)")
@@ -204,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     refs = {}
     if args.reference:
         labels = [x for x in args.reference_labels.split(",") if x]
-        refs = references(args.reference, labels, seeds)
+        path, _, section = args.reference.partition("#")
+        try:
+            refs = references(path, labels, seeds, section or None)
+        except ValueError as e:
+            parser.error(str(e))
     storage.makedirs(args.out)
     text = markdown(table, refs)
     storage.write_atomic(os.path.join(args.out, "curve.md"), text)

@@ -138,12 +138,23 @@ def test_oracle_curve_pairs_each_run_with_its_own_step_zero(tmp_path):
     refs = oracle_curve.references(str(tmp_path / "runs.json"), ["ttrl", "oracle"])
     assert list(refs) == ["ttrl"] and refs["ttrl"]["delta_mean"] == pytest.approx(0.0)
     assert refs["ttrl"]["delta_pass"] == pytest.approx(-0.1)
+    (tmp_path / "study.json").write_text(json.dumps({"split": "x", "toy": {"runs": runs}}))
+    refs = oracle_curve.references(str(tmp_path / "study.json"), ["ttrl"], [1], section="toy")
+    assert refs["ttrl"]["delta_mean"] == pytest.approx(-0.1) and refs["ttrl"]["n"] == 1
+    with pytest.raises(ValueError, match="no section 'other'"):
+        oracle_curve.references(str(tmp_path / "study.json"), ["ttrl"], section="other")
 
 
-def test_cadence_study_pairs_each_run_with_base_and_ttrl(tmp_path):
+def test_cadence_study_pairs_each_run_with_base_and_the_references(tmp_path):
     # Two seeds; base mean@8 0.5 / 0.7. Final mean@8: tempo-r1 0.6 / 0.7, tempo-r4 0.4 / 0.6,
-    # ttrl 0.5 / 0.8; one unfinished run (step 0 only) and the SFT workdir are left out.
-    finals = {"tempo-r1": (0.6, 0.7), "tempo-r4": (0.4, 0.6), "ttrl": (0.5, 0.8)}
+    # ttrl 0.5 / 0.8, rlvr 0.6 / 0.9; one unfinished run (step 0 only) and the SFT workdir are
+    # left out.
+    finals = {
+        "tempo-r1": (0.6, 0.7),
+        "tempo-r4": (0.4, 0.6),
+        "ttrl": (0.5, 0.8),
+        "rlvr": (0.6, 0.9),
+    }
     for label, values in finals.items():
         for seed, (base, final) in enumerate(zip((0.5, 0.7), values, strict=True)):
             (tmp_path / f"{label}-s{seed}").mkdir()
@@ -169,9 +180,13 @@ def test_cadence_study_pairs_each_run_with_base_and_ttrl(tmp_path):
     assert r4["mean"] == pytest.approx(-0.1) and r4["se"] == pytest.approx(0.0)
     vs_ttrl = result["vs_ttrl"]["tempo-r1"][mean]  # +0.1, -0.1
     assert vs_ttrl["mean"] == pytest.approx(0.0) and vs_ttrl["n"] == 2
+    vs_rlvr = result["vs_rlvr"]["tempo-r1"][mean]  # 0, -0.2
+    assert vs_rlvr["mean"] == pytest.approx(-0.1) and vs_rlvr["se"] == pytest.approx(0.1)
     assert result["vs_base"]["tempo-r1"]["eval/unlabeled/pass@8"]["mean"] == pytest.approx(-0.1)
     text = cadence.markdown("toy", result)
     assert "| tempo-r1 | +0.050 ± 0.050 (+1.0) |" in text
+    assert "Δ mean@8 vs ttrl | Δ mean@8 vs rlvr | seeds |" in text
+    assert "0.000 ± 0.100 (-0.0) | -0.100 ± 0.100 (-1.0) | 2 |" in text
     assert cadence.main([f"--root=toy={tmp_path}", f"--out={tmp_path / 'out'}"]) == 0
     assert (tmp_path / "out" / "cadence.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "out" / "cadence.json").read_text())
