@@ -117,7 +117,7 @@ def references(
             raise ValueError(f"{path}: no section {section!r} (has {sorted(payload)})")
         payload = payload[section]
     if "runs" not in payload:
-        raise ValueError(f"{path}{'#' + section if section else ''}: no \"runs\" mapping")
+        raise ValueError(f'{path}{"#" + section if section else ""}: no "runs" mapping')
     runs = payload["runs"]
     out = {}
     for label in labels:
