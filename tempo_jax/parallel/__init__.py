@@ -5,6 +5,7 @@ Public API (all sharding trees mirror their input's structure; Variables stay Va
   get_config() -> ConfigDict for `config.parallel` (mesh, rules, on_indivisible, distributed)
   make_mesh(mesh_config | (data, fsdp, tensor), devices=None) -> Mesh, Auto axis types, -1 = rest
   make_rules(overrides=None) -> {logical name: mesh axes}; logical_to_spec(names, rules) -> P
+  rules_key(rules) -> the rules as a hashable value (cache keys)
   state_shardings(params, mesh, rules=None, on_indivisible="error") -> NamedSharding tree
   optimizer_shardings(opt_state, params, mesh, rules=None, ...) -> NamedSharding tree
   batch_sharding(mesh, rules=None) -> NamedSharding P(batch axes)
@@ -49,6 +50,7 @@ from tempo_jax.parallel.rules import (
     logical_to_spec,
     make_rules,
     mesh_axes_for,
+    rules_key,
 )
 from tempo_jax.parallel.shardings import (
     abstract_state,
@@ -83,6 +85,7 @@ __all__ = [
     "logical_to_spec",
     "make_mesh",
     "make_rules",
+    "rules_key",
     "mesh_axes_for",
     "optimizer_shardings",
     "place",

@@ -102,6 +102,13 @@ def parse_rule_value(name: str, value: Any) -> tuple[str, ...]:
     return axes
 
 
+def rules_key(rules: Rules | None) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+    """`rules` as a hashable, order-free value (for caches keyed by what a trace depends on)."""
+    if rules is None:
+        return None
+    return tuple(sorted((name, tuple(axes)) for name, axes in rules.items()))
+
+
 def make_rules(overrides: Mapping[str, Any] | Any | None = None) -> dict[str, tuple[str, ...]]:
     """The default rules with `overrides` applied on top.
 

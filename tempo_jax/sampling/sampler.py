@@ -61,6 +61,13 @@ from tempo_jax.sampling.params import RowSamplingParams, SamplingParams
 from tempo_jax.sampling.rollouts import Rollouts
 from tempo_jax.sampling.stopping import StopArrays, StopCriteria
 
+# Executables shared by every Sampler of the process, keyed by everything their trace depends
+# on (shape key, DecodeSpec, policy graphdef, mesh, rules): a later Sampler over the same policy
+# graph reuses them instead of tracing, lowering and loading them from the persistent
+# compilation cache again. Oldest first out past _SHARED_MAX.
+_SHARED: dict[tuple, Any] = {}
+_SHARED_MAX = 64
+
 _ROLLOUT_FIELDS = (
     "prompt_tokens",
     "prompt_mask",
@@ -353,6 +360,19 @@ class Sampler:
                 pad_id=self.pad_id,
                 shared_prefill=self.shares_prefill(batch),
             )
+            # Shared with every Sampler of the process over the same policy graph and mesh (a
+            # second run in one process, the evaluation's sampler, a test): see _SHARED.
+            shared = (
+                key,
+                spec,
+                self._graphdef,
+                self.mesh,
+                parallel.rules_key(self.rules),
+                parallel.rules_key(self.inference_rules),
+            )
+            if shared in _SHARED:
+                self._executables[key] = _SHARED[shared]
+                return self._executables[key]
             args = self._abstract_args(state, batch, n, bucket, stop)
             if self.mesh is None:
                 fn = functools.partial(generate_rollouts, self._graphdef, spec=spec)
@@ -370,7 +390,9 @@ class Sampler:
                     in_shardings=self._in_shardings(state, batch, n, stop),
                     out_shardings=self._out_shardings(batch * n, n),
                 )
-            self._executables[key] = jitted.lower(*args).compile()
+            self._executables[key] = _SHARED[shared] = jitted.lower(*args).compile()
+            if len(_SHARED) > _SHARED_MAX:
+                _SHARED.pop(next(iter(_SHARED)))
         return self._executables[key]
 
     def _abstract_args(self, state, batch: int, n: int, bucket: int, stop: StopArrays) -> tuple:
