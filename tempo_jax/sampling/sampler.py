@@ -49,6 +49,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from tempo_jax import parallel
 from tempo_jax.models import Policy
+from tempo_jax.parallel import compile_cache
 from tempo_jax.sampling.buckets import (
     check_buckets,
     choose_bucket,
@@ -60,13 +61,6 @@ from tempo_jax.sampling.decode import DecodeSpec, generate_rollouts
 from tempo_jax.sampling.params import RowSamplingParams, SamplingParams
 from tempo_jax.sampling.rollouts import Rollouts
 from tempo_jax.sampling.stopping import StopArrays, StopCriteria
-
-# Executables shared by every Sampler of the process, keyed by everything their trace depends
-# on (shape key, DecodeSpec, policy graphdef, mesh, rules): a later Sampler over the same policy
-# graph reuses them instead of tracing, lowering and loading them from the persistent
-# compilation cache again. Oldest first out past _SHARED_MAX.
-_SHARED: dict[tuple, Any] = {}
-_SHARED_MAX = 64
 
 _ROLLOUT_FIELDS = (
     "prompt_tokens",
@@ -360,40 +354,36 @@ class Sampler:
                 pad_id=self.pad_id,
                 shared_prefill=self.shares_prefill(batch),
             )
-            # Shared with every Sampler of the process over the same policy graph and mesh (a
-            # second run in one process, the evaluation's sampler, a test): see _SHARED.
-            shared = (
-                key,
-                spec,
-                self._graphdef,
-                self.mesh,
-                parallel.rules_key(self.rules),
-                parallel.rules_key(self.inference_rules),
+            # Shared with the other Samplers of the process over the same policy graph and
+            # mesh (parallel.compile_cache).
+            rules = parallel.rules_key(self.rules), parallel.rules_key(self.inference_rules)
+            shared = (key, spec, self._graphdef, self.mesh, rules)
+            self._executables[key] = compile_cache.shared(
+                shared, lambda: self._compile(state, batch, n, bucket, stop, spec)
             )
-            if shared in _SHARED:
-                self._executables[key] = _SHARED[shared]
-                return self._executables[key]
-            args = self._abstract_args(state, batch, n, bucket, stop)
-            if self.mesh is None:
-                fn = functools.partial(generate_rollouts, self._graphdef, spec=spec)
-                jitted = jax.jit(fn)
-            else:
-                weights = parallel.state_shardings(state, self.mesh, self.inference_rules)
-                fn = functools.partial(
-                    generate_rollouts,
-                    self._graphdef,
-                    spec=spec,
-                    place_weights=functools.partial(_place, shardings=weights),
-                )
-                jitted = jax.jit(
-                    _under(fn, self.mesh, self.inference_rules),
-                    in_shardings=self._in_shardings(state, batch, n, stop),
-                    out_shardings=self._out_shardings(batch * n, n),
-                )
-            self._executables[key] = _SHARED[shared] = jitted.lower(*args).compile()
-            if len(_SHARED) > _SHARED_MAX:
-                _SHARED.pop(next(iter(_SHARED)))
         return self._executables[key]
+
+    def _compile(self, state, batch: int, n: int, bucket: int, stop: StopArrays, spec):
+        args = self._abstract_args(state, batch, n, bucket, stop)
+        if self.mesh is None:
+            return (
+                jax.jit(functools.partial(generate_rollouts, self._graphdef, spec=spec))
+                .lower(*args)
+                .compile()
+            )
+        weights = parallel.state_shardings(state, self.mesh, self.inference_rules)
+        fn = functools.partial(
+            generate_rollouts,
+            self._graphdef,
+            spec=spec,
+            place_weights=functools.partial(_place, shardings=weights),
+        )
+        jitted = jax.jit(
+            _under(fn, self.mesh, self.inference_rules),
+            in_shardings=self._in_shardings(state, batch, n, stop),
+            out_shardings=self._out_shardings(batch * n, n),
+        )
+        return jitted.lower(*args).compile()
 
     def _abstract_args(self, state, batch: int, n: int, bucket: int, stop: StopArrays) -> tuple:
         def like(shape, dtype):

@@ -24,7 +24,6 @@ compiled is one the plan names, so the two cannot drift.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +36,7 @@ from flax import nnx
 
 from tempo_jax import parallel, train
 from tempo_jax.config.settings import ConfigError, RunSettings, run_settings
+from tempo_jax.parallel import compile_cache
 from tempo_jax.sampling.sampler import chunk_prompts
 from tempo_jax.train.batch import RLBatch
 
@@ -203,16 +203,6 @@ def abstract_batch(rows: int, prompt_width: int, response_length: int) -> RLBatc
     )
 
 
-# Compiled functions shared by every `RunFunctions` of the process, keyed by everything a
-# function's trace depends on. A second run in one process (a resumed or restarted Trainer, a
-# test) then calls the executable the first one traced instead of tracing and lowering it again:
-# the persistent compilation cache saves only the XLA compile, and at small shapes the trace
-# and lowering are most of a function's start-up. Examples are kept abstract (shapes, dtypes,
-# shardings), so the cache holds no arrays of a finished run.
-_SHARED: collections.OrderedDict[Any, train.CompiledStep] = collections.OrderedDict()
-_SHARED_MAX = 64
-
-
 def _abstract(tree: Any) -> Any:
     """`tree` as ShapeDtypeStructs with each leaf's sharding (None where it has none)."""
 
@@ -220,16 +210,6 @@ def _abstract(tree: Any) -> Any:
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
 
     return jax.tree.map(leaf, tree)
-
-
-def _shared_key(name: str, graphdef: Any, settings: Any, mesh: Any, rules: Any, *examples: Any):
-    """A hashable key of one compiled function: its name, graphdef, settings, mesh, rules and
-    the structure, shapes, dtypes and shardings of its example arguments."""
-    shapes = []
-    for example in examples:
-        leaves, treedef = jax.tree_util.tree_flatten(example)
-        shapes.append((treedef, tuple((x.shape, str(x.dtype), x.sharding) for x in leaves)))
-    return (name, graphdef, settings, mesh, parallel.rules_key(rules), tuple(shapes))
 
 
 @dataclasses.dataclass
@@ -332,10 +312,14 @@ class RunFunctions:
             # This row count's micro-batches (train.micro_batch_rows fixes their size).
             micro_batches = train.micro_batches_for(self.settings, rows)
             settings = dataclasses.replace(self.settings, micro_batches=micro_batches)
+            # Shared with the other runs of the process (parallel.compile_cache); the example
+            # is kept abstract, so the cache holds no arrays of a finished run.
             example = _abstract(example)
-            shared = _shared_key(name, graphdef, settings, self.mesh, self.rules, example, batch)
-            if shared not in _SHARED:
-                _SHARED[shared] = compile_fn(
+            rules = parallel.rules_key(self.rules)
+            shapes = compile_cache.tree_key((example, batch))
+            self.compiled[key] = compile_cache.shared(
+                (name, graphdef, settings, self.mesh, rules, shapes),
+                lambda: compile_fn(
                     make(graphdef, settings),
                     example,
                     batch,
@@ -343,11 +327,8 @@ class RunFunctions:
                     self.rules,
                     micro_batches=micro_batches,
                     name=name,
-                )
-                if len(_SHARED) > _SHARED_MAX:
-                    _SHARED.popitem(last=False)
-            _SHARED.move_to_end(shared)
-            self.compiled[key] = _SHARED[shared]
+                ),
+            )
         return self.compiled[key]
 
     def policy_step(self, state: train.TrainState, rows: int, length: int) -> train.CompiledStep:

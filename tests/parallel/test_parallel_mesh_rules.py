@@ -164,3 +164,33 @@ def test_batch_shardings_split_rows_and_check_them(devices):
         ),
     ):
         parallel.batch_shardings({"tokens": np.zeros((6, 5))}, mesh)
+
+
+def test_rules_key_and_the_compile_cache(monkeypatch):
+    from tempo_jax.parallel import compile_cache
+
+    rules = parallel.make_rules({"vocab": ()})
+    assert parallel.rules_key(rules) == parallel.rules_key(dict(reversed(list(rules.items()))))
+    assert parallel.rules_key(rules) != parallel.rules_key(parallel.make_rules())
+    assert parallel.rules_key(None) is None
+    # Built once per key; past MAX_ENTRIES the least recently used entry goes first.
+    monkeypatch.setattr(compile_cache, "MAX_ENTRIES", 2)
+    monkeypatch.setattr(compile_cache, "_ENTRIES", {})
+    built = []
+
+    def build(name):
+        return lambda: built.append(name) or name
+
+    assert compile_cache.shared("a", build("a")) == "a"
+    assert compile_cache.shared("b", build("b")) == "b"
+    assert compile_cache.shared("a", build("a2")) == "a"  # a is now the most recent
+    compile_cache.shared("c", build("c"))  # drops b
+    assert compile_cache.shared("a", build("a3")) == "a"
+    assert compile_cache.shared("b", build("b2")) == "b2"
+    assert built == ["a", "b", "c", "b2"]
+    # Shapes, dtypes and shardings of the leaves, not their values.
+    x = jnp.zeros((2, 3))
+    _, leaves = compile_cache.tree_key({"x": jax.ShapeDtypeStruct((2, 3), jnp.float32)})
+    assert leaves == (((2, 3), "float32", None),)
+    assert compile_cache.tree_key({"x": x}) == compile_cache.tree_key({"x": x + 1})
+    assert compile_cache.tree_key({"x": x})[1] == (((2, 3), "float32", x.sharding),)

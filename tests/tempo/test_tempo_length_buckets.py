@@ -155,3 +155,22 @@ def test_compiles_stay_bounded_over_varying_lengths(trainer):
     # Every bucket the run compiled is one `tempo-jax compile` plans.
     planned = {c.key for c in functions.planned_calls(run.config, run.sampler.row_shards)}
     assert set(run.functions.compiled) <= planned
+
+
+def test_a_second_run_of_the_process_reuses_the_compiled_functions(trainer):
+    # parallel.compile_cache: another RunFunctions over the same graph, settings, mesh and
+    # shapes (a restarted Trainer's) gets the same CompiledStep, whose examples hold no arrays;
+    # other settings get their own.
+    run = trainer.run.functions
+    state = trainer._fresh_state()
+    step = run.policy_step(state.policy, ROWS, 4)
+    again = dataclasses.replace(run, compiled={})
+    assert again.policy_step(state.policy, ROWS, 4) is step
+    assert again.values(state.critic.params, ROWS, 4) is run.values(state.critic.params, ROWS, 4)
+    leaves = jax.tree.leaves(step.example_args)
+    assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+    other = dataclasses.replace(
+        run, compiled={}, settings=dataclasses.replace(run.settings, value_clip=0.2)
+    )
+    assert other.policy_step(state.policy, ROWS, 4) is not step
+    assert again.policy_step(state.policy, ROWS, 2) is not step
