@@ -44,31 +44,37 @@ def devices():
     return devs
 
 
-# Under pytest-xdist (README's command: `-n 2 --dist loadfile`) each worker takes whole files in
-# collection order, and a file that starts last runs alone at the end. So the slowest files (the
-# suite's profile, `--durations=0`) are collected first; the order within a file is unchanged,
-# and a serial run keeps the plain order.
-SLOWEST_FILES_FIRST = (  # the 20 slowest files of a fresh-clone run (2026-12-07), slowest first
+# Under pytest-xdist (README's command: `-n 2 --dist loadfile`) each worker takes whole files, the
+# next one whenever it is almost out of tests, so a file that starts last runs alone at the end.
+# The slowest files (the suite's profile, `--durations=0`) are therefore collected first, and
+# pytest.ini passes `--no-loadscope-reorder`: without it xdist sends files in the order of their
+# test counts, not this one. The order within a file is unchanged; a serial run keeps the plain
+# order.
+SLOWEST_FILES_FIRST = (  # the 24 slowest files of a fresh-clone run (2026-12-07), slowest first
     "tests/tempo/test_learning.py",
     "tests/tempo/test_eval_command.py",
-    "tests/tempo/test_tempo_loop.py",
     "tests/tempo/test_tempo_resume.py",
+    "tests/tempo/test_tempo_loop.py",
+    "tests/sampling/test_paged_engine.py",
     "tests/tempo/test_tempo_multihost.py",
     "tests/launch/test_sweep.py",
-    "tests/sampling/test_paged_engine.py",
-    "tests/sampling/test_paged_preemption.py",
     "tests/tempo/test_tempo_paged_engine.py",
-    "tests/tempo/test_tempo_preempt_in_step.py",
-    "tests/tempo/test_study_smoke.py",
-    "tests/tempo/test_compile_report.py",
     "tests/benchmarks/test_benchmarks.py",
+    "tests/tempo/test_compile_report.py",
+    "tests/tempo/test_study_smoke.py",
     "tests/train/test_train_steps_mesh.py",
+    "tests/sampling/test_paged_preemption.py",
     "tests/tempo/test_tempo_controls.py",
-    "tests/sampling/test_sampling_n_samples_and_sharding.py",
-    "tests/sampling/test_sampling_chunks.py",
     "tests/train/test_checkpointing.py",
-    "tests/models/test_models_attention.py",
+    "tests/tempo/test_tempo_preempt_in_step.py",
+    "tests/sampling/test_sampling_n_samples_and_sharding.py",
     "tests/train/test_train_config_state.py",
+    "tests/models/test_models_attention.py",
+    "tests/tempo/test_tempo_gcs.py",
+    "tests/train/test_train_accumulation.py",
+    "tests/tempo/test_tempo_faults.py",
+    "tests/train/test_train_multihost.py",
+    "tests/sampling/test_sampling_rollouts.py",
 )
 
 
