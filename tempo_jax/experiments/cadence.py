@@ -58,11 +58,11 @@ def study(runs: Mapping[str, tuple[str, Sequence[Mapping[str, Any]]]]) -> dict[s
     `{method: [(k, label), ...]}` sorted by k."""
     keys = {k for _, records in runs.values() for r in records for k in r}
     metrics = headline_metrics(keys, DELTA)
+    labels = {label for label, _ in runs.values()}
     cadence: dict[str, list[tuple[int, str]]] = {}
-    for label in sorted({label for label, _ in runs.values()}):
+    for label in sorted(labels):
         if match := _CADENCE.match(label):
             cadence.setdefault(match["method"], []).append((int(match["k"]), label))
-    labels = {label for label, _ in runs.values()}
     return {
         "metrics": metrics,
         "vs_base": paired_deltas(runs, metrics),

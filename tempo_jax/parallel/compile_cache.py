@@ -4,9 +4,9 @@ The step functions (`tempo.functions.RunFunctions`) and the sampler's executable
 run object. A second run in the same process (a restarted Trainer, an evaluation, a test) would
 trace and lower each of them again and load it from the persistent compilation cache, which
 saves only the XLA compile; at small shapes the trace and lowering are most of a function's
-start-up. Each builder therefore goes through `shared(key,
-build)`, with a key that holds everything its trace depends on (graphdef, static settings,
-mesh, `rules_key(rules)`, argument shapes, dtypes and shardings). Keys must not hold arrays.
+start-up. Each builder therefore goes through `shared(key, build)`, with a key that holds
+everything its trace depends on (graphdef, static settings, mesh, `rules_key(rules)`, argument
+shapes, dtypes and shardings). Keys must not hold arrays.
 
 The paged engine (`sampling.engine`) keeps its jitted calls per Engine: sharing them across
 Engines measured no gain on its tests (which already share their engines).
@@ -37,10 +37,6 @@ def shared(key: Hashable, build: Callable[[], T]) -> T:
 
 
 def tree_key(tree: Any) -> tuple[Any, tuple[Any, ...]]:
-    """(treedef, per leaf (shape, dtype, sharding)) of a pytree of arrays or ShapeDtypeStructs
-    (leaves without a shape, e.g. shardings, are kept as they are)."""
+    """(treedef, per leaf (shape, dtype, sharding)) of a pytree of arrays or ShapeDtypeStructs."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, tuple(
-        (x.shape, str(x.dtype), getattr(x, "sharding", None)) if hasattr(x, "shape") else x
-        for x in leaves
-    )
+    return treedef, tuple((x.shape, str(x.dtype), getattr(x, "sharding", None)) for x in leaves)
