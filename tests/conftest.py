@@ -28,7 +28,8 @@ if not any("xla_backend_optimization_level" in f for f in _flags):
 # (test_train_steps_mesh.py, mesh_shape0-policy, persistent cache off) took 10.2 CPU s instead of
 # 19.1, and pytest in a fresh clone 445 s instead of 582 (per-file sums 837 vs 1116 s; one run
 # each, idle machine). Like level 0 they change float rounding only, and every comparison runs
-# under the same flags.
+# under the same flags. XLA aborts at start-up on a flag it does not know ("Unknown flag in
+# XLA_FLAGS"): if a later jaxlib drops one of these, delete it here.
 for _flag in (
     "--xla_cpu_use_fusion_emitters=false",
     "--xla_cpu_use_xnnpack=false",
