@@ -1,6 +1,7 @@
-"""Suite-wide setup: 8 fake CPU devices and a persistent compilation cache.
+"""Suite-wide setup: 8 fake CPU devices, XLA flags for cheap compiles, a persistent compilation
+cache.
 
-Both must be in the environment before JAX is imported anywhere, and environment variables (not
+All must be in the environment before JAX is imported anywhere, and environment variables (not
 `jax.config`) so that subprocesses started by tests (multi-host, kill -9 resume) inherit them.
 """
 
@@ -10,33 +11,32 @@ import pathlib
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_flags = os.environ.get("XLA_FLAGS", "").split()
-if not any("xla_force_host_platform_device_count" in f for f in _flags):
-    _flags.append("--xla_force_host_platform_device_count=8")
-# The suite's models are tiny, so its time is mostly XLA:CPU compiles, and LLVM's optimisation
-# passes are a large part of each. At backend level 0 (no LLVM optimisation) a micro TEMPO run
-# took 28% less CPU. Its numbers differ from the default level's by float rounding only (up to
-# 7.6e-6 on the tiny policy's logits); every bitwise comparison here is between runs under the
-# same flags (subprocesses inherit them). Its machine code is slower, which tiny shapes do not
-# notice.
-if not any("xla_backend_optimization_level" in f for f in _flags):
-    _flags.append("--xla_backend_optimization_level=0")
-# XLA:CPU compiles each fusion to its own kernel (a tiny TEMPO train step has ~440), and the
-# suite's time was half compiles. The MLIR fusion emitters and XNNPACK fusions cost more per
-# kernel to compile than the classic emitters and Eigen dots, and splitting a module for parallel
-# codegen only adds work on 2 cores. With the three below, one cold train-step case
-# (test_train_steps_mesh.py, mesh_shape0-policy, persistent cache off) took 10.2 CPU s instead of
-# 19.1, and pytest in a fresh clone 445 s instead of 582 (per-file sums 837 vs 1116 s; one run
-# each, idle machine). Like level 0 they change float rounding only, and every comparison runs
-# under the same flags. XLA aborts at start-up on a flag it does not know ("Unknown flag in
-# XLA_FLAGS"): if a later jaxlib drops one of these, delete it here.
-for _flag in (
+# The suite's XLA flags; a flag the caller's XLA_FLAGS already names keeps the caller's value.
+# XLA aborts at start-up on a flag it does not know ("Unknown flag in XLA_FLAGS"): if a later
+# jaxlib drops one of these, delete it here.
+_SUITE_FLAGS = (
+    "--xla_force_host_platform_device_count=8",
+    # The suite's models are tiny, so its time is mostly XLA:CPU compiles, and LLVM's
+    # optimisation passes are a large part of each. At backend level 0 (no LLVM optimisation) a
+    # micro TEMPO run took 28% less CPU. Its numbers differ from the default level's by float
+    # rounding only (up to 7.6e-6 on the tiny policy's logits); every bitwise comparison here is
+    # between runs under the same flags (subprocesses inherit them). Its machine code is slower,
+    # which tiny shapes do not notice.
+    "--xla_backend_optimization_level=0",
+    # XLA:CPU compiles each fusion to its own kernel (a tiny TEMPO train step has ~440), and the
+    # suite's time was half compiles. The MLIR fusion emitters and XNNPACK fusions cost more per
+    # kernel to compile than the classic emitters and Eigen dots, and splitting a module for
+    # parallel codegen only adds work on 2 cores. With the three below, one cold train-step case
+    # (test_train_steps_mesh.py, mesh_shape0-policy, persistent cache off) took 10.2 CPU s
+    # instead of 19.1, and pytest in a fresh clone 445 s instead of 582 (per-file sums 837 vs
+    # 1116 s; one run each, idle machine). Like level 0 they change float rounding only.
     "--xla_cpu_use_fusion_emitters=false",
     "--xla_cpu_use_xnnpack=false",
     "--xla_cpu_parallel_codegen_split_count=1",
-):
-    if not any(_flag.split("=")[0] in f for f in _flags):
-        _flags.append(_flag)
+)
+_flags = os.environ.get("XLA_FLAGS", "").split()
+_named = {f.split("=")[0] for f in _flags}
+_flags += [f for f in _SUITE_FLAGS if f.split("=")[0] not in _named]
 os.environ["XLA_FLAGS"] = " ".join(_flags)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_ROOT / ".jax_cache"))
 # Cache every compile: most of ours are sub-second on tiny configs but repeat across tests.
